@@ -1,0 +1,297 @@
+//! The owner service as the edge sees it: one trait, [`StreamService`], with every operation a
+//! client can ask of a stream, and the request and reply types those operations carry.
+//!
+//! The edge (`chorus-edge`) parses HTTP and WebSocket requests into these types and calls the
+//! trait; it never knows where a stream lives. `chorus-node` implements the trait over its
+//! local shards (dev mode, and the owner side of a cluster); a gRPC client will implement the
+//! same trait for edges that run apart from the nodes. Request types deny unknown fields, so
+//! the strictness of the wire contract (DESIGN.md §3) is enforced in one place.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub mod wire;
+
+use chorus_types::{
+    AccessRow, ApiError, ClientMsgId, InheritEntry, MessageRecord, ParticipantRecord,
+    ParticipantState, PublisherId, StreamKey, StreamName, StreamRecord, StreamType, UserId,
+};
+use futures_core::Stream;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Who is asking. Resolved by the edge from a JWT or the app's API key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    /// The app's API key without `X-Chorus-As-User`: max levels everywhere.
+    App,
+    /// A user, with the roles from their token (or none when the app acts as them).
+    User { id: UserId, roles: Vec<String> },
+}
+
+/// The caller of one operation.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub principal: Principal,
+    /// The WebSocket session the request came from, so ephemerals skip their sender.
+    pub session: Option<u64>,
+}
+
+impl Caller {
+    pub fn user_id(&self) -> Option<&UserId> {
+        match &self.principal {
+            Principal::App => None,
+            Principal::User { id, .. } => Some(id),
+        }
+    }
+
+    /// `byUserId` of what this caller posts: the user id, or `""` for the app.
+    pub fn by_user_id(&self) -> String {
+        self.user_id().map(|u| u.as_str().to_owned()).unwrap_or_default()
+    }
+}
+
+/// `POST /v1/streams`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateStream {
+    /// Defaults to the caller.
+    pub publisher_id: Option<PublisherId>,
+    /// Generated as `<type>/<ulid>` when absent.
+    pub name: Option<StreamName>,
+    #[serde(rename = "type")]
+    pub stream_type: StreamType,
+    pub title: Option<String>,
+    pub icon: Option<String>,
+    pub content: Option<String>,
+    pub attributes: Option<Value>,
+    pub read_level: Option<i32>,
+    pub write_level: Option<i32>,
+    pub admin_level: Option<i32>,
+    pub inherit_access: Option<Vec<InheritEntry>>,
+}
+
+/// `PATCH /v1/streams/{p}/{name}`: the fields to change, and an optional precondition.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateStream {
+    pub title: Option<String>,
+    pub icon: Option<String>,
+    pub content: Option<String>,
+    pub attributes: Option<Value>,
+    pub read_level: Option<i32>,
+    pub write_level: Option<i32>,
+    pub admin_level: Option<i32>,
+    pub inherit_access: Option<Vec<InheritEntry>>,
+    /// When set and the stream's `messageCount` differs, nothing changes: 409 `conflict`.
+    pub if_message_count: Option<u64>,
+}
+
+/// `POST …/messages`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewPost {
+    #[serde(rename = "type")]
+    pub message_type: StreamType,
+    #[serde(default)]
+    pub content: String,
+    pub instructions: Option<Value>,
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+/// `GET …/messages?min=&max=&limit=&order=`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HistoryQuery {
+    pub min: Option<u64>,
+    pub max: Option<u64>,
+    pub limit: Option<u32>,
+    pub order: Option<Order>,
+}
+
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Asc,
+    Desc,
+}
+
+/// History `limit`: default and ceiling (DESIGN.md §3).
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+/// The participant operations, each posting its `Streams/…` message when it changes something.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantOp {
+    Join,
+    Leave,
+    Subscribe,
+    Unsubscribe,
+}
+
+/// Optional body of join / leave / subscribe / unsubscribe.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParticipantBody {
+    /// Merged into the participant's `extra` (a JSON object).
+    pub extra: Option<Value>,
+}
+
+/// `GET …/participants?after=&limit=&state=`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParticipantQuery {
+    pub after: Option<String>,
+    pub limit: Option<u32>,
+    pub state: Option<ParticipantState>,
+}
+
+/// One page of participants; `next` is the cursor for the following page.
+#[derive(Clone, Debug)]
+pub struct ParticipantPage {
+    pub participants: Vec<ParticipantRecord>,
+    pub next: Option<String>,
+}
+
+/// `POST …/ephemeral`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NewEphemeral {
+    #[serde(rename = "type")]
+    pub ephemeral_type: StreamType,
+    #[serde(default)]
+    pub payload: Value,
+}
+
+/// A stream as one caller may see it: the record and the caller's read level, which decides
+/// the fields that are exported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamView {
+    pub record: StreamRecord,
+    pub read_level: i32,
+}
+
+/// The result of a post: the stored message, and whether it was an idempotent retry.
+#[derive(Clone, Debug)]
+pub struct Posted {
+    pub message: MessageRecord,
+    pub duplicate: bool,
+}
+
+/// An error, with the current stream when a precondition failed (409 `conflict`).
+#[derive(Clone, Debug)]
+pub struct ServiceError {
+    pub error: ApiError,
+    pub stream: Option<Box<StreamView>>,
+}
+
+impl From<ApiError> for ServiceError {
+    fn from(error: ApiError) -> Self {
+        ServiceError { error, stream: None }
+    }
+}
+
+/// A committed message as delivered to listeners: the record and its event frame
+/// (`{"ev":"message","message":{…}}`), rendered once and shared by every session.
+#[derive(Debug)]
+pub struct Delivered {
+    pub record: MessageRecord,
+    pub frame: Arc<str>,
+}
+
+/// An ephemeral as relayed to listeners, with the frame rendered once.
+#[derive(Debug)]
+pub struct Relayed {
+    /// The session that sent it, which does not get it back.
+    pub origin: Option<u64>,
+    pub frame: Arc<str>,
+}
+
+/// What a listening session receives for one stream.
+#[derive(Clone, Debug)]
+pub enum ListenEvent {
+    Message(Arc<Delivered>),
+    Ephemeral(Arc<Relayed>),
+    /// The session fell behind: it must fetch history from `from` and listen again. Ends the
+    /// listen.
+    Resync { from: u64 },
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = ListenEvent> + Send>>;
+
+/// A started listen: the `ok` reply's fields, then events in ordinal order (backlog first, then
+/// live, each message once). Dropping `events` ends the listen.
+pub struct Listening {
+    pub recovered: bool,
+    pub message_count: u64,
+    pub events: EventStream,
+}
+
+/// Every operation on streams, wherever the stream lives.
+#[async_trait::async_trait]
+pub trait StreamService: Send + Sync + 'static {
+    async fn create(&self, caller: &Caller, req: CreateStream) -> Result<StreamView, ServiceError>;
+    async fn fetch(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError>;
+    /// One entry per key, `None` where the stream is absent or invisible to the caller.
+    async fn batch_get(
+        &self,
+        caller: &Caller,
+        keys: Vec<StreamKey>,
+    ) -> Result<Vec<Option<StreamView>>, ServiceError>;
+    async fn update(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: UpdateStream,
+    ) -> Result<StreamView, ServiceError>;
+    async fn close(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError>;
+    async fn post(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: NewPost,
+    ) -> Result<Posted, ServiceError>;
+    async fn messages(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        query: HistoryQuery,
+    ) -> Result<Vec<MessageRecord>, ServiceError>;
+    async fn participate(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        op: ParticipantOp,
+        body: ParticipantBody,
+    ) -> Result<ParticipantRecord, ServiceError>;
+    async fn participants(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        query: ParticipantQuery,
+    ) -> Result<ParticipantPage, ServiceError>;
+    async fn access(&self, caller: &Caller, key: &StreamKey)
+    -> Result<Vec<AccessRow>, ServiceError>;
+    async fn set_access(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        rows: Vec<AccessRow>,
+    ) -> Result<Vec<AccessRow>, ServiceError>;
+    async fn ephemeral(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: NewEphemeral,
+    ) -> Result<(), ServiceError>;
+    /// `Ok` when the service can serve requests (every local shard has a leader).
+    async fn readiness(&self) -> Result<(), ApiError>;
+    /// `since = None` listens from now.
+    async fn listen(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        since: Option<u64>,
+    ) -> Result<Listening, ServiceError>;
+}

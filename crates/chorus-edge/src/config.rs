@@ -1,0 +1,47 @@
+//! What the binary tells the edge: secrets and per-request / per-session bounds.
+
+/// Default `max_body_bytes`: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Default `session_queue_len`: outbound frames buffered per WebSocket session.
+pub const DEFAULT_SESSION_QUEUE_LEN: usize = 1024;
+
+/// Configuration of the client-facing HTTP and WebSocket layer.
+#[derive(Clone)]
+pub struct EdgeConfig {
+    /// HS256 key for user JWTs: the secret's UTF-8 bytes. Empty disables JWT authentication
+    /// (every JWT is refused) rather than accepting tokens signed with an empty key.
+    pub jwt_secret: String,
+    /// The app's API key for server-side calls. Empty disables API-key authentication, so an
+    /// empty bearer token can never match it.
+    pub api_key: String,
+    /// Largest accepted HTTP request body and WebSocket message, in bytes (default 1 MiB).
+    /// Larger HTTP bodies get 413 `too_large`; larger WebSocket messages close the session.
+    pub max_body_bytes: usize,
+    /// Outbound frames buffered per WebSocket session (default 1024). A listen whose next
+    /// message finds the queue full ends with a `resync` event instead of growing the queue.
+    pub session_queue_len: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            jwt_secret: String::new(),
+            api_key: String::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            session_queue_len: DEFAULT_SESSION_QUEUE_LEN,
+        }
+    }
+}
+
+impl std::fmt::Debug for EdgeConfig {
+    // Secrets never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeConfig")
+            .field("jwt_secret", &"<redacted>")
+            .field("api_key", &"<redacted>")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("session_queue_len", &self.session_queue_len)
+            .finish()
+    }
+}

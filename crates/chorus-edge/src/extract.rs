@@ -1,0 +1,219 @@
+//! Extractors whose every rejection is an [`ErrorReply`] in the contract's JSON shape, never
+//! axum's plain-text rejections: the caller, the stream of the path, a JSON body, a query.
+//!
+//! Handlers take them as `Result<Extractor, ErrorReply>` so that a rejection is still counted
+//! under the handler's operation.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use chorus_api::Caller;
+use chorus_types::{ApiError, PublisherId, StreamKey, StreamName};
+use serde::de::DeserializeOwned;
+
+use crate::auth::{AS_USER_HEADER, bearer_token};
+use crate::error::ErrorReply;
+use crate::state::EdgeState;
+
+/// The authenticated caller of an HTTP request.
+pub(crate) struct Authenticated(pub(crate) Caller);
+
+impl FromRequestParts<Arc<EdgeState>> for Authenticated {
+    type Rejection = ErrorReply;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<EdgeState>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(&parts.headers).map_err(ApiError::from)?;
+        let as_user = parts.headers.get(AS_USER_HEADER).map(|value| value.as_bytes());
+        let principal = state.auth.authenticate(token, as_user).map_err(ApiError::from)?;
+        Ok(Authenticated(Caller { principal, session: None }))
+    }
+}
+
+/// The stream named by `/{publisherId}/{name}` (percent-decoded; `~` is the publisher `""`).
+pub(crate) struct StreamPath(pub(crate) StreamKey);
+
+impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
+    type Rejection = ErrorReply;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path((publisher, name)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+        Ok(StreamPath(stream_key_from_path(&publisher, &name)?))
+    }
+}
+
+pub(crate) fn stream_key_from_path(publisher: &str, name: &str) -> Result<StreamKey, ApiError> {
+    // A URL cannot carry an empty path segment, so the app-wide publisher is spelled `~`.
+    let publisher_id = if publisher == "~" { PublisherId::app() } else { PublisherId::new(publisher)? };
+    Ok(StreamKey::new(publisher_id, StreamName::new(name)?))
+}
+
+/// A required JSON body, deserialized strictly into `T`.
+pub(crate) struct JsonBody<T>(pub(crate) T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ErrorReply;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(request, state).await?;
+        if is_blank(&bytes) {
+            return Err(ApiError::invalid("a JSON request body is required").into());
+        }
+        Ok(JsonBody(parse_json(&bytes)?))
+    }
+}
+
+/// An optional JSON body: an empty body means `T::default()` (join, leave, … take `{}`,
+/// `{"extra": …}` or nothing).
+pub(crate) struct OptionalJsonBody<T>(pub(crate) T);
+
+impl<S, T> FromRequest<S> for OptionalJsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Default,
+{
+    type Rejection = ErrorReply;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(request, state).await?;
+        if is_blank(&bytes) {
+            return Ok(OptionalJsonBody(T::default()));
+        }
+        Ok(OptionalJsonBody(parse_json(&bytes)?))
+    }
+}
+
+/// Buffers the body within the router's `DefaultBodyLimit`; a non-empty body must be JSON.
+async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ErrorReply> {
+    let declared_json = is_json_content_type(request.headers());
+    let bytes = Bytes::from_request(request, state).await.map_err(body_rejection)?;
+    if !is_blank(&bytes) && !declared_json {
+        return Err(ApiError::invalid("expected Content-Type: application/json").into());
+    }
+    Ok(bytes)
+}
+
+fn body_rejection(rejection: BytesRejection) -> ErrorReply {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::too_large("request body is larger than the limit").into();
+    }
+    ApiError::invalid(rejection.body_text()).into()
+}
+
+fn is_blank(bytes: &[u8]) -> bool {
+    bytes.iter().all(u8::is_ascii_whitespace)
+}
+
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let Some(text) = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()) else {
+        return false;
+    };
+    let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Deserializes JSON strictly; the error names the offending field's path.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    Json::<T>::from_bytes(bytes).map(|Json(value)| value).map_err(json_rejection)
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    // The source is serde's error prefixed with the field path ("rows[0].readLevel: …"),
+    // without axum's generic "Failed to deserialize …" sentence.
+    let detail = std::error::Error::source(&rejection)
+        .map(ToString::to_string)
+        .unwrap_or_else(|| rejection.body_text());
+    let message = match rejection {
+        JsonRejection::JsonSyntaxError(_) => format!("malformed JSON: {detail}"),
+        _ => detail,
+    };
+    ApiError::invalid(message)
+}
+
+/// A query string deserialized strictly into `T`.
+pub(crate) struct QueryArgs<T>(pub(crate) T);
+
+impl<S, T> FromRequestParts<S> for QueryArgs<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ErrorReply;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Query(value) = Query::<T>::try_from_uri(&parts.uri).map_err(|rejection| {
+            let detail = std::error::Error::source(&rejection)
+                .map(ToString::to_string)
+                .unwrap_or_else(|| rejection.body_text());
+            ApiError::invalid(format!("query string: {detail}"))
+        })?;
+        Ok(QueryArgs(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chorus_api::{CreateStream, HistoryQuery, ParticipantBody};
+    use chorus_types::ErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let unknown = parse_json::<CreateStream>(br#"{"type":"Chat/room","bogus":1}"#).unwrap_err();
+        assert_eq!(unknown.code, ErrorCode::InvalidArgument);
+        assert!(unknown.message.contains("bogus"), "{}", unknown.message);
+        let wrong_type =
+            parse_json::<CreateStream>(br#"{"type":"Chat/room","readLevel":"x"}"#).unwrap_err();
+        assert!(wrong_type.message.contains("readLevel"), "{}", wrong_type.message);
+        let syntax = parse_json::<CreateStream>(b"{").unwrap_err();
+        assert!(syntax.message.starts_with("malformed JSON"), "{}", syntax.message);
+    }
+
+    #[test]
+    fn path_publisher_tilde_is_the_app() {
+        let key = stream_key_from_path("~", "Chat/room/").unwrap();
+        assert!(key.publisher_id.is_app());
+        assert_eq!(key.name.as_str(), "Chat/room/");
+        assert!(stream_key_from_path("bad publisher", "x").is_err());
+    }
+
+    #[test]
+    fn query_strictness() {
+        let uri = "/x?min=2&order=desc".parse().unwrap();
+        let Query(query) = Query::<HistoryQuery>::try_from_uri(&uri).unwrap();
+        assert_eq!(query.min, Some(2));
+        let bad: axum::http::Uri = "/x?bogus=1".parse().unwrap();
+        assert!(Query::<HistoryQuery>::try_from_uri(&bad).is_err());
+    }
+
+    #[test]
+    fn blank_and_content_type() {
+        assert!(is_blank(b" \n"));
+        assert!(!is_blank(b"{}"));
+        let mut headers = HeaderMap::new();
+        assert!(!is_json_content_type(&headers));
+        headers.insert(CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        assert!(is_json_content_type(&headers));
+        headers.insert(CONTENT_TYPE, "application/merge-patch+json".parse().unwrap());
+        assert!(is_json_content_type(&headers));
+        headers.insert(CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert!(!is_json_content_type(&headers));
+        assert!(parse_json::<ParticipantBody>(br#"{"extra":{"a":1}}"#).is_ok());
+    }
+}

@@ -1,0 +1,114 @@
+//! What the stream actor proposes and what `apply` answers.
+
+use chorus_types::{
+    AccessRow, ClientMsgId, ErrorCode, InheritEntry, MessageRecord, Millis, ParticipantRecord,
+    StreamKey, StreamRecord, StreamType, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One command with the context the proposer stamped on it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Proposal time; the only clock `apply` ever sees.
+    pub time: Millis,
+    /// `byUserId` of any message this command posts (`""` for the app).
+    pub by: String,
+    pub command: Command,
+}
+
+/// Field changes of an update; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FieldChanges {
+    pub title: Option<String>,
+    pub icon: Option<String>,
+    pub content: Option<String>,
+    pub attributes: Option<Value>,
+    pub read_level: Option<i32>,
+    pub write_level: Option<i32>,
+    pub admin_level: Option<i32>,
+    pub inherit_access: Option<Vec<InheritEntry>>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParticipantAction {
+    Join,
+    Leave,
+    Subscribe,
+    Unsubscribe,
+}
+
+/// A change to one stream. Access has been checked by the proposer; `apply` checks only what
+/// depends on the state at commit time (existence, closed, preconditions, dedupe).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Create a fully resolved stream (template applied, name generated); counters and times
+    /// are set by `apply`. Posts `Streams/created`.
+    Create { stream: Box<StreamRecord>, access_rows: Vec<AccessRow> },
+    /// Posts `Streams/changed` with the fields that changed.
+    Update { key: StreamKey, changes: FieldChanges, if_message_count: Option<u64> },
+    /// Sets `closedTime`, posts `Streams/closed`.
+    Close { key: StreamKey },
+    Post {
+        key: StreamKey,
+        message_type: StreamType,
+        content: String,
+        instructions: Option<Value>,
+        client_msg_id: Option<ClientMsgId>,
+    },
+    Participate { key: StreamKey, user: UserId, action: ParticipantAction, extra: Option<Value> },
+    /// Replaces the row set of a stream or of a `<type>*` rule pseudo-stream.
+    SetAccess { key: StreamKey, rows: Vec<AccessRow> },
+}
+
+impl Command {
+    pub fn key(&self) -> StreamKey {
+        match self {
+            Command::Create { stream, .. } => stream.key(),
+            Command::Update { key, .. }
+            | Command::Close { key }
+            | Command::Post { key, .. }
+            | Command::Participate { key, .. }
+            | Command::SetAccess { key, .. } => key.clone(),
+        }
+    }
+}
+
+/// The reply to one envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Stream(Box<StreamRecord>),
+    Posted { message: Box<MessageRecord>, duplicate: bool },
+    Participant(Box<ParticipantRecord>),
+    Access(Vec<AccessRow>),
+    /// The command changed nothing. `stream` is the current stream for a failed precondition.
+    Rejected { code: ErrorCode, reason: Rejection, stream: Option<Box<StreamRecord>> },
+}
+
+/// Why `apply` refused a command; each maps to one error code and message.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rejection {
+    NotFound,
+    AlreadyExists,
+    Closed,
+    MessageCountMismatch,
+}
+
+impl Rejection {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            Rejection::NotFound => ErrorCode::NotFound,
+            Rejection::AlreadyExists => ErrorCode::AlreadyExists,
+            Rejection::Closed | Rejection::MessageCountMismatch => ErrorCode::Conflict,
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Rejection::NotFound => "stream not found",
+            Rejection::AlreadyExists => "stream already exists",
+            Rejection::Closed => "stream is closed",
+            Rejection::MessageCountMismatch => "messageCount differs from ifMessageCount",
+        }
+    }
+}

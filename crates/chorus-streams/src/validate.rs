@@ -1,0 +1,188 @@
+//! Limits and checks made before a command is proposed (DESIGN.md §3 "Limits").
+
+use chorus_types::{ApiError, InheritEntry, levels::is_valid_level};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Configurable size limits. Beyond any of them: 413 `too_large`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Stream `content`, in Unicode characters. Default 1000.
+    pub content_chars: usize,
+    /// Stream `attributes`, serialized JSON bytes. Default 1000.
+    pub attributes_bytes: usize,
+    /// A message's `content` + serialized `instructions`, bytes. Default 64 KiB.
+    pub message_bytes: usize,
+    /// `title` and `icon`, in Unicode characters. Default 255.
+    pub title_chars: usize,
+    /// A participant's `extra`, serialized JSON bytes. Default 1000.
+    pub extra_bytes: usize,
+    /// Parents in `inheritAccess`. Default 8.
+    pub inherit_entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            content_chars: 1000,
+            attributes_bytes: 1000,
+            message_bytes: 64 * 1024,
+            title_chars: 255,
+            extra_bytes: 1000,
+            inherit_entries: 8,
+        }
+    }
+}
+
+fn chars_at_most(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
+    if s.chars().count() > max {
+        return Err(ApiError::too_large(format!("{field} is longer than {max} characters")));
+    }
+    Ok(())
+}
+
+fn json_object_at_most(field: &str, v: &Value, max: usize) -> Result<(), ApiError> {
+    if !v.is_object() {
+        return Err(ApiError::invalid(format!("{field} must be a JSON object")));
+    }
+    let len = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
+    if len > max {
+        return Err(ApiError::too_large(format!("{field} is larger than {max} bytes serialized")));
+    }
+    Ok(())
+}
+
+fn level(field: &str, v: i32) -> Result<(), ApiError> {
+    if !is_valid_level(v) || v < 0 {
+        return Err(ApiError::invalid(format!("{field} must be 0 to 40")));
+    }
+    Ok(())
+}
+
+/// The stream fields a create or update may set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FieldsRef<'a> {
+    pub title: Option<&'a str>,
+    pub icon: Option<&'a str>,
+    pub content: Option<&'a str>,
+    pub attributes: Option<&'a Value>,
+    pub read_level: Option<i32>,
+    pub write_level: Option<i32>,
+    pub admin_level: Option<i32>,
+    pub inherit_access: Option<&'a [InheritEntry]>,
+}
+
+impl Limits {
+    pub fn check_fields(&self, f: FieldsRef<'_>) -> Result<(), ApiError> {
+        if let Some(t) = f.title {
+            chars_at_most("title", t, self.title_chars)?;
+        }
+        if let Some(i) = f.icon {
+            chars_at_most("icon", i, self.title_chars)?;
+        }
+        if let Some(c) = f.content {
+            chars_at_most("content", c, self.content_chars)?;
+        }
+        if let Some(a) = f.attributes {
+            json_object_at_most("attributes", a, self.attributes_bytes)?;
+        }
+        for (name, v) in [
+            ("readLevel", f.read_level),
+            ("writeLevel", f.write_level),
+            ("adminLevel", f.admin_level),
+        ] {
+            if let Some(v) = v {
+                level(name, v)?;
+            }
+        }
+        if let Some(parents) = f.inherit_access {
+            if parents.len() > self.inherit_entries {
+                return Err(ApiError::too_large(format!(
+                    "inheritAccess lists more than {} streams",
+                    self.inherit_entries
+                )));
+            }
+            for p in parents {
+                if let Some(caps) = p.caps {
+                    for c in caps {
+                        level("inheritAccess caps", c)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn check_message(&self, content: &str, instructions: Option<&Value>) -> Result<(), ApiError> {
+        let mut size = content.len();
+        if let Some(i) = instructions {
+            if !i.is_object() {
+                return Err(ApiError::invalid("instructions must be a JSON object"));
+            }
+            size += serde_json::to_vec(i).map(|b| b.len()).unwrap_or(usize::MAX);
+        }
+        if size > self.message_bytes {
+            return Err(ApiError::too_large(format!(
+                "message content and instructions exceed {} bytes",
+                self.message_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn check_extra(&self, extra: Option<&Value>) -> Result<(), ApiError> {
+        match extra {
+            Some(e) => json_object_at_most("extra", e, self.extra_bytes),
+            None => Ok(()),
+        }
+    }
+
+    pub fn check_payload(&self, payload: &Value) -> Result<(), ApiError> {
+        let len = serde_json::to_vec(payload).map(|b| b.len()).unwrap_or(usize::MAX);
+        if len > self.message_bytes {
+            return Err(ApiError::too_large(format!(
+                "ephemeral payload exceeds {} bytes",
+                self.message_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chorus_types::ErrorCode;
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn limits() {
+        let l = Limits::default();
+        let long = "é".repeat(1001);
+        let ok = "é".repeat(1000);
+        let code = |r: Result<(), ApiError>| r.err().map(|e| e.code);
+        assert_eq!(code(l.check_fields(FieldsRef { content: Some(&ok), ..Default::default() })), None);
+        assert_eq!(
+            code(l.check_fields(FieldsRef { content: Some(&long), ..Default::default() })),
+            Some(ErrorCode::TooLarge)
+        );
+        let big = json!({"a": "x".repeat(1000)});
+        assert_eq!(
+            code(l.check_fields(FieldsRef { attributes: Some(&big), ..Default::default() })),
+            Some(ErrorCode::TooLarge)
+        );
+        let not_obj = json!([1]);
+        assert_eq!(
+            code(l.check_fields(FieldsRef { attributes: Some(&not_obj), ..Default::default() })),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(
+            code(l.check_fields(FieldsRef { read_level: Some(41), ..Default::default() })),
+            Some(ErrorCode::InvalidArgument)
+        );
+        assert_eq!(code(l.check_message(&"x".repeat(65536), None)), None);
+        assert_eq!(code(l.check_message(&"x".repeat(65537), None)), Some(ErrorCode::TooLarge));
+        assert_eq!(code(l.check_message("x", Some(&json!(3)))), Some(ErrorCode::InvalidArgument));
+    }
+}
