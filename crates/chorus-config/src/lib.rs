@@ -1,1 +1,273 @@
-//! chorus-config
+//! Chorus's configuration: a versioned TOML file, overridden by flags and the environment
+//! variables of [`env`], validated once into [`Config`]. Nothing downstream sees unvalidated
+//! values.
+//!
+//! ```toml
+//! version = 1
+//! data_dir = "./chorus-data"
+//! listen = "127.0.0.1:8080"
+//! shards = 64
+//! [limits]
+//! message_bytes = 65536
+//! ```
+//!
+//! The timeout relations enforced by [`Config::validate`] are written down in
+//! `docs/timeouts.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use chorus_streams::validate::Limits;
+use serde::Deserialize;
+
+pub mod env;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Log output format.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Raft timing of the shard groups. See `docs/timeouts.md`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftTiming {
+    /// Leader heartbeat interval, ms. Default 100.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms. Defaults 400–800; min must exceed 3 heartbeats.
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Log entries between shard snapshots. Default 50,000.
+    pub snapshot_every_logs: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_ms: 100,
+            election_min_ms: 400,
+            election_max_ms: 800,
+            snapshot_every_logs: 50_000,
+        }
+    }
+}
+
+/// Stream actors.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Actors {
+    /// Requests queued per stream actor before callers get `unavailable`. Default 4096.
+    pub mailbox: usize,
+    /// Most commands folded into one Raft entry. Default 512.
+    pub max_batch: usize,
+    /// An actor with no request for this long stops, ms. Default 30,000.
+    pub idle_ms: u64,
+    /// A request not committed within this long answers `timeout`, ms. Default 10,000; must
+    /// exceed the election timeout so that one failover fits.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Actors {
+    fn default() -> Self {
+        Actors { mailbox: 4096, max_batch: 512, idle_ms: 30_000, request_timeout_ms: 10_000 }
+    }
+}
+
+/// The configuration file, version 1.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileV1 {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub node_id: Option<u64>,
+    pub shards: Option<u16>,
+    pub log_format: Option<LogFormat>,
+    pub log_filter: Option<String>,
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    #[serde(default)]
+    pub raft: RaftTiming,
+    #[serde(default)]
+    pub actors: Actors,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "version")]
+enum Versioned {
+    #[serde(rename = "1")]
+    V1(FileV1),
+}
+
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: Option<toml::Value>,
+}
+
+/// The validated configuration of a process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where RocksDB, snapshots and dev secrets live. Default `./chorus-data`.
+    pub data_dir: PathBuf,
+    /// HTTP/WebSocket listen address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// This node's Raft id. Default 1.
+    pub node_id: u64,
+    /// Shard count, fixed at first start. Default 64, 1–4096.
+    pub shards: u16,
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter. Default `info`.
+    pub log_filter: String,
+    pub limits: Limits,
+    pub raft: RaftTiming,
+    pub actors: Actors,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./chorus-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            node_id: 1,
+            shards: 64,
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+            limits: Limits::default(),
+            raft: RaftTiming::default(),
+            actors: Actors::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file (when given) over the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = path {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+            config.merge_file(path, &text)?;
+        }
+        Ok(config)
+    }
+
+    fn merge_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
+        let parse_err = |source| ConfigError::Parse { path: path.to_path_buf(), source };
+        let probe: VersionProbe = toml::from_str(text).map_err(parse_err)?;
+        if probe.version.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "{}: missing `version = 1` at the top",
+                path.display()
+            )));
+        }
+        // serde's internally tagged enums want a string tag; accept `version = 1` too.
+        let text = text.replacen("version = 1", "version = \"1\"", 1);
+        let Versioned::V1(file) = toml::from_str(&text).map_err(parse_err)?;
+        if let Some(v) = file.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = file.listen {
+            self.listen = v;
+        }
+        if let Some(v) = file.node_id {
+            self.node_id = v;
+        }
+        if let Some(v) = file.shards {
+            self.shards = v;
+        }
+        if let Some(v) = file.log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = file.log_filter {
+            self.log_filter = v;
+        }
+        if let Some(v) = file.limits {
+            self.limits = v;
+        }
+        self.raft = file.raft;
+        self.actors = file.actors;
+        Ok(())
+    }
+
+    /// Checks every value and the relations between them.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.shards == 0 || self.shards > 4096 {
+            return bad(format!("shards must be 1-4096, got {}", self.shards));
+        }
+        if self.node_id == 0 {
+            return bad("node_id must be at least 1".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            return bad("raft.heartbeat_ms must be at least 1".into());
+        }
+        if r.election_min_ms <= 3 * r.heartbeat_ms {
+            return bad(format!(
+                "raft.election_min_ms ({}) must exceed 3 x heartbeat_ms ({})",
+                r.election_min_ms, r.heartbeat_ms
+            ));
+        }
+        if r.election_max_ms <= r.election_min_ms {
+            return bad("raft.election_max_ms must exceed election_min_ms".into());
+        }
+        if r.snapshot_every_logs < 100 {
+            return bad("raft.snapshot_every_logs must be at least 100".into());
+        }
+        let a = &self.actors;
+        if a.mailbox == 0 || a.max_batch == 0 || a.idle_ms == 0 {
+            return bad("actors.mailbox, max_batch and idle_ms must be at least 1".into());
+        }
+        if a.request_timeout_ms <= r.election_max_ms {
+            return bad(format!(
+                "actors.request_timeout_ms ({}) must exceed raft.election_max_ms ({}) so a \
+                 failover fits in one request",
+                a.request_timeout_ms, r.election_max_ms
+            ));
+        }
+        let l = &self.limits;
+        if l.content_chars == 0 || l.attributes_bytes == 0 || l.message_bytes == 0 {
+            return bad("limits must be at least 1".into());
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        c.merge_file(Path::new("test.toml"), text)?;
+        c.validate()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn file_overrides_and_checks() {
+        let c = parse("version = 1\nshards = 8\n[limits]\nmessage_bytes = 100\n").unwrap();
+        assert_eq!(c.shards, 8);
+        assert_eq!(c.limits.message_bytes, 100);
+        assert!(parse("shards = 8\n").is_err(), "version is required");
+        assert!(parse("version = 1\nbogus = 1\n").is_err(), "unknown keys are refused");
+        assert!(parse("version = 1\nshards = 0\n").is_err());
+        assert!(parse("version = 1\n[raft]\nheartbeat_ms = 200\nelection_min_ms = 300\nelection_max_ms = 900\n").is_err());
+    }
+}

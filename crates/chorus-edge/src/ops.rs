@@ -63,7 +63,7 @@ impl OpName {
         }
     }
 
-    fn of_participant_op(op: ParticipantOp) -> Self {
+    pub(crate) fn of_participant_op(op: ParticipantOp) -> Self {
         match op {
             ParticipantOp::Join => OpName::Join,
             ParticipantOp::Leave => OpName::Leave,

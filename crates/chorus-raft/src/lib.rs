@@ -1,1 +1,18 @@
-//! chorus-raft
+//! Shard groups: starting one openraft group per shard over the node's storage, and the
+//! network those groups talk over.
+//!
+//! A node runs `S` groups (one per shard) that share one RocksDB and one group-commit log
+//! writer (`chorus-storage`). In single-node mode (`chorus dev`) every group has one voter and
+//! never sends an RPC; [`network::LocalOnly`] makes that explicit by refusing any peer. The
+//! multiplexed gRPC transport between nodes plugs in here as another `RaftNetworkFactory`.
+//!
+//! # Layout
+//! - [`group`]: [`group::ShardGroup`], one shard's `Raft` handle, and [`group::start_groups`].
+//! - [`network`]: the peer transport used by the groups.
+
+pub mod group;
+pub mod network;
+
+pub use group::{ShardGroup, StartError, start_groups};
+
+pub type Raft = openraft::Raft<chorus_storage::TypeConfig>;

@@ -1,1 +1,49 @@
-//! chorus-storage
+//! Chorus's storage: one RocksDB per node holding the Raft logs of every shard, the Raft
+//! metadata and the replicated stream state, with an openraft log store and state machine per
+//! shard over that one database.
+//!
+//! ```text
+//!  openraft (shard 0..S) ──append──▶ LogStore ──▶ LogWriter thread ──one WriteBatch──▶ RocksDB
+//!                                                       │                   (no sync)
+//!                                                       └──▶ syncer thread: one fsync for all
+//!                                                             pending appends, then each
+//!                                                             shard's LogFlushed callback
+//!  openraft ──apply──▶ StateMachine ──spawn_blocking──▶ chorus_streams::apply_entry
+//!                                                     ──▶ one WriteBatch (state + applied id)
+//!                                                     ──▶ ApplyObserver (committed messages)
+//! ```
+//!
+//! Group commit is what makes many shards cheap: a disk here does a few thousand fsyncs per
+//! second, so every append of every shard that arrives while one fsync runs shares the next.
+//! Entries are readable as soon as they are written and count for Raft only once the fsync
+//! that covers them has returned.
+//!
+//! # Layout
+//! - [`raft_types`]: the openraft type config and the entry payload.
+//! - [`db`]: opening the database and its column families.
+//! - [`keys`]: the key encodings (every key starts with its shard, so a shard is a key range).
+//! - [`log_writer`]: the group-commit writer and syncer threads.
+//! - [`log_store`]: `RaftLogStorage` per shard.
+//! - [`state_machine`]: `RaftStateMachine` per shard.
+//! - [`rocks_state`]: [`chorus_streams::StateRead`] over RocksDB.
+//! - [`snapshot`]: export and import of a shard's key range.
+//! - [`reads`]: the queries the node serves (history, participants, access rows).
+
+pub mod db;
+pub mod error;
+pub mod keys;
+pub mod log_store;
+pub mod log_writer;
+pub mod metrics;
+pub mod raft_types;
+pub mod reads;
+pub mod rocks_state;
+pub mod snapshot;
+pub mod state_machine;
+
+pub use db::Db;
+pub use error::StorageError;
+pub use log_store::LogStore;
+pub use log_writer::LogWriter;
+pub use raft_types::{ShardRequest, ShardResponse, TypeConfig};
+pub use state_machine::{ApplyObserver, StateMachine};

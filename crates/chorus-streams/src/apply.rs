@@ -23,26 +23,25 @@ pub fn apply_batch<R: StateRead>(
     envelopes: &[Envelope],
 ) -> Result<(Vec<Outcome>, Vec<Write>), R::Error> {
     let mut overlay = Overlay::new(state);
-    let mut outcomes = Vec::with_capacity(envelopes.len());
-    for env in envelopes {
-        outcomes.push(apply_one(&mut overlay, env)?);
-    }
+    let outcomes = apply_entry(&mut overlay, envelopes)?;
     Ok((outcomes, overlay.into_writes()))
+}
+
+/// Applies the envelopes of one Raft entry on top of an overlay shared by the entries of one
+/// apply call.
+pub fn apply_entry<R: StateRead>(
+    overlay: &mut Overlay<'_, R>,
+    envelopes: &[Envelope],
+) -> Result<Vec<Outcome>, R::Error> {
+    envelopes.iter().map(|env| apply_one(overlay, env)).collect()
 }
 
 fn rejected(reason: Rejection) -> Outcome {
     Outcome::Rejected { code: reason.code(), reason, stream: None }
 }
 
-fn system_type(name: &str) -> StreamType {
-    // The standard types below are valid by construction; fall back on the create type rather
-    // than panic if one ever is not.
-    StreamType::new(name).unwrap_or_else(|_| StreamType::new("Streams/unknown").unwrap_or_else(|_| unreachable_type()))
-}
-
-#[allow(clippy::panic)]
-fn unreachable_type() -> StreamType {
-    panic!("constant stream types are valid")
+fn system_type(name: &'static str) -> StreamType {
+    StreamType::from_static(name)
 }
 
 /// Appends a message to `stream`, bumping its counters.

@@ -34,6 +34,6 @@ pub mod validate;
 #[cfg(test)]
 mod apply_tests;
 
-pub use apply::{DEDUPE_WINDOW_MS, apply_batch};
+pub use apply::{DEDUPE_WINDOW_MS, apply_batch, apply_entry};
 pub use command::{Command, Envelope, FieldChanges, Outcome, ParticipantAction};
 pub use state::{DedupeRecord, Overlay, StateRead, Write};

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 /// Configurable size limits. Beyond any of them: 413 `too_large`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Stream `content`, in Unicode characters. Default 1000.
     pub content_chars: usize,

@@ -122,6 +122,15 @@ string_id!(
     }
 );
 
+impl StreamType {
+    /// A type known at compile time to be valid (the standard `Streams/…` message types).
+    /// Validity is checked by a unit test over every constant used.
+    pub fn from_static(s: &'static str) -> Self {
+        debug_assert!(StreamType::new(s).is_ok(), "invalid constant type {s}");
+        StreamType(s.to_owned())
+    }
+}
+
 impl PublisherId {
     /// The app-wide publisher `""`, written `~` in URLs.
     pub fn app() -> Self {

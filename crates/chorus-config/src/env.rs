@@ -1,0 +1,17 @@
+//! The one registry of environment variables Chorus reads. Nothing else calls
+//! `std::env::var` for configuration.
+
+/// Each variable, what it overrides, and its flag.
+pub const VARS: &[(&str, &str)] = &[
+    ("CHORUS_CONFIG", "config file path (--config)"),
+    ("CHORUS_DATA", "data directory (--data)"),
+    ("CHORUS_LISTEN", "HTTP/WebSocket listen address (--listen)"),
+    ("CHORUS_LOG_FORMAT", "log format: text or json"),
+    ("RUST_LOG", "log filter, e.g. info,chorus_node=debug"),
+];
+
+pub const CONFIG: &str = "CHORUS_CONFIG";
+pub const DATA: &str = "CHORUS_DATA";
+pub const LISTEN: &str = "CHORUS_LISTEN";
+pub const LOG_FORMAT: &str = "CHORUS_LOG_FORMAT";
+pub const RUST_LOG: &str = "RUST_LOG";

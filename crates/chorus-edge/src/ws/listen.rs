@@ -1,0 +1,214 @@
+//! A session's listens: which stream has a forwarder task, and the forwarder itself.
+//!
+//! Listen and unlisten requests are handled concurrently, yet their effect must follow the
+//! order the client sent them in. The reader loop therefore stamps each with an increasing
+//! epoch when it reads it ([`ListenRegistry::supersede`], [`ListenRegistry::retire`]); a listen
+//! whose service call returns after a later request for the same stream was read does not
+//! start its forwarder.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use chorus_api::{EventStream, ListenEvent};
+use chorus_types::StreamKey;
+use futures_util::StreamExt;
+use tokio::task::JoinHandle;
+
+use crate::metrics::{EPHEMERALS_DROPPED, GaugeGuard, LISTENS, RESYNCS};
+use crate::ws::frame::resync_frame;
+use crate::ws::outbound::{Offered, Outbound};
+
+/// The listen of one stream: the epoch of the latest listen/unlisten read for it, and its
+/// forwarder once started.
+struct Slot {
+    epoch: u64,
+    forwarder: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Slots {
+    by_stream: HashMap<StreamKey, Slot>,
+    next_epoch: u64,
+}
+
+/// The listens of one session. Its lock is held only for map updates, never across `.await`.
+#[derive(Default)]
+pub(crate) struct ListenRegistry {
+    slots: Mutex<Slots>,
+}
+
+impl ListenRegistry {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        // The map stays consistent even if a holder panicked: every update is one statement.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A listen of `key` was read: it supersedes every earlier listen of that stream. Returns
+    /// its epoch and the forwarder it replaces, which the caller stops before the new listen
+    /// replies, so no old event follows the new `ok`.
+    pub(crate) fn supersede(&self, key: &StreamKey) -> (u64, Option<JoinHandle<()>>) {
+        let mut slots = self.lock();
+        let epoch = slots.next_epoch;
+        slots.next_epoch += 1;
+        let slot = slots.by_stream.entry(key.clone()).or_insert(Slot { epoch, forwarder: None });
+        slot.epoch = epoch;
+        (epoch, slot.forwarder.take())
+    }
+
+    /// An unlisten of `key` was read: forgets the stream, so a listen still in flight does not
+    /// start. Returns the forwarder to stop.
+    pub(crate) fn retire(&self, key: &StreamKey) -> Option<JoinHandle<()>> {
+        self.lock().by_stream.remove(key).and_then(|slot| slot.forwarder)
+    }
+
+    /// Starts the forwarder of the listen stamped `epoch`, unless a later request for the
+    /// stream superseded it. Returns whether it started.
+    pub(crate) fn install(
+        &self,
+        key: &StreamKey,
+        epoch: u64,
+        start: impl FnOnce() -> JoinHandle<()>,
+    ) -> bool {
+        let mut slots = self.lock();
+        match slots.by_stream.get_mut(key) {
+            Some(slot) if slot.epoch == epoch => {
+                slot.forwarder = Some(start());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The listen stamped `epoch` is over (failed, or its forwarder ended by itself): forget
+    /// the stream unless a later request took it over. A forwarder calls this as its last act,
+    /// so dropping its own handle here detaches nothing that is still running.
+    pub(crate) fn finished(&self, key: &StreamKey, epoch: u64) {
+        let mut slots = self.lock();
+        if slots.by_stream.get(key).is_some_and(|slot| slot.epoch == epoch) {
+            slots.by_stream.remove(key);
+        }
+    }
+
+    /// The session is closing: every forwarder, for the caller to abort and await.
+    pub(crate) fn take_all(&self) -> Vec<JoinHandle<()>> {
+        let mut slots = self.lock();
+        slots.by_stream.drain().filter_map(|(_, slot)| slot.forwarder).collect()
+    }
+}
+
+/// Stops a forwarder and waits until it can no longer send anything.
+pub(crate) async fn stop_forwarder(forwarder: Option<JoinHandle<()>>) {
+    let Some(forwarder) = forwarder else { return };
+    forwarder.abort();
+    if let Err(error) = forwarder.await
+        && error.is_panic()
+    {
+        tracing::error!(%error, "listen forwarder panicked");
+    }
+}
+
+/// Moves one listen's events into the session's outbound queue.
+pub(crate) struct Forwarder {
+    pub(crate) out: Outbound,
+    /// Ephemerals this session sent are not echoed back to it.
+    pub(crate) session_id: u64,
+    pub(crate) key: StreamKey,
+    pub(crate) epoch: u64,
+    pub(crate) registry: Arc<ListenRegistry>,
+}
+
+impl Forwarder {
+    /// Forwards until the listen ends. `next_from` is the ordinal a resync would ask the client
+    /// to fetch from if no message gets through at all.
+    pub(crate) async fn run(self, events: EventStream, next_from: u64) {
+        let _listening = GaugeGuard::hold(&LISTENS);
+        if let Some(from) = self.forward(events, next_from).await {
+            RESYNCS.inc();
+            tracing::debug!(stream = %self.key, from, "listen ended, sending resync");
+            self.out.resync(resync_frame(&self.key, from)).await;
+        }
+        self.registry.finished(&self.key, self.epoch);
+    }
+
+    /// Returns the `from` of the resync that must end the listen, or `None` when the session
+    /// is gone. Dropping `events` on return ends the listen at the service.
+    async fn forward(&self, mut events: EventStream, mut next_from: u64) -> Option<u64> {
+        loop {
+            // The service ending the stream without a resync (it is shutting down, say) still
+            // leaves the client behind: tell it where to pick up rather than go quiet.
+            let Some(event) = events.next().await else { return Some(next_from) };
+            match event {
+                ListenEvent::Message(delivered) => match self.out.offer(delivered.frame.clone()) {
+                    Offered::Queued => next_from = delivered.record.ordinal.saturating_add(1),
+                    Offered::Full => return Some(next_from),
+                    Offered::SessionClosed => return None,
+                },
+                ListenEvent::Ephemeral(relayed) => {
+                    if relayed.origin == Some(self.session_id) {
+                        continue;
+                    }
+                    match self.out.offer(relayed.frame.clone()) {
+                        Offered::Queued => {}
+                        // Ephemerals are best-effort by contract: a full queue drops them.
+                        Offered::Full => EPHEMERALS_DROPPED.inc(),
+                        Offered::SessionClosed => return None,
+                    }
+                }
+                ListenEvent::Resync { from } => return Some(from),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chorus_types::{PublisherId, StreamName};
+
+    use super::*;
+
+    fn key(name: &str) -> StreamKey {
+        StreamKey::new(PublisherId::new("a").unwrap(), StreamName::new(name).unwrap())
+    }
+
+    #[tokio::test]
+    async fn later_requests_supersede_earlier_listens() {
+        let registry = ListenRegistry::default();
+        let (first, previous) = registry.supersede(&key("x"));
+        assert!(previous.is_none());
+        let (second, _) = registry.supersede(&key("x"));
+        assert!(second > first);
+        // The first listen's service call returned late: it must not start.
+        assert!(!registry.install(&key("x"), first, || tokio::spawn(async {})));
+        assert!(registry.install(&key("x"), second, || tokio::spawn(async {})));
+        // A third listen takes over the running forwarder.
+        let (_, replaced) = registry.supersede(&key("x"));
+        assert!(replaced.is_some());
+        stop_forwarder(replaced).await;
+    }
+
+    #[tokio::test]
+    async fn unlisten_stops_pending_and_running_listens() {
+        let registry = ListenRegistry::default();
+        let (pending, _) = registry.supersede(&key("x"));
+        assert!(registry.retire(&key("x")).is_none());
+        assert!(!registry.install(&key("x"), pending, || tokio::spawn(async {})));
+
+        let (running, _) = registry.supersede(&key("y"));
+        assert!(registry.install(&key("y"), running, || tokio::spawn(std::future::pending())));
+        let forwarder = registry.retire(&key("y"));
+        assert!(forwarder.is_some());
+        stop_forwarder(forwarder).await;
+        assert!(registry.take_all().is_empty());
+    }
+
+    #[test]
+    fn finished_forgets_only_its_own_epoch() {
+        let registry = ListenRegistry::default();
+        let (old, _) = registry.supersede(&key("x"));
+        let (new, _) = registry.supersede(&key("x"));
+        registry.finished(&key("x"), old);
+        assert!(registry.lock().by_stream.contains_key(&key("x")));
+        registry.finished(&key("x"), new);
+        assert!(registry.lock().by_stream.is_empty());
+    }
+}

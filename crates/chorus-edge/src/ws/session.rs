@@ -1,0 +1,264 @@
+//! One WebSocket session: a reader loop that parses frames and spawns a task per request, a
+//! writer task (see [`outbound`](super::outbound)), and a forwarder task per listen.
+//!
+//! ```text
+//!            ┌──────────── reader loop ────────────┐
+//!  socket ──▶│ parse frame ─▶ spawn request task   │──reply──▶ queue ──▶ writer ──▶ socket
+//!            │ listen: supersede, spawn listen task │
+//!            └──────────────────────────────────────┘
+//!  listen task: service.listen ─▶ queue `ok` ─▶ start forwarder ──events──▶ queue
+//! ```
+//!
+//! Shutdown: when the socket closes, the server stops, or the writer fails, the loop ends; the
+//! request tasks, then the forwarders are aborted and awaited; dropping the last sender lets
+//! the writer flush what is queued and close the socket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, close_code};
+use chorus_api::{Caller, ServiceError, StreamService};
+use chorus_types::StreamKey;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::instrument;
+
+use crate::metrics::{GaugeGuard, SESSIONS, Transport, record_request};
+use crate::ops::{OpName, Request, dispatch};
+use crate::ws::frame::{Command, Frame, FrameError, error_frame, ok_frame, parse_frame};
+use crate::ws::listen::{Forwarder, ListenRegistry, stop_forwarder};
+use crate::ws::outbound::{Outbound, write_loop};
+
+/// Requests of one session running at once. The reader stops reading while this many are in
+/// flight, which pushes back on the client through TCP instead of spawning without bound.
+const MAX_REQUESTS_IN_FLIGHT: usize = 64;
+
+/// How long a closing session waits for the writer to flush before dropping the socket.
+const WRITER_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Everything a new session needs, resolved before the upgrade.
+pub(crate) struct SessionSetup {
+    pub(crate) id: u64,
+    pub(crate) caller: Caller,
+    pub(crate) service: Arc<dyn StreamService>,
+    pub(crate) queue_len: usize,
+    /// Flips to `true` when the server shuts down; `None` when served without [`crate::serve`].
+    pub(crate) stop: Option<watch::Receiver<bool>>,
+}
+
+/// What request tasks share.
+struct Session {
+    id: u64,
+    /// The authenticated caller, with `session` set to this session's id.
+    caller: Caller,
+    service: Arc<dyn StreamService>,
+    out: Outbound,
+    listens: Arc<ListenRegistry>,
+}
+
+/// Why the reader loop ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    ClientGone,
+    WriterGone,
+    ServerStopping,
+}
+
+#[instrument(skip_all, fields(session = setup.id))]
+pub(crate) async fn run(socket: WebSocket, setup: SessionSetup) {
+    let _open = GaugeGuard::hold(&SESSIONS);
+    tracing::debug!("websocket session opened");
+    let (sink, mut stream) = socket.split();
+    let (out, receivers) = Outbound::channel(setup.queue_len);
+    let mut writer = tokio::spawn(write_loop(sink, receivers));
+    let session = Arc::new(Session {
+        id: setup.id,
+        caller: setup.caller,
+        service: setup.service,
+        out,
+        listens: Arc::new(ListenRegistry::default()),
+    });
+    let mut requests = JoinSet::new();
+    let in_flight = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
+    let stop = stop_requested(setup.stop);
+    tokio::pin!(stop);
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => break End::ServerStopping,
+            _ = &mut writer => break End::WriterGone,
+            Some(joined) = requests.join_next(), if !requests.is_empty() => log_panic(joined),
+            message = stream.next() => {
+                let Some(Ok(message)) = message else { break End::ClientGone };
+                if !on_message(&session, &mut requests, &in_flight, message).await {
+                    break End::ClientGone;
+                }
+            }
+        }
+    };
+    tracing::debug!(reason = ?end, "websocket session closing");
+
+    // Request tasks may still start forwarders, so they go first.
+    requests.abort_all();
+    while let Some(joined) = requests.join_next().await {
+        log_panic(joined);
+    }
+    for forwarder in session.listens.take_all() {
+        stop_forwarder(Some(forwarder)).await;
+    }
+    if end == End::ServerStopping {
+        session.out.try_close(close_code::AWAY, "server shutting down");
+    }
+    // The last senders go with the session: the writer flushes what is queued and closes.
+    drop(session);
+    if end != End::WriterGone {
+        drain_writer(writer).await;
+    }
+}
+
+/// Handles one frame; `false` ends the session.
+async fn on_message(
+    session: &Arc<Session>,
+    requests: &mut JoinSet<()>,
+    in_flight: &Arc<Semaphore>,
+    message: Message,
+) -> bool {
+    match message {
+        Message::Text(text) => match parse_frame(text.as_str()) {
+            Ok(frame) => start_request(session, requests, in_flight, frame).await,
+            Err(bad) => reply_frame_error(session, bad).await,
+        },
+        Message::Binary(_) => reply_frame_error(session, FrameError::binary()).await,
+        // Pongs to pings are queued by the protocol layer itself.
+        Message::Ping(_) | Message::Pong(_) => true,
+        Message::Close(_) => false,
+    }
+}
+
+async fn reply_frame_error(session: &Session, bad: FrameError) -> bool {
+    record_request(Transport::Ws, bad.op, Some(bad.error.code));
+    session.out.reply(error_frame(&bad.re, &ServiceError::from(bad.error))).await
+}
+
+/// Runs a request; `false` when the session is gone. Listen and unlisten take their epoch
+/// here, in the order the client sent them, before any task runs.
+async fn start_request(
+    session: &Arc<Session>,
+    requests: &mut JoinSet<()>,
+    in_flight: &Arc<Semaphore>,
+    frame: Frame,
+) -> bool {
+    let Frame { id, command } = frame;
+    if let Command::Ping = command {
+        record_request(Transport::Ws, OpName::Ping, None);
+        return session.out.reply(ok_frame(&id, json!({}))).await;
+    }
+    // The semaphore is never closed; failing to acquire would mean the session is broken.
+    let Ok(permit) = Arc::clone(in_flight).acquire_owned().await else {
+        return false;
+    };
+    let session = Arc::clone(session);
+    match command {
+        // Answered above, without a task.
+        Command::Ping => {}
+        Command::Call(request) => {
+            requests.spawn(async move {
+                let _permit = permit;
+                call(&session, id, request).await;
+            });
+        }
+        Command::Listen { key, since } => {
+            let (epoch, replaced) = session.listens.supersede(&key);
+            requests.spawn(async move {
+                let _permit = permit;
+                stop_forwarder(replaced).await;
+                listen(&session, id, key, since, epoch).await;
+            });
+        }
+        Command::Unlisten(key) => {
+            let forwarder = session.listens.retire(&key);
+            requests.spawn(async move {
+                let _permit = permit;
+                stop_forwarder(forwarder).await;
+                record_request(Transport::Ws, OpName::Unlisten, None);
+                session.out.reply(ok_frame(&id, json!({}))).await;
+            });
+        }
+    }
+    true
+}
+
+async fn call(session: &Session, id: Value, request: Request) {
+    let op = request.op();
+    let outcome = dispatch(session.service.as_ref(), &session.caller, request).await;
+    record_request(Transport::Ws, op, outcome.as_ref().err().map(|error| error.error.code));
+    let frame = match outcome {
+        Ok(reply) => ok_frame(&id, reply.body),
+        Err(error) => error_frame(&id, &error),
+    };
+    session.out.reply(frame).await;
+}
+
+#[instrument(skip_all, fields(op = "listen", stream = %key))]
+async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>, epoch: u64) {
+    let listening = match session.service.listen(&session.caller, &key, since).await {
+        Ok(listening) => listening,
+        Err(error) => {
+            record_request(Transport::Ws, OpName::Listen, Some(error.error.code));
+            session.listens.finished(&key, epoch);
+            session.out.reply(error_frame(&id, &error)).await;
+            return;
+        }
+    };
+    record_request(Transport::Ws, OpName::Listen, None);
+    let ok = json!({"recovered": listening.recovered, "messageCount": listening.message_count});
+    // The `ok` is queued before the forwarder exists, so no event of this listen precedes it.
+    if !session.out.reply(ok_frame(&id, ok)).await {
+        return;
+    }
+    // Where a resync points if no message gets through: the first message after `since`, or
+    // after `messageCount` when listening from now (or from beyond the end).
+    let resume = since.unwrap_or(listening.message_count).min(listening.message_count);
+    let forwarder = Forwarder {
+        out: session.out.clone(),
+        session_id: session.id,
+        key: key.clone(),
+        epoch,
+        registry: Arc::clone(&session.listens),
+    };
+    let events = listening.events;
+    let started = session.listens.install(&key, epoch, || {
+        tokio::spawn(forwarder.run(events, resume.saturating_add(1)))
+    });
+    if !started {
+        tracing::debug!("listen superseded before it started");
+    }
+}
+
+/// Resolves when the server stops; never without a stop signal.
+async fn stop_requested(stop: Option<watch::Receiver<bool>>) {
+    let Some(mut stop) = stop else {
+        return std::future::pending().await;
+    };
+    // An error means the server is gone altogether, which is a stop as well.
+    let _stopped_or_gone = stop.wait_for(|stopping| *stopping).await;
+}
+
+async fn drain_writer(mut writer: JoinHandle<()>) {
+    if tokio::time::timeout(WRITER_DRAIN_TIMEOUT, &mut writer).await.is_err() {
+        tracing::debug!("websocket writer did not drain in time");
+        writer.abort();
+        log_panic(writer.await);
+    }
+}
+
+fn log_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined
+        && error.is_panic()
+    {
+        tracing::error!(%error, "websocket task panicked");
+    }
+}

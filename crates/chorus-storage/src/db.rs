@@ -1,0 +1,184 @@
+//! Opening the node's one RocksDB and naming its column families.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, Options};
+
+use crate::error::{Result, StorageError};
+
+/// The column families. Every key starts with its shard (see [`crate::keys`]), except in `meta`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Cf {
+    /// Raft log entries of all shards: `shard ‖ index`.
+    RaftLog,
+    /// Vote, committed, purged, applied state and snapshot pointer per shard.
+    RaftMeta,
+    Streams,
+    /// `stream ‖ ordinal`.
+    Messages,
+    /// `stream ‖ userId` → participant.
+    Participants,
+    /// `stream ‖ state ‖ userId` → participant, for listings by state.
+    ParticipantIndex,
+    /// `stream` → the stream's access rows.
+    Access,
+    /// `stream ‖ clientMsgId` → first ordinal and time.
+    Dedupe,
+    /// Node-level metadata (shard count).
+    Meta,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 9] = [
+        Cf::RaftLog,
+        Cf::RaftMeta,
+        Cf::Streams,
+        Cf::Messages,
+        Cf::Participants,
+        Cf::ParticipantIndex,
+        Cf::Access,
+        Cf::Dedupe,
+        Cf::Meta,
+    ];
+
+    /// The column families that make up a shard's replicated state (what a snapshot carries).
+    pub const STATE: [Cf; 6] =
+        [Cf::Streams, Cf::Messages, Cf::Participants, Cf::ParticipantIndex, Cf::Access, Cf::Dedupe];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::RaftLog => "raft_log",
+            Cf::RaftMeta => "raft_meta",
+            Cf::Streams => "streams",
+            Cf::Messages => "messages",
+            Cf::Participants => "participants",
+            Cf::ParticipantIndex => "participant_index",
+            Cf::Access => "access",
+            Cf::Dedupe => "dedupe",
+            Cf::Meta => "meta",
+        }
+    }
+
+    /// Stable one-byte tag used in snapshot files.
+    pub fn tag(self) -> u8 {
+        match self {
+            Cf::RaftLog => 0,
+            Cf::RaftMeta => 1,
+            Cf::Streams => 2,
+            Cf::Messages => 3,
+            Cf::Participants => 4,
+            Cf::ParticipantIndex => 5,
+            Cf::Access => 6,
+            Cf::Dedupe => 7,
+            Cf::Meta => 8,
+        }
+    }
+
+    pub fn from_tag(tag: u8) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|c| c.tag() == tag)
+    }
+}
+
+/// The node's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DB>,
+    dir: PathBuf,
+}
+
+const SHARD_COUNT_KEY: &[u8] = b"shard_count";
+
+impl Db {
+    /// Opens (or creates) the database under `dir/db`; snapshots live in `dir/snapshots`.
+    pub fn open(dir: &Path) -> Result<Db> {
+        std::fs::create_dir_all(dir.join("snapshots"))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_bytes_per_sync(1 << 20);
+        opts.set_keep_log_file_num(4);
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut o = Options::default();
+            let mut table = BlockBasedOptions::default();
+            table.set_bloom_filter(10.0, false);
+            o.set_block_based_table_factory(&table);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            if *cf == Cf::RaftLog || *cf == Cf::Messages {
+                o.set_write_buffer_size(64 << 20);
+            }
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+        Ok(Db { inner: Arc::new(db), dir: dir.to_path_buf() })
+    }
+
+    pub fn raw(&self) -> &DB {
+        &self.inner
+    }
+
+    pub fn cf(&self, cf: Cf) -> Result<&ColumnFamily> {
+        self.inner.cf_handle(cf.name()).ok_or(StorageError::MissingColumnFamily(cf.name()))
+    }
+
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
+    /// The shard count is fixed when the data dir is created: reads the stored count, or
+    /// stores `wanted` on first start. A different `wanted` later is an error, because streams
+    /// would map to other shards than the ones holding their data.
+    pub fn shard_count(&self, wanted: u16) -> Result<u16> {
+        let meta = self.cf(Cf::Meta)?;
+        if let Some(v) = self.inner.get_cf(meta, SHARD_COUNT_KEY)? {
+            let bytes: [u8; 2] =
+                v.as_slice().try_into().map_err(|_| StorageError::BadSnapshot("shard count"))?;
+            let stored = u16::from_be_bytes(bytes);
+            if stored != wanted {
+                return Err(StorageError::ShardCountMismatch { stored, asked: wanted });
+            }
+            return Ok(stored);
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(meta, SHARD_COUNT_KEY, wanted.to_be_bytes());
+        self.inner.write_opt(batch, &wo)?;
+        Ok(wanted)
+    }
+
+    /// The stored shard count, if this data dir was initialised.
+    pub fn stored_shard_count(&self) -> Result<Option<u16>> {
+        let meta = self.cf(Cf::Meta)?;
+        Ok(self.inner.get_cf(meta, SHARD_COUNT_KEY)?.and_then(|v| {
+            let bytes: [u8; 2] = v.as_slice().try_into().ok()?;
+            Some(u16::from_be_bytes(bytes))
+        }))
+    }
+
+    pub fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>> {
+        match self.inner.get_pinned_cf(self.cf(cf)?, key)? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(StorageError::corrupt(what))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Approximate size of live data, for metrics.
+    pub fn live_data_bytes(&self) -> u64 {
+        Cf::ALL
+            .iter()
+            .filter_map(|cf| self.cf(*cf).ok())
+            .filter_map(|h| self.inner.property_int_value_cf(h, "rocksdb.estimate-live-data-size").ok().flatten())
+            .sum()
+    }
+}
+
+pub fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(StorageError::Encode)
+}

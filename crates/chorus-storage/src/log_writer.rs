@@ -1,0 +1,184 @@
+//! The group-commit log writer: one thread writes the Raft log appends of every shard, another
+//! makes them durable with one fsync per group.
+//!
+//! ```text
+//!  LogStore::append (shard 3) ─┐                     ┌─▶ "written" (entries readable)
+//!  LogStore::append (shard 9) ─┼─▶ writer thread ────┤
+//!  LogStore::truncate (s 12)  ─┘  drain queue,       └─▶ syncer thread: drain, one
+//!                                 one WriteBatch,          flush_wal(sync), then every
+//!                                 no sync                  LogFlushed callback
+//! ```
+//!
+//! Ordering: the writer applies operations in arrival order, and a `LogStore` waits for
+//! "written" before returning, so a shard's truncate and append never overtake each other.
+//! A callback is completed only after an fsync that began after its batch was written, so
+//! openraft never counts an entry that is not on disk.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use chorus_types::ShardId;
+use openraft::storage::LogFlushed;
+use rocksdb::WriteBatch;
+use tokio::sync::oneshot;
+
+use crate::db::{Cf, Db};
+use crate::error::{Result, StorageError};
+use crate::keys;
+use crate::metrics;
+use crate::raft_types::TypeConfig;
+
+/// Most operations folded into one `WriteBatch`, to bound the latency of the first.
+const MAX_GROUP: usize = 4096;
+
+enum LogOp {
+    Append {
+        shard: ShardId,
+        entries: Vec<(u64, Vec<u8>)>,
+        written: oneshot::Sender<Result<()>>,
+        flushed: LogFlushed<TypeConfig>,
+    },
+    /// Delete entries with index ≥ `from`.
+    Truncate { shard: ShardId, from: u64, written: oneshot::Sender<Result<()>> },
+    /// Delete entries with index ≤ `upto` and record the last purged log id.
+    Purge { shard: ShardId, upto: u64, purged: Vec<u8>, written: oneshot::Sender<Result<()>> },
+}
+
+/// Handle to the writer; cheap to clone. The threads stop when every handle is dropped.
+#[derive(Clone)]
+pub struct LogWriter {
+    tx: mpsc::Sender<LogOp>,
+}
+
+impl LogWriter {
+    pub fn start(db: Db) -> Result<LogWriter> {
+        let (tx, rx) = mpsc::channel::<LogOp>();
+        let (sync_tx, sync_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let sync_db = db.clone();
+        thread::Builder::new()
+            .name("chorus-log-sync".into())
+            .spawn(move || sync_loop(sync_db, sync_rx))?;
+        thread::Builder::new()
+            .name("chorus-log-writer".into())
+            .spawn(move || write_loop(db, rx, sync_tx))?;
+        Ok(LogWriter { tx })
+    }
+
+    async fn submit(&self, op: LogOp, written: oneshot::Receiver<Result<()>>) -> Result<()> {
+        self.tx.send(op).map_err(|_| StorageError::WriterStopped)?;
+        written.await.map_err(|_| StorageError::WriterStopped)?
+    }
+
+    /// Returns once the entries are readable; `flushed` is completed once they are durable.
+    pub async fn append(
+        &self,
+        shard: ShardId,
+        entries: Vec<(u64, Vec<u8>)>,
+        flushed: LogFlushed<TypeConfig>,
+    ) -> Result<()> {
+        let (written, rx) = oneshot::channel();
+        self.submit(LogOp::Append { shard, entries, written, flushed }, rx).await
+    }
+
+    pub async fn truncate(&self, shard: ShardId, from: u64) -> Result<()> {
+        let (written, rx) = oneshot::channel();
+        self.submit(LogOp::Truncate { shard, from, written }, rx).await
+    }
+
+    pub async fn purge(&self, shard: ShardId, upto: u64, purged: Vec<u8>) -> Result<()> {
+        let (written, rx) = oneshot::channel();
+        self.submit(LogOp::Purge { shard, upto, purged, written }, rx).await
+    }
+}
+
+fn add_to_batch(db: &Db, batch: &mut WriteBatch, op: &LogOp) -> Result<()> {
+    let log = db.cf(Cf::RaftLog)?;
+    match op {
+        LogOp::Append { shard, entries, .. } => {
+            for (index, bytes) in entries {
+                batch.put_cf(log, keys::log_entry(*shard, *index), bytes);
+            }
+        }
+        LogOp::Truncate { shard, from, .. } => {
+            let (_, end) = keys::shard_range(*shard);
+            batch.delete_range_cf(log, keys::log_entry(*shard, *from), end);
+        }
+        LogOp::Purge { shard, upto, purged, .. } => {
+            let (start, _) = keys::shard_range(*shard);
+            batch.delete_range_cf(log, start, keys::log_entry(*shard, upto.saturating_add(1)));
+            let meta = db.cf(Cf::RaftMeta)?;
+            batch.put_cf(meta, keys::raft_meta(*shard, keys::RaftMeta::LastPurged), purged);
+        }
+    }
+    Ok(())
+}
+
+fn write_loop(db: Db, rx: mpsc::Receiver<LogOp>, sync_tx: mpsc::Sender<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut batch = WriteBatch::default();
+        let built: Result<()> = ops.iter().try_for_each(|op| add_to_batch(&db, &mut batch, op));
+        let result = built.and_then(|()| {
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(false);
+            db.raw().write_opt(batch, &wo).map_err(StorageError::from)
+        });
+        let failure = result.as_ref().err().map(|e| e.to_string());
+        for op in ops {
+            let (written, flushed) = match op {
+                LogOp::Append { written, flushed, .. } => (written, Some(flushed)),
+                LogOp::Truncate { written, .. } | LogOp::Purge { written, .. } => (written, None),
+            };
+            match &failure {
+                None => {
+                    // The store may have given up waiting (shutdown); nothing to tell then.
+                    let _ = written.send(Ok(()));
+                    if let Some(cb) = flushed
+                        && let Err(mpsc::SendError(cb)) = sync_tx.send(cb)
+                    {
+                        cb.log_io_completed(Err(std::io::Error::other("log syncer stopped")));
+                    }
+                }
+                Some(msg) => {
+                    tracing::error!(error = %msg, "raft log write failed");
+                    let _ = written.send(Err(StorageError::Io(std::io::Error::other(msg.clone()))));
+                    if let Some(cb) = flushed {
+                        cb.log_io_completed(Err(std::io::Error::other(msg.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn sync_loop(db: Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut pending = vec![first];
+        while let Ok(cb) = rx.try_recv() {
+            pending.push(cb);
+        }
+        let started = Instant::now();
+        let result = db.raw().flush_wal(true);
+        metrics::LOG_FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
+        metrics::LOG_FSYNCS.inc();
+        metrics::GROUP_COMMIT_APPENDS.observe(pending.len() as f64);
+        metrics::LOG_APPENDS.inc_by(pending.len() as u64);
+        let failure = result.err().map(|e| e.to_string());
+        if let Some(msg) = &failure {
+            tracing::error!(error = %msg, "raft log fsync failed");
+        }
+        for cb in pending {
+            match &failure {
+                None => cb.log_io_completed(Ok(())),
+                Some(msg) => cb.log_io_completed(Err(std::io::Error::other(msg.clone()))),
+            }
+        }
+    }
+}
