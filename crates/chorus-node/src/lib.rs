@@ -1,1 +1,35 @@
-//! chorus-node
+//! A storage node: the shard groups of this node, a stream actor per active stream on the
+//! shards it leads, and the [`chorus_api::StreamService`] the edge calls.
+//!
+//! ```text
+//!  edge ──StreamService──▶ Node ──reads──▶ RocksDB (after a linearizable read barrier)
+//!                           │
+//!                           └─writes─▶ StreamActor (one per active stream, bounded mailbox)
+//!                                        access check on a fresh AccessCtx per batch
+//!                                        many commands ─▶ one Raft entry (client_write_ff)
+//!                                        reply with each Outcome after commit + apply
+//!  StateMachine::apply ──committed messages──▶ Hub ──▶ listen tasks ──▶ sessions
+//! ```
+//!
+//! # Layout
+//! - [`node`]: starting and stopping a node ([`Node`]).
+//! - `access_ctx`: gathering what the access calculation needs for one stream.
+//! - `authorize`: which level each write needs, turning a request into a [`chorus_streams::Command`].
+//! - `actor` / `actors`: the stream actor and its registry.
+//! - `hub`: committed messages and ephemerals to local listeners.
+//! - `listen`: backlog-then-live delivery without gaps or duplicates.
+//! - `service`: the `StreamService` implementation.
+
+mod access_ctx;
+mod actor;
+mod actors;
+mod authorize;
+mod error;
+mod hub;
+mod listen;
+pub mod metrics;
+pub mod node;
+mod service;
+
+pub use error::NodeError;
+pub use node::{ActorSettings, Node, NodeConfig};

@@ -8,7 +8,7 @@ use prometheus::{Histogram, IntCounter, histogram_opts};
 // programming error caught by the first test that touches the metric. Registration fails only
 // on a duplicate name, which the `LazyLock` statics rule out, so it is logged, not fatal.
 #[allow(clippy::expect_used)]
-fn counter(name: &str, help: &str) -> IntCounter {
+pub fn counter(name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("constant metric name is valid");
     if let Err(e) = prometheus::register(Box::new(c.clone())) {
         tracing::warn!(metric = name, error = %e, "metric not registered");
@@ -17,7 +17,7 @@ fn counter(name: &str, help: &str) -> IntCounter {
 }
 
 #[allow(clippy::expect_used)]
-fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+pub fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let h = Histogram::with_opts(histogram_opts!(name, help, buckets))
         .expect("constant metric options are valid");
     if let Err(e) = prometheus::register(Box::new(h.clone())) {
@@ -26,7 +26,16 @@ fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     h
 }
 
-const LATENCY_BUCKETS: [f64; 14] =
+#[allow(clippy::expect_used)]
+pub fn gauge(name: &str, help: &str) -> prometheus::IntGauge {
+    let g = prometheus::IntGauge::new(name, help).expect("constant metric name is valid");
+    if let Err(e) = prometheus::register(Box::new(g.clone())) {
+        tracing::warn!(metric = name, error = %e, "metric not registered");
+    }
+    g
+}
+
+pub const LATENCY_BUCKETS: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024];
 
 /// fsyncs of the Raft log (one per group commit).

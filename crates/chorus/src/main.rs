@@ -1,1 +1,28 @@
-fn main() {}
+//! `chorus`: the one binary. `chorus dev` runs a node and an edge in one process; `chorus
+//! token` mints a JWT with a data dir's dev secret; `chorus post` and `chorus tail` are small
+//! clients in the spirit of the `nats` CLI.
+//!
+//! This crate is wiring only: configuration, logging, secrets and the CLI. Everything else
+//! lives in the library crates.
+
+mod cli;
+mod client;
+mod dev;
+mod logging;
+mod secrets;
+mod token;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = cli::Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            cli::Command::Dev(args) => dev::run(args).await,
+            cli::Command::Token(args) => token::run(args),
+            cli::Command::Post(args) => client::post(args).await,
+            cli::Command::Tail(args) => client::tail(args).await,
+        }
+    })
+}

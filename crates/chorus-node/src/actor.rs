@@ -1,0 +1,175 @@
+//! The stream actor: on the shard's leader, one task per active stream serialises its writes.
+//!
+//! Each turn takes every queued request (up to `max_batch`), reads a fresh access context once,
+//! checks each request, and proposes all allowed commands as **one** Raft entry. Posts are
+//! pipelined: the actor submits the next entry while earlier ones commit (openraft keeps
+//! submission order, and ordinals are assigned at apply). Any other write is a barrier: the
+//! actor waits for it to apply before it checks the next batch, so an access or state change
+//! is in force for what follows.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chorus_api::{Caller, ServiceError};
+use chorus_storage::ShardRequest;
+use chorus_streams::access::Access;
+use chorus_streams::{Envelope, Outcome};
+use chorus_types::{ErrorCode, Millis, StreamKey, shard::shard_of};
+use openraft::error::ClientWriteError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::access_ctx::AccessCtx;
+use crate::actors::NodeRef;
+use crate::authorize::{WriteOp, authorize};
+use crate::error::{err, internal};
+use crate::metrics;
+
+pub type Reply = Result<(Outcome, Access), ServiceError>;
+
+pub struct ActorRequest {
+    pub caller: Caller,
+    pub op: WriteOp,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+pub struct StreamActor {
+    node: NodeRef,
+    key: StreamKey,
+    /// The mailbox; closed by the registry when the actor retires or the node stops.
+    rx: mpsc::Receiver<ActorRequest>,
+}
+
+/// Callers of one proposed entry, in envelope order.
+type Waiters = Vec<(oneshot::Sender<Reply>, Access)>;
+
+impl StreamActor {
+    pub fn new(node: NodeRef, key: StreamKey, rx: mpsc::Receiver<ActorRequest>) -> Self {
+        StreamActor { node, key, rx }
+    }
+
+    pub async fn run(mut self) {
+        metrics::STREAM_ACTORS.inc();
+        let mut inflight = JoinSet::new();
+        loop {
+            let Some(node) = self.node.upgrade() else { break };
+            let (idle, max_batch) = {
+                let s = node.actors.settings();
+                (s.idle, s.max_batch)
+            };
+            let first = match tokio::time::timeout(idle, self.rx.recv()).await {
+                Ok(Some(req)) => req,
+                Ok(None) => break,
+                Err(_) => {
+                    if node.actors.retire(&self.key, &mut self.rx) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match self.rx.try_recv() {
+                    Ok(req) => batch.push(req),
+                    Err(_) => break,
+                }
+            }
+            self.turn(&node, batch, &mut inflight).await;
+            while inflight.try_join_next().is_some() {}
+        }
+        while inflight.join_next().await.is_some() {}
+        metrics::STREAM_ACTORS.dec();
+    }
+
+    async fn turn(
+        &self,
+        node: &Arc<crate::node::Inner>,
+        batch: Vec<ActorRequest>,
+        inflight: &mut JoinSet<()>,
+    ) {
+        let (db, shards, key) = (node.db.clone(), node.shard_count, self.key.clone());
+        let ctx = match chorus_storage::error::blocking(move || AccessCtx::load(&db, shards, &key))
+            .await
+        {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                let e = internal(e);
+                for req in batch {
+                    let _ = req.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let time = Millis::now();
+        let mut envelopes = Vec::with_capacity(batch.len());
+        let mut waiters: Waiters = Vec::with_capacity(batch.len());
+        let mut barrier = false;
+        for req in batch {
+            barrier |= !matches!(req.op, WriteOp::Post { .. });
+            match authorize(&ctx, &self.key, &req.caller, req.op) {
+                Ok((command, access)) => {
+                    envelopes.push(Envelope { time, by: req.caller.by_user_id(), command });
+                    waiters.push((req.reply, access));
+                }
+                Err(e) => {
+                    let _ = req.reply.send(Err(e));
+                }
+            }
+        }
+        if envelopes.is_empty() {
+            return;
+        }
+        metrics::BATCH_COMMANDS.observe(envelopes.len() as f64);
+        let shard = shard_of(&self.key, node.shard_count);
+        let raft = node.groups[usize::from(shard.0)].raft.clone();
+        let timeout = node.actors.settings().request_timeout;
+        let started = Instant::now();
+        let rx = match raft.client_write_ff(ShardRequest { envelopes }).await {
+            Ok(rx) => rx,
+            Err(fatal) => {
+                tracing::error!(%shard, error = %fatal, "shard group stopped");
+                for (reply, _) in waiters {
+                    let _ = reply.send(Err(err(ErrorCode::Unavailable, "shard is unavailable")));
+                }
+                return;
+            }
+        };
+        let wait = async move {
+            let result = tokio::time::timeout(timeout, rx).await;
+            metrics::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
+            let outcomes = match result {
+                Ok(Ok(Ok(resp))) => Ok(resp.data.outcomes),
+                Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
+                    let mut e =
+                        chorus_types::ApiError::new(ErrorCode::NotLeader, "not the shard leader");
+                    if let Some(leader) = f.leader_id {
+                        e.message = format!("not the shard leader; leader is node {leader}");
+                    }
+                    Err(ServiceError::from(e))
+                }
+                Ok(Ok(Err(other))) => Err(err(ErrorCode::Unavailable, &other.to_string())),
+                Ok(Err(_)) => Err(err(ErrorCode::Unavailable, "shard stopped before commit")),
+                // The entry may still commit: the outcome is unknown, and a retry with the
+                // same clientMsgId is safe.
+                Err(_) => Err(err(ErrorCode::Timeout, "not committed in time; outcome unknown")),
+            };
+            match outcomes {
+                Ok(outcomes) => {
+                    for ((reply, access), outcome) in waiters.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok((outcome, access)));
+                    }
+                }
+                Err(e) => {
+                    for (reply, _) in waiters {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        };
+        if barrier {
+            wait.await;
+        } else {
+            inflight.spawn(wait);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Which level each write needs, and turning an allowed request into a replicated command.
+//!
+//! A caller who cannot `see` a stream is told `not_found`, never `forbidden`, so the existence
+//! of a private stream does not leak (DESIGN.md §1).
+
+use chorus_api::{Caller, Principal, ServiceError};
+use chorus_streams::access::Access;
+use chorus_streams::{Command, FieldChanges, ParticipantAction};
+use chorus_types::{
+    AccessRow, AdminLevel, ClientMsgId, ErrorCode, ReadLevel, StreamKey, StreamRecord, StreamType,
+    WriteLevel,
+};
+use serde_json::Value;
+
+use crate::access_ctx::AccessCtx;
+use crate::error::err;
+
+/// A write as the actor receives it.
+#[derive(Debug)]
+pub enum WriteOp {
+    Create {
+        stream: Box<StreamRecord>,
+        rows: Vec<AccessRow>,
+    },
+    Update {
+        changes: FieldChanges,
+        if_message_count: Option<u64>,
+    },
+    Close,
+    Post {
+        message_type: StreamType,
+        content: String,
+        instructions: Option<Value>,
+        client_msg_id: Option<ClientMsgId>,
+    },
+    Participate {
+        action: ParticipantAction,
+        extra: Option<Value>,
+    },
+    SetAccess {
+        rows: Vec<AccessRow>,
+    },
+}
+
+/// The caller's access to an existing stream it can see, or `not_found`.
+pub fn visible(ctx: &AccessCtx, caller: &Caller) -> Result<Access, ServiceError> {
+    match ctx.access(caller) {
+        Some(a) if a.read() >= ReadLevel::SEE => Ok(a),
+        _ => Err(err(ErrorCode::NotFound, "stream not found")),
+    }
+}
+
+pub fn need(ok: bool, what: &str) -> Result<(), ServiceError> {
+    if ok { Ok(()) } else { Err(err(ErrorCode::Forbidden, what)) }
+}
+
+/// Who may read or replace the rows of a `<type>*` rule pseudo-stream: its publisher, or the
+/// app (only the app for publisher `""`).
+pub fn may_manage_type_rule(key: &StreamKey, caller: &Caller) -> Result<(), ServiceError> {
+    match &caller.principal {
+        Principal::App => Ok(()),
+        Principal::User { id, .. } if id.as_str() == key.publisher_id.as_str() => Ok(()),
+        Principal::User { .. } => {
+            Err(err(ErrorCode::Forbidden, "only the publisher manages its type rules"))
+        }
+    }
+}
+
+/// A manager may grant admin levels below manage only; `own` may grant any.
+pub fn may_grant(access: &Access, rows: &[AccessRow]) -> Result<(), ServiceError> {
+    need(access.admin() >= AdminLevel::MANAGE, "changing access needs admin level manage (30)")?;
+    let grants_manage = rows.iter().any(|r| r.admin_level >= AdminLevel::MANAGE);
+    need(
+        !grants_manage || access.admin() >= AdminLevel::OWN,
+        "granting admin level manage or above needs admin level own (40)",
+    )
+}
+
+/// Checks `op` against the caller's access and returns the command to propose, with the
+/// caller's access (for rendering the reply at its read level).
+pub fn authorize(
+    ctx: &AccessCtx,
+    key: &StreamKey,
+    caller: &Caller,
+    op: WriteOp,
+) -> Result<(Command, Access), ServiceError> {
+    let key = key.clone();
+    match op {
+        WriteOp::Create { stream, rows } => {
+            if ctx.stream().is_some() {
+                return Err(err(ErrorCode::AlreadyExists, "stream already exists"));
+            }
+            // The creator is the publisher or the app: both have max.
+            let access = Access { levels: chorus_types::Levels::MAX, direct: [true; 3] };
+            Ok((Command::Create { stream, access_rows: rows }, access))
+        }
+        WriteOp::SetAccess { rows } if key.name.is_type_rule() => {
+            may_manage_type_rule(&key, caller)?;
+            let access = Access { levels: chorus_types::Levels::MAX, direct: [true; 3] };
+            Ok((Command::SetAccess { key, rows }, access))
+        }
+        op => {
+            let access = visible(ctx, caller)?;
+            let command = match op {
+                WriteOp::Update { changes, if_message_count } => {
+                    need(
+                        access.write() >= WriteLevel::EDIT,
+                        "editing needs write level edit (30)",
+                    )?;
+                    let touches_access = changes.read_level.is_some()
+                        || changes.write_level.is_some()
+                        || changes.admin_level.is_some()
+                        || changes.inherit_access.is_some();
+                    need(
+                        !touches_access || access.admin() >= AdminLevel::MANAGE,
+                        "changing levels or inheritAccess needs admin level manage (30)",
+                    )?;
+                    Command::Update { key, changes, if_message_count }
+                }
+                WriteOp::Close => {
+                    need(
+                        access.write() >= WriteLevel::CLOSE,
+                        "closing needs write level close (40)",
+                    )?;
+                    Command::Close { key }
+                }
+                WriteOp::Post { message_type, content, instructions, client_msg_id } => {
+                    need(
+                        access.write() >= WriteLevel::POST,
+                        "posting needs write level post (20)",
+                    )?;
+                    Command::Post { key, message_type, content, instructions, client_msg_id }
+                }
+                WriteOp::Participate { action, extra } => {
+                    let Principal::User { id, .. } = &caller.principal else {
+                        return Err(err(
+                            ErrorCode::InvalidArgument,
+                            "the app joins as a user: send X-Chorus-As-User",
+                        ));
+                    };
+                    if matches!(action, ParticipantAction::Join | ParticipantAction::Subscribe) {
+                        need(
+                            access.write() >= WriteLevel::JOIN,
+                            "joining needs write level join (10)",
+                        )?;
+                    }
+                    Command::Participate { key, user: id.clone(), action, extra }
+                }
+                WriteOp::SetAccess { rows } => {
+                    may_grant(&access, &rows)?;
+                    Command::SetAccess { key, rows }
+                }
+                WriteOp::Create { .. } => {
+                    return Err(err(ErrorCode::Internal, "create reached the wrong branch"));
+                }
+            };
+            Ok((command, access))
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Local fan-out: committed messages and ephemerals to the listens of this process.
+//!
+//! The state machine calls [`Hub::committed`] after each applied batch is written, in commit
+//! order per shard (a stream lives in one shard, so per stream too). A listen subscribes
+//! *before* it reads the stream's `messageCount`, so every message after that count reaches it
+//! either from storage or from here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chorus_api::{Delivered, ListenEvent, Relayed, wire};
+use chorus_storage::ApplyObserver;
+use chorus_types::{MessageRecord, ShardId, StreamKey};
+use tokio::sync::broadcast;
+
+/// Events buffered per stream for slow listen tasks before they must catch up from storage.
+const STREAM_BUFFER: usize = 4096;
+
+#[derive(Default)]
+pub struct Hub {
+    streams: Mutex<HashMap<StreamKey, broadcast::Sender<ListenEvent>>>,
+}
+
+impl Hub {
+    pub fn subscribe(&self, key: &StreamKey) -> broadcast::Receiver<ListenEvent> {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams
+            .entry(key.clone())
+            .or_insert_with(|| broadcast::channel(STREAM_BUFFER).0)
+            .subscribe()
+    }
+
+    fn sender(&self, key: &StreamKey) -> Option<broadcast::Sender<ListenEvent>> {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = streams.get(key)?;
+        if tx.receiver_count() == 0 {
+            streams.remove(key);
+            return None;
+        }
+        Some(tx.clone())
+    }
+
+    pub fn relay(&self, key: &StreamKey, relayed: Relayed) {
+        if let Some(tx) = self.sender(key) {
+            // No receiver left is fine: nobody is listening.
+            let _ = tx.send(ListenEvent::Ephemeral(Arc::new(relayed)));
+        }
+    }
+}
+
+pub fn delivered(record: MessageRecord) -> Arc<Delivered> {
+    let frame: Arc<str> = wire::message_event(&record).into();
+    Arc::new(Delivered { record, frame })
+}
+
+impl ApplyObserver for Hub {
+    fn committed(&self, _shard: ShardId, messages: Vec<MessageRecord>) {
+        let mut current: Option<(StreamKey, Option<broadcast::Sender<ListenEvent>>)> = None;
+        for m in messages {
+            let key = m.stream_key();
+            if current.as_ref().is_none_or(|(k, _)| *k != key) {
+                let tx = self.sender(&key);
+                current = Some((key, tx));
+            }
+            if let Some((_, Some(tx))) = &current {
+                let _ = tx.send(ListenEvent::Message(delivered(m)));
+            }
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! [`StreamService`] over this node's shards.
+//!
+//! Writes go to the stream's actor; reads are served from local state after a linearizable
+//! read barrier on the shard (`ensure_linearizable`), so a read never misses an acknowledged
+//! write and a deposed leader refuses reads with `not_leader`.
+
+use chorus_api::{
+    Caller, CreateStream, DEFAULT_LIMIT, HistoryQuery, Listening, MAX_LIMIT, NewEphemeral, NewPost,
+    Order, ParticipantBody, ParticipantOp, ParticipantPage, ParticipantQuery, Posted, Principal,
+    Relayed, ServiceError, StreamService, StreamView, UpdateStream,
+};
+use chorus_storage::reads;
+use chorus_streams::access::Access;
+use chorus_streams::command::Rejection;
+use chorus_streams::template::{NewStreamFields, resolve};
+use chorus_streams::validate::FieldsRef;
+use chorus_streams::{FieldChanges, Outcome, ParticipantAction};
+use chorus_types::{
+    AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, ParticipantState,
+    PublisherId, ReadLevel, StreamKey, StreamName, StreamRecord, WriteLevel,
+};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::access_ctx::AccessCtx;
+use crate::actor::{ActorRequest, Reply};
+use crate::authorize::{WriteOp, may_manage_type_rule, need, visible};
+use crate::error::{err, internal};
+use crate::node::Node;
+
+fn view(record: StreamRecord, access: &Access) -> StreamView {
+    StreamView { record, read_level: access.read() }
+}
+
+fn rejected(
+    code: ErrorCode,
+    reason: Rejection,
+    stream: Option<Box<StreamRecord>>,
+    access: &Access,
+) -> ServiceError {
+    ServiceError {
+        error: ApiError::new(code, reason.message()),
+        stream: stream.map(|s| Box::new(view(*s, access))),
+    }
+}
+
+fn unexpected(o: &Outcome) -> ServiceError {
+    tracing::error!(outcome = ?o, "unexpected outcome for the request");
+    ApiError::internal("unexpected outcome").into()
+}
+
+impl Node {
+    fn shard_raft(&self, key: &StreamKey) -> &chorus_raft::Raft {
+        &self.inner.groups[usize::from(self.shard_of(key).0)].raft
+    }
+
+    /// Waits until this node may serve a read of `key`'s shard that reflects every write
+    /// acknowledged before the read began.
+    async fn read_barrier(&self, key: &StreamKey) -> Result<(), ServiceError> {
+        self.shard_raft(key).ensure_linearizable().await.map(|_| ()).map_err(|e| {
+            tracing::debug!(stream = %key, error = %e, "read barrier failed");
+            err(ErrorCode::NotLeader, "this node does not lead the stream's shard")
+        })
+    }
+
+    async fn context(&self, key: &StreamKey) -> Result<AccessCtx, ServiceError> {
+        let (db, shards, k) = (self.inner.db.clone(), self.inner.shard_count, key.clone());
+        chorus_storage::error::blocking(move || AccessCtx::load(&db, shards, &k))
+            .await
+            .map_err(internal)
+    }
+
+    async fn write(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        op: WriteOp,
+    ) -> Result<(Outcome, Access), ServiceError> {
+        let (reply, rx) = oneshot::channel::<Reply>();
+        let req = ActorRequest { caller: caller.clone(), op, reply };
+        self.inner.actors.send(&self.inner, key, req)?;
+        rx.await.map_err(|_| err(ErrorCode::Unavailable, "stream actor stopped"))?
+    }
+
+    /// A write whose outcome is a stream.
+    async fn write_stream(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        op: WriteOp,
+    ) -> Result<StreamView, ServiceError> {
+        match self.write(caller, key, op).await? {
+            (Outcome::Stream(s), access) => Ok(view(*s, &access)),
+            (Outcome::Rejected { code, reason, stream }, access) => {
+                Err(rejected(code, reason, stream, &access))
+            }
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn blocking_read<T, F>(&self, f: F) -> Result<T, ServiceError>
+    where
+        F: FnOnce(&chorus_storage::Db) -> chorus_storage::error::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.inner.db.clone();
+        chorus_storage::error::blocking(move || f(&db)).await.map_err(internal)
+    }
+
+    async fn template(
+        &self,
+        publisher: &PublisherId,
+        stream_type: &chorus_types::StreamType,
+    ) -> Result<Option<(StreamRecord, Vec<AccessRow>)>, ServiceError> {
+        let name = StreamName::template_for(stream_type);
+        for p in [publisher.clone(), PublisherId::app()] {
+            let key = StreamKey::new(p, name.clone());
+            let shard = self.shard_of(&key);
+            let found = self
+                .blocking_read(move |db| {
+                    Ok(match reads::stream(db, shard, &key)? {
+                        Some(s) => Some((s, reads::access_rows(db, shard, &key)?)),
+                        None => None,
+                    })
+                })
+                .await?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn clamp_limit(limit: Option<u32>) -> usize {
+    limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize
+}
+
+#[async_trait::async_trait]
+impl StreamService for Node {
+    async fn create(&self, caller: &Caller, req: CreateStream) -> Result<StreamView, ServiceError> {
+        let publisher = match (&caller.principal, req.publisher_id) {
+            (Principal::App, Some(p)) => p,
+            (Principal::App, None) => {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    "publisherId is required when the app creates a stream",
+                ));
+            }
+            (Principal::User { id, .. }, None) => PublisherId::from(id.clone()),
+            (Principal::User { id, .. }, Some(p)) => {
+                if p.as_str() != id.as_str() {
+                    return Err(err(
+                        ErrorCode::Forbidden,
+                        "only the app may create streams for another publisher",
+                    ));
+                }
+                p
+            }
+        };
+        let name = match req.name {
+            Some(n) => n,
+            None => StreamName::new(format!("{}/{}", req.stream_type, ulid::Ulid::new()))?,
+        };
+        if name.is_type_rule() {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                "names ending in '*' are access-rule pseudo-streams",
+            ));
+        }
+        if name.is_template()
+            && name.as_str() != StreamName::template_for(&req.stream_type).as_str()
+        {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                "a template is named '<type>/' after its own type",
+            ));
+        }
+        self.inner.config.limits.check_fields(FieldsRef {
+            title: req.title.as_deref(),
+            icon: req.icon.as_deref(),
+            content: req.content.as_deref(),
+            attributes: req.attributes.as_ref(),
+            read_level: req.read_level,
+            write_level: req.write_level,
+            admin_level: req.admin_level,
+            inherit_access: req.inherit_access.as_deref(),
+        })?;
+        let template = if name.is_template() {
+            None
+        } else {
+            self.template(&publisher, &req.stream_type).await?
+        };
+        let fields = NewStreamFields {
+            title: req.title,
+            icon: req.icon,
+            content: req.content,
+            attributes: req.attributes,
+            read_level: req.read_level,
+            write_level: req.write_level,
+            admin_level: req.admin_level,
+            inherit_access: req.inherit_access,
+        };
+        let (stream, rows) = resolve(
+            publisher,
+            name,
+            req.stream_type,
+            fields,
+            template.as_ref().map(|(s, r)| (s, r.as_slice())),
+        );
+        let key = stream.key();
+        self.write_stream(caller, &key, WriteOp::Create { stream: Box::new(stream), rows }).await
+    }
+
+    async fn fetch(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
+        self.read_barrier(key).await?;
+        let ctx = self.context(key).await?;
+        let access = visible(&ctx, caller)?;
+        let record = ctx
+            .target
+            .map(|t| t.stream)
+            .ok_or_else(|| err(ErrorCode::NotFound, "stream not found"))?;
+        Ok(view(record, &access))
+    }
+
+    async fn batch_get(
+        &self,
+        caller: &Caller,
+        keys: Vec<StreamKey>,
+    ) -> Result<Vec<Option<StreamView>>, ServiceError> {
+        if keys.len() > MAX_LIMIT as usize {
+            return Err(err(ErrorCode::TooLarge, "at most 1000 streams per batch"));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for key in &keys {
+            match self.fetch(caller, key).await {
+                Ok(v) => out.push(Some(v)),
+                Err(e) if e.error.code == ErrorCode::NotFound => out.push(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn update(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: UpdateStream,
+    ) -> Result<StreamView, ServiceError> {
+        self.inner.config.limits.check_fields(FieldsRef {
+            title: req.title.as_deref(),
+            icon: req.icon.as_deref(),
+            content: req.content.as_deref(),
+            attributes: req.attributes.as_ref(),
+            read_level: req.read_level,
+            write_level: req.write_level,
+            admin_level: req.admin_level,
+            inherit_access: req.inherit_access.as_deref(),
+        })?;
+        let changes = FieldChanges {
+            title: req.title,
+            icon: req.icon,
+            content: req.content,
+            attributes: req.attributes,
+            read_level: req.read_level,
+            write_level: req.write_level,
+            admin_level: req.admin_level,
+            inherit_access: req.inherit_access,
+        };
+        let op = WriteOp::Update { changes, if_message_count: req.if_message_count };
+        self.write_stream(caller, key, op).await
+    }
+
+    async fn close(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
+        self.write_stream(caller, key, WriteOp::Close).await
+    }
+
+    async fn post(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: NewPost,
+    ) -> Result<Posted, ServiceError> {
+        self.inner.config.limits.check_message(&req.content, req.instructions.as_ref())?;
+        let op = WriteOp::Post {
+            message_type: req.message_type,
+            content: req.content,
+            instructions: req.instructions,
+            client_msg_id: req.client_msg_id,
+        };
+        match self.write(caller, key, op).await? {
+            (Outcome::Posted { message, duplicate }, _) => {
+                Ok(Posted { message: *message, duplicate })
+            }
+            (Outcome::Rejected { code, reason, stream }, access) => {
+                Err(rejected(code, reason, stream, &access))
+            }
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn messages(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        q: HistoryQuery,
+    ) -> Result<Vec<MessageRecord>, ServiceError> {
+        self.read_barrier(key).await?;
+        let ctx = self.context(key).await?;
+        let access = visible(&ctx, caller)?;
+        need(
+            access.read() >= ReadLevel::MESSAGES,
+            "reading messages needs read level messages (35)",
+        )?;
+        let limit = clamp_limit(q.limit);
+        let (min, max) = (q.min.unwrap_or(1).max(1), q.max.unwrap_or(u64::MAX));
+        let descending = q.order == Some(Order::Desc);
+        let (shard, key) = (self.shard_of(key), key.clone());
+        self.blocking_read(move |db| reads::messages(db, shard, &key, min, max, limit, descending))
+            .await
+    }
+
+    async fn participate(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        op: ParticipantOp,
+        body: ParticipantBody,
+    ) -> Result<ParticipantRecord, ServiceError> {
+        self.inner.config.limits.check_extra(body.extra.as_ref())?;
+        let action = match op {
+            ParticipantOp::Join => ParticipantAction::Join,
+            ParticipantOp::Leave => ParticipantAction::Leave,
+            ParticipantOp::Subscribe => ParticipantAction::Subscribe,
+            ParticipantOp::Unsubscribe => ParticipantAction::Unsubscribe,
+        };
+        match self.write(caller, key, WriteOp::Participate { action, extra: body.extra }).await? {
+            (Outcome::Participant(p), _) => Ok(*p),
+            (Outcome::Rejected { code, reason, stream }, access) => {
+                Err(rejected(code, reason, stream, &access))
+            }
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn participants(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        q: ParticipantQuery,
+    ) -> Result<ParticipantPage, ServiceError> {
+        self.read_barrier(key).await?;
+        let ctx = self.context(key).await?;
+        let access = visible(&ctx, caller)?;
+        need(
+            access.read() >= ReadLevel::PARTICIPANTS,
+            "listing participants needs read level participants (30)",
+        )?;
+        let limit = clamp_limit(q.limit);
+        let state = q.state.unwrap_or(ParticipantState::Participating);
+        let (shard, key, after) = (self.shard_of(key), key.clone(), q.after);
+        let (participants, next) = self
+            .blocking_read(move |db| {
+                reads::participants(db, shard, &key, state, after.as_deref(), limit)
+            })
+            .await?;
+        Ok(ParticipantPage { participants, next })
+    }
+
+    async fn access(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<Vec<AccessRow>, ServiceError> {
+        self.read_barrier(key).await?;
+        if key.name.is_type_rule() {
+            may_manage_type_rule(key, caller)?;
+        } else {
+            let ctx = self.context(key).await?;
+            let access = visible(&ctx, caller)?;
+            need(
+                access.admin() >= chorus_types::AdminLevel::MANAGE,
+                "reading access rows needs admin level manage (30)",
+            )?;
+        }
+        let (shard, key) = (self.shard_of(key), key.clone());
+        self.blocking_read(move |db| reads::access_rows(db, shard, &key)).await
+    }
+
+    async fn set_access(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        rows: Vec<AccessRow>,
+    ) -> Result<Vec<AccessRow>, ServiceError> {
+        if rows.len() > 1000 {
+            return Err(err(ErrorCode::TooLarge, "at most 1000 access rows per stream"));
+        }
+        match self.write(caller, key, WriteOp::SetAccess { rows }).await? {
+            (Outcome::Access(rows), _) => Ok(rows),
+            (Outcome::Rejected { code, reason, stream }, access) => {
+                Err(rejected(code, reason, stream, &access))
+            }
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    async fn ephemeral(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: NewEphemeral,
+    ) -> Result<(), ServiceError> {
+        self.inner.config.limits.check_payload(&req.payload)?;
+        let ctx = self.context(key).await?;
+        let access = visible(&ctx, caller)?;
+        need(
+            access.write() >= WriteLevel::EPHEMERAL,
+            "ephemerals need write level ephemeral (16)",
+        )?;
+        let frame = json!({
+            "ev": "ephemeral",
+            "stream": {"publisherId": key.publisher_id, "name": key.name},
+            "byUserId": caller.by_user_id(),
+            "type": req.ephemeral_type,
+            "payload": req.payload,
+        })
+        .to_string();
+        self.inner.hub.relay(key, Relayed { origin: caller.session, frame: frame.into() });
+        Ok(())
+    }
+
+    async fn readiness(&self) -> Result<(), ApiError> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(ApiError::unavailable("not every shard has a leader yet"))
+        }
+    }
+
+    async fn listen(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        since: Option<u64>,
+    ) -> Result<Listening, ServiceError> {
+        self.read_barrier(key).await?;
+        let ctx = self.context(key).await?;
+        let access = visible(&ctx, caller)?;
+        need(access.read() >= ReadLevel::MESSAGES, "listening needs read level messages (35)")?;
+        // Subscribe first, then read the count: every later message reaches the listen.
+        let live = self.inner.hub.subscribe(key);
+        let shard = self.shard_of(key);
+        let k = key.clone();
+        let current = self
+            .blocking_read(move |db| reads::stream(db, shard, &k))
+            .await?
+            .map(|s| s.message_count)
+            .ok_or_else(|| err(ErrorCode::NotFound, "stream not found"))?;
+        let (last, recovered) = match since {
+            None => (current, true),
+            Some(s) if s <= current => (s, true),
+            Some(_) => (current, false),
+        };
+        let events =
+            crate::listen::start(self.inner.db.clone(), shard, key.clone(), last, current, live);
+        Ok(Listening { recovered, message_count: current, events })
+    }
+}

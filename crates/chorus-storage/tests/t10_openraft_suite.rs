@@ -1,0 +1,29 @@
+//! The RocksDB log store and state machine pass openraft's storage conformance suite, on a
+//! shard other than 0 so that key prefixing is exercised too.
+
+use chorus_storage::{Db, LogStore, LogWriter, StateMachine, TypeConfig};
+use chorus_types::ShardId;
+use openraft::StorageError;
+use openraft::testing::{StoreBuilder, Suite};
+use tempfile::TempDir;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
+        let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
+        let db = Db::open(dir.path()).map_err(|e| openraft::StorageIOError::write(&e))?;
+        let writer = LogWriter::start(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
+        let shard = ShardId(7);
+        let log = LogStore::new(db.clone(), shard, writer);
+        let sm = StateMachine::open(db, shard, None)
+            .await
+            .map_err(|e| openraft::StorageIOError::write(&e))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes() {
+    Suite::test_all(Builder).unwrap();
+}

@@ -1,0 +1,216 @@
+//! A `chorus dev` process for end-to-end tests: ephemeral port, temp data dir, real sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub data: PathBuf,
+    pub api_key: String,
+    jwt_secret: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Secrets {
+    jwt_secret: String,
+    api_key: String,
+}
+
+impl Server {
+    /// Starts `chorus dev` on `data` and waits until it is ready.
+    pub fn start(data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--shards", "8", "--data"])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start chorus");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("chorus exited before listening").expect("read stdout");
+            if let Some(rest) = line.strip_prefix("chorus dev listening on http://") {
+                break rest.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let secrets: Secrets = serde_json::from_str(
+            &std::fs::read_to_string(data.join("dev-secrets.json")).expect("dev secrets"),
+        )
+        .expect("parse dev secrets");
+        let server = Server {
+            child,
+            addr,
+            data: data.to_path_buf(),
+            api_key: secrets.api_key,
+            jwt_secret: secrets.jwt_secret,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("http://{}/readyz", self.addr);
+        loop {
+            if let Ok(resp) = plain_http::blocking_get(&url)
+                && resp == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "chorus not ready in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn token(&self, user: &str, roles: &[&str]) -> String {
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let claims = json!({"sub": user, "roles": roles, "exp": exp});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(self.jwt_secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+mod plain_http {
+    /// A tiny blocking GET for readiness polling, without pulling a blocking HTTP client.
+    pub fn blocking_get(url: &str) -> std::io::Result<u16> {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+        let mut s = std::net::TcpStream::connect(host)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        Ok(code)
+    }
+}
+
+/// `Chat/room/1` → `Chat%2Froom%2F1`.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// An HTTP client with a bearer token.
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    pub as_user: Option<String>,
+    client: ::reqwest::Client,
+}
+
+impl Api {
+    pub fn new(server: &Server, token: String) -> Api {
+        Api { base: server.url(""), token, as_user: None, client: ::reqwest::Client::new() }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = ::reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token);
+        if let Some(u) = &self.as_user {
+            req = req.header("X-Chorus-As-User", u);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let method = ::reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let resp = self
+            .client
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn ws_connect(server: &Server, token: &str) -> Ws {
+    let mut req = format!("ws://{}/v1/ws", server.addr).into_client_request().unwrap();
+    req.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.expect("ws connect").0
+}
+
+pub async fn ws_send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.expect("ws send");
+}
+
+/// The next JSON text frame, or panic after 10 s.
+pub async fn ws_next(ws: &mut Ws) -> Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no frame within 10 s")
+            .expect("socket closed")
+            .expect("ws error");
+        if let Message::Text(t) = frame {
+            return serde_json::from_str(&t).expect("json frame");
+        }
+    }
+}
+
+/// The reply to request `id`, skipping events.
+pub async fn ws_reply(ws: &mut Ws, id: u64) -> Value {
+    loop {
+        let v = ws_next(ws).await;
+        if v.get("re") == Some(&json!(id)) {
+            return v;
+        }
+    }
+}

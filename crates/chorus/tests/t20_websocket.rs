@@ -1,0 +1,164 @@
+//! WebSocket end to end: requests and replies, listen with `since` under concurrent posts,
+//! ephemerals, and malformed frames.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{Api, Server, enc, ws_connect, ws_next, ws_reply, ws_send};
+use serde_json::json;
+
+/// A listener that starts with `since` while posts are running receives every ordinal after
+/// `since` exactly once, in order: backlog, then live, with no gap at the switch.
+#[tokio::test]
+async fn listen_since_during_concurrent_posts_is_gap_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let token = server.token("alice", &[]);
+    let mut ws = ws_connect(&server, &token).await;
+    let stream = json!({"publisherId": "alice", "name": "Chat/room/live"});
+    ws_send(&mut ws, json!({"id": 1, "op": "create", "type": "Chat/room", "name": "Chat/room/live", "readLevel": 35, "writeLevel": 20})).await;
+    let v = ws_reply(&mut ws, 1).await;
+    assert_eq!(v["ok"]["name"], "Chat/room/live", "{v}");
+
+    // 150 posts before the listener, 150 concurrent with it, from 3 writers.
+    let api = Api::new(&server, token.clone());
+    let path = format!("/v1/streams/alice/{}/messages", enc("Chat/room/live"));
+    for i in 0..150 {
+        let (s, _) = api.call("POST", &path, Some(json!({"type": "Chat/message", "content": format!("pre {i}")}))).await;
+        assert_eq!(s, 201);
+    }
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let api = Api::new(&server, server.token(&format!("w{w}"), &[]));
+        let path = path.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..50 {
+                let (s, v) = api.call("POST", &path, Some(json!({"type": "Chat/message", "content": format!("w{w} {i}")}))).await;
+                assert_eq!(s, 201, "{v}");
+            }
+        }));
+    }
+    let mut listener = ws_connect(&server, &server.token("bob", &[])).await;
+    ws_send(&mut listener, json!({"id": 9, "op": "listen", "stream": stream, "since": 40})).await;
+    let ok = ws_next(&mut listener).await;
+    assert_eq!(ok["re"], 9, "the ok comes before any event: {ok}");
+    assert_eq!(ok["ok"]["recovered"], true);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let total = 1 + 150 + 150;
+    let mut expected = 41u64;
+    while expected <= total {
+        let ev = ws_next(&mut listener).await;
+        assert_eq!(ev["ev"], "message", "{ev}");
+        assert_eq!(ev["message"]["ordinal"].as_u64(), Some(expected), "in order, once");
+        expected += 1;
+    }
+    // And the live tail keeps working.
+    let (s, _) = api.call("POST", &path, Some(json!({"type": "Chat/message", "content": "after"}))).await;
+    assert_eq!(s, 201);
+    let ev = ws_next(&mut listener).await;
+    assert_eq!(ev["message"]["ordinal"].as_u64(), Some(total + 1));
+}
+
+/// Ops over WebSocket mirror HTTP; `listen` without `since` starts from now; ephemerals reach
+/// the other listeners but not their sender.
+#[tokio::test]
+async fn ops_and_ephemerals() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut a = ws_connect(&server, &server.token("alice", &[])).await;
+    let mut b = ws_connect(&server, &server.token("bob", &[])).await;
+    let stream = json!({"publisherId": "alice", "name": "r"});
+    ws_send(&mut a, json!({"id": 1, "op": "create", "type": "Chat/room", "name": "r", "readLevel": 35, "writeLevel": 20})).await;
+    assert!(ws_reply(&mut a, 1).await.get("ok").is_some());
+    ws_send(&mut b, json!({"id": "j", "op": "join", "stream": stream})).await;
+    let v = ws_reply_str(&mut b, "j").await;
+    assert_eq!(v["ok"]["state"], "participating", "{v}");
+    ws_send(&mut a, json!({"id": 2, "op": "listen", "stream": stream})).await;
+    let v = ws_reply(&mut a, 2).await;
+    assert_eq!(v["ok"]["messageCount"], 2);
+    ws_send(&mut b, json!({"id": 3, "op": "listen", "stream": stream})).await;
+    ws_reply(&mut b, 3).await;
+
+    ws_send(&mut b, json!({"id": 4, "op": "post", "stream": stream, "type": "Chat/message", "content": "hello", "clientMsgId": "x1"})).await;
+    let v = ws_reply(&mut b, 4).await;
+    assert_eq!(v["ok"]["ordinal"], 3, "{v}");
+    let ev = ws_next(&mut a).await;
+    assert_eq!((ev["ev"].as_str(), ev["message"]["content"].as_str()), (Some("message"), Some("hello")));
+
+    ws_send(&mut b, json!({"id": 5, "op": "ephemeral", "stream": stream, "type": "Chat/typing", "payload": {"on": true}})).await;
+    let ev = ws_next(&mut a).await;
+    assert_eq!(ev["ev"], "ephemeral", "{ev}");
+    assert_eq!(ev["byUserId"], "bob");
+    assert_eq!(ev["payload"], json!({"on": true}));
+
+    ws_send(&mut a, json!({"id": 6, "op": "messages", "stream": stream, "order": "desc", "limit": 1})).await;
+    let v = ws_reply(&mut a, 6).await;
+    assert_eq!(v["ok"]["messages"][0]["ordinal"], 3);
+    ws_send(&mut a, json!({"id": 7, "op": "ping"})).await;
+    assert_eq!(ws_reply(&mut a, 7).await["ok"], json!({}));
+    // b's own stream of frames: the reply to 5, and no ephemeral echo before the next reply.
+    ws_send(&mut b, json!({"id": 8, "op": "ping"})).await;
+    loop {
+        let v = ws_next(&mut b).await;
+        assert_ne!(v["ev"], "ephemeral", "the sender does not get its own ephemeral");
+        if v["re"] == 8 {
+            break;
+        }
+    }
+}
+
+async fn ws_reply_str(ws: &mut common::Ws, id: &str) -> serde_json::Value {
+    loop {
+        let v = ws_next(ws).await;
+        if v["re"] == id {
+            return v;
+        }
+    }
+}
+
+/// Malformed frames get an error frame and the connection stays open; no token, no upgrade.
+#[tokio::test]
+async fn malformed_frames_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut ws = ws_connect(&server, &server.token("alice", &[])).await;
+    let mut codes = BTreeSet::new();
+    ws.send_text("not json").await;
+    let v = ws_next(&mut ws).await;
+    assert_eq!(v["re"], json!(null));
+    codes.insert(v["error"]["code"].as_str().unwrap().to_owned());
+    ws_send(&mut ws, json!({"id": 1, "op": "teleport"})).await;
+    let v = ws_reply(&mut ws, 1).await;
+    codes.insert(v["error"]["code"].as_str().unwrap().to_owned());
+    ws_send(&mut ws, json!({"id": 2, "op": "fetch", "stream": {"publisherId": "alice", "name": "r"}, "extra": 1})).await;
+    let v = ws_reply(&mut ws, 2).await;
+    codes.insert(v["error"]["code"].as_str().unwrap().to_owned());
+    assert_eq!(codes, BTreeSet::from(["invalid_argument".to_owned()]));
+    ws_send(&mut ws, json!({"id": 3, "op": "fetch", "stream": {"publisherId": "alice", "name": "nope"}})).await;
+    assert_eq!(ws_reply(&mut ws, 3).await["error"]["code"], "not_found");
+    ws_send(&mut ws, json!({"id": 4, "op": "ping"})).await;
+    assert!(ws_reply(&mut ws, 4).await.get("ok").is_some(), "connection still open");
+
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let req = format!("ws://{}/v1/ws", server.addr).into_client_request().unwrap();
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
+        other => panic!("upgrade without a token must be refused, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    let req = format!("ws://{}/v1/ws?token={}", server.addr, server.token("alice", &[])).into_client_request().unwrap();
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok(), "?token= works for browsers");
+}
+
+trait SendText {
+    async fn send_text(&mut self, t: &str);
+}
+
+impl SendText for common::Ws {
+    async fn send_text(&mut self, t: &str) {
+        use futures_util::SinkExt;
+        self.send(tokio_tungstenite::tungstenite::Message::text(t.to_owned())).await.unwrap();
+    }
+}

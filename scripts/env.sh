@@ -1,0 +1,14 @@
+# Sourced by scripts/dev.sh and scripts/test.sh: makes a fresh Debian machine with only the
+# Rust toolchain able to build Chorus, and shares one build between running and testing.
+
+# RocksDB's build runs bindgen, which needs libclang. Install it when missing.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+  echo "installing libclang-dev (needed to build RocksDB)..." >&2
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libclang-dev >/dev/null
+fi
+
+# One target dir outside the checkout: RocksDB's C++ is compiled once and reused by
+# `chorus dev`, the tests, the benches and CI runs on the same machine.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/chorus-target}"
