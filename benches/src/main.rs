@@ -72,7 +72,8 @@ impl Drop for Server {
 fn start_server(args: &Args) -> anyhow::Result<Server> {
     if let Some(addr) = &args.addr {
         let data = args.data.clone().context("--data is needed with --addr")?;
-        let secrets = serde_json::from_str(&std::fs::read_to_string(data.join("dev-secrets.json"))?)?;
+        let secrets =
+            serde_json::from_str(&std::fs::read_to_string(data.join("dev-secrets.json"))?)?;
         return Ok(Server { child: None, addr: addr.clone(), secrets, _dir: None });
     }
     let bin = match &args.chorus {
@@ -96,7 +97,8 @@ fn start_server(args: &Args) -> anyhow::Result<Server> {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    let secrets = serde_json::from_str(&std::fs::read_to_string(dir.path().join("dev-secrets.json"))?)?;
+    let secrets =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("dev-secrets.json"))?)?;
     Ok(Server { child: Some(child), addr, secrets, _dir: Some(dir) })
 }
 
@@ -139,7 +141,17 @@ struct Shared {
 }
 
 /// One connection keeping `depth` posts in flight until `end`.
-async fn connection(addr: String, token: String, streams: Arc<Vec<String>>, first: usize, depth: usize, body: String, measure_from: Instant, end: Instant, shared: Arc<Shared>) -> anyhow::Result<()> {
+async fn connection(
+    addr: String,
+    token: String,
+    streams: Arc<Vec<String>>,
+    first: usize,
+    depth: usize,
+    body: String,
+    measure_from: Instant,
+    end: Instant,
+    shared: Arc<Shared>,
+) -> anyhow::Result<()> {
     let mut req = format!("ws://{addr}/v1/ws").into_client_request()?;
     req.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
     let (ws, _) = tokio_tungstenite::connect_async(req).await?;
@@ -216,7 +228,17 @@ async fn main() -> anyhow::Result<()> {
     let mut fsync_start = None;
     for c in 0..connections {
         let depth = args.in_flight / connections + usize::from(c < args.in_flight % connections);
-        tasks.push(tokio::spawn(connection(server.addr.clone(), token.clone(), streams.clone(), c * 7, depth, body.clone(), measure_from, end, shared.clone())));
+        tasks.push(tokio::spawn(connection(
+            server.addr.clone(),
+            token.clone(),
+            streams.clone(),
+            c * 7,
+            depth,
+            body.clone(),
+            measure_from,
+            end,
+            shared.clone(),
+        )));
     }
     tokio::time::sleep_until(measure_from.into()).await;
     fsync_start.get_or_insert(fsyncs(&server.addr).await?);

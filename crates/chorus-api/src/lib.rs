@@ -52,7 +52,7 @@ impl Caller {
 }
 
 /// `POST /v1/streams`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateStream {
     /// Defaults to the caller.
@@ -215,7 +215,9 @@ pub enum ListenEvent {
     Ephemeral(Arc<Relayed>),
     /// The session fell behind: it must fetch history from `from` and listen again. Ends the
     /// listen.
-    Resync { from: u64 },
+    Resync {
+        from: u64,
+    },
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = ListenEvent> + Send>>;
@@ -271,8 +273,11 @@ pub trait StreamService: Send + Sync + 'static {
         key: &StreamKey,
         query: ParticipantQuery,
     ) -> Result<ParticipantPage, ServiceError>;
-    async fn access(&self, caller: &Caller, key: &StreamKey)
-    -> Result<Vec<AccessRow>, ServiceError>;
+    async fn access(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<Vec<AccessRow>, ServiceError>;
     async fn set_access(
         &self,
         caller: &Caller,

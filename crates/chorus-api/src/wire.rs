@@ -3,7 +3,7 @@
 //! Records keep times as milliseconds and every field; clients see RFC 3339 times and only the
 //! stream fields their read level exposes.
 
-use chorus_types::{MessageRecord, Millis, ParticipantRecord, ReadLevel, StreamRecord};
+use chorus_types::{MessageRecord, Millis, ParticipantRecord, ReadLevel};
 use serde_json::{Map, Value, json};
 
 use crate::StreamView;

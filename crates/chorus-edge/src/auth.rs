@@ -164,8 +164,12 @@ mod tests {
     }
 
     fn jwt(claims: Value) -> String {
-        encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
-            .unwrap()
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
     }
 
     fn now() -> i64 {
@@ -217,7 +221,10 @@ mod tests {
     #[test]
     fn roles_claim_becomes_principal_roles() {
         let token = jwt(json!({"sub": "bob", "roles": ["mod", "vip"]}));
-        assert_eq!(authenticator().authenticate(Some(&token), None), Ok(user("bob", &["mod", "vip"])));
+        assert_eq!(
+            authenticator().authenticate(Some(&token), None),
+            Ok(user("bob", &["mod", "vip"]))
+        );
     }
 
     #[test]
@@ -237,7 +244,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(authenticator().authenticate(Some(&token), None), Err(AuthError::InvalidToken));
-        assert_eq!(authenticator().authenticate(Some("garbage"), None), Err(AuthError::InvalidToken));
+        assert_eq!(
+            authenticator().authenticate(Some("garbage"), None),
+            Err(AuthError::InvalidToken)
+        );
     }
 
     #[test]

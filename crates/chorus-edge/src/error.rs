@@ -91,10 +91,8 @@ mod tests {
     async fn render(reply: ErrorReply) -> (StatusCode, Option<String>, Value) {
         let response = reply.into_response();
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .map(|v| v.to_str().unwrap().to_owned());
+        let retry_after =
+            response.headers().get(RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
         let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
         (status, retry_after, serde_json::from_slice(&body).unwrap())
     }

@@ -54,7 +54,8 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
 
 pub(crate) fn stream_key_from_path(publisher: &str, name: &str) -> Result<StreamKey, ApiError> {
     // A URL cannot carry an empty path segment, so the app-wide publisher is spelled `~`.
-    let publisher_id = if publisher == "~" { PublisherId::app() } else { PublisherId::new(publisher)? };
+    let publisher_id =
+        if publisher == "~" { PublisherId::app() } else { PublisherId::new(publisher)? };
     Ok(StreamKey::new(publisher_id, StreamName::new(name)?))
 }
 

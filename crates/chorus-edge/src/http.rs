@@ -81,7 +81,8 @@ async fn fetch(State(edge): Edge, caller: Auth, key: Key) -> Response {
 }
 
 async fn update(State(edge): Edge, caller: Auth, key: Key, body: Body<UpdateStream>) -> Response {
-    let request = key.and_then(|StreamPath(key)| body.map(|JsonBody(req)| Request::Update(key, req)));
+    let request =
+        key.and_then(|StreamPath(key)| body.map(|JsonBody(req)| Request::Update(key, req)));
     respond(&edge, OpName::Update, caller, request).await
 }
 
@@ -119,11 +120,21 @@ async fn participate(
     respond(edge, OpName::of_participant_op(op), caller, request).await
 }
 
-async fn join(State(edge): Edge, caller: Auth, key: Key, body: MaybeBody<ParticipantBody>) -> Response {
+async fn join(
+    State(edge): Edge,
+    caller: Auth,
+    key: Key,
+    body: MaybeBody<ParticipantBody>,
+) -> Response {
     participate(&edge, ParticipantOp::Join, caller, key, body).await
 }
 
-async fn leave(State(edge): Edge, caller: Auth, key: Key, body: MaybeBody<ParticipantBody>) -> Response {
+async fn leave(
+    State(edge): Edge,
+    caller: Auth,
+    key: Key,
+    body: MaybeBody<ParticipantBody>,
+) -> Response {
     participate(&edge, ParticipantOp::Leave, caller, key, body).await
 }
 
@@ -172,7 +183,12 @@ async fn set_access(
     respond(&edge, OpName::SetAccess, caller, request).await
 }
 
-async fn ephemeral(State(edge): Edge, caller: Auth, key: Key, body: Body<NewEphemeral>) -> Response {
+async fn ephemeral(
+    State(edge): Edge,
+    caller: Auth,
+    key: Key,
+    body: Body<NewEphemeral>,
+) -> Response {
     let request =
         key.and_then(|StreamPath(key)| body.map(|JsonBody(req)| Request::Ephemeral(key, req)));
     respond(&edge, OpName::Ephemeral, caller, request).await

@@ -174,7 +174,12 @@ impl Db {
         Cf::ALL
             .iter()
             .filter_map(|cf| self.cf(*cf).ok())
-            .filter_map(|h| self.inner.property_int_value_cf(h, "rocksdb.estimate-live-data-size").ok().flatten())
+            .filter_map(|h| {
+                self.inner
+                    .property_int_value_cf(h, "rocksdb.estimate-live-data-size")
+                    .ok()
+                    .flatten()
+            })
             .sum()
     }
 }

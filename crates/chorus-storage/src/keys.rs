@@ -48,7 +48,11 @@ pub fn participant(shard: ShardId, key: &StreamKey, user: &UserId) -> Vec<u8> {
 }
 
 /// The participant index: `stream ‖ state tag ‖ userId`, so a listing by state is a range.
-pub fn participant_index_prefix(shard: ShardId, key: &StreamKey, state: ParticipantState) -> Vec<u8> {
+pub fn participant_index_prefix(
+    shard: ShardId,
+    key: &StreamKey,
+    state: ParticipantState,
+) -> Vec<u8> {
     let mut k = stream_prefix(shard, key);
     k.push(state.tag());
     k

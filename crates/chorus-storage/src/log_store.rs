@@ -55,7 +55,9 @@ impl LogStore {
         match iter.next() {
             Some(item) => {
                 let (_, v) = item?;
-                Ok(Some(serde_json::from_slice(&v).map_err(StorageError::corrupt("raft log entry"))?))
+                Ok(Some(
+                    serde_json::from_slice(&v).map_err(StorageError::corrupt("raft log entry"))?,
+                ))
             }
             None => Ok(None),
         }

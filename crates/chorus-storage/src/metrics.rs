@@ -35,12 +35,15 @@ pub fn gauge(name: &str, help: &str) -> prometheus::IntGauge {
     g
 }
 
-pub const LATENCY_BUCKETS: [f64; 14] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024];
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
+    1.024,
+];
 
 /// fsyncs of the Raft log (one per group commit).
-pub static LOG_FSYNCS: LazyLock<IntCounter> =
-    LazyLock::new(|| counter("chorus_storage_log_fsyncs_total", "fsyncs of the raft log (one per group commit)"));
+pub static LOG_FSYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("chorus_storage_log_fsyncs_total", "fsyncs of the raft log (one per group commit)")
+});
 
 /// Log appends (one per shard append call) made durable.
 pub static LOG_APPENDS: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -71,9 +74,8 @@ pub static APPLY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
-pub static SNAPSHOTS_BUILT: LazyLock<IntCounter> = LazyLock::new(|| {
-    counter("chorus_storage_snapshots_built_total", "shard snapshots built")
-});
+pub static SNAPSHOTS_BUILT: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("chorus_storage_snapshots_built_total", "shard snapshots built"));
 
 pub static SNAPSHOTS_INSTALLED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter("chorus_storage_snapshots_installed_total", "shard snapshots installed")

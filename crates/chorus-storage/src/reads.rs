@@ -2,8 +2,7 @@
 //! blocking pool.
 
 use chorus_types::{
-    AccessRow, MessageRecord, ParticipantRecord, ParticipantState, ShardId, StreamKey,
-    StreamRecord,
+    AccessRow, MessageRecord, ParticipantRecord, ParticipantState, ShardId, StreamKey, StreamRecord,
 };
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 
@@ -16,7 +15,9 @@ pub fn stream(db: &Db, shard: ShardId, key: &StreamKey) -> Result<Option<StreamR
 }
 
 pub fn access_rows(db: &Db, shard: ShardId, key: &StreamKey) -> Result<Vec<AccessRow>> {
-    Ok(db.get_json(Cf::Access, &keys::stream_prefix(shard, key), "access rows")?.unwrap_or_default())
+    Ok(db
+        .get_json(Cf::Access, &keys::stream_prefix(shard, key), "access rows")?
+        .unwrap_or_default())
 }
 
 /// Messages with ordinals in `[min, max]`: the first `limit` ascending, or the last `limit`
@@ -45,7 +46,8 @@ pub fn messages(
             ro.set_iterate_upper_bound(upper);
         }
     }
-    let mode = if descending { IteratorMode::End } else { IteratorMode::From(&lower, Direction::Forward) };
+    let mode =
+        if descending { IteratorMode::End } else { IteratorMode::From(&lower, Direction::Forward) };
     let mut out = Vec::with_capacity(limit.min(1024));
     for item in db.raw().iterator_cf_opt(cf, ro, mode) {
         let (_, v) = item?;

@@ -38,11 +38,20 @@ impl StateRead for RocksState<'_> {
 }
 
 /// Adds `apply`'s writes to `batch`, in order.
-pub fn write_batch(db: &Db, shard: ShardId, batch: &mut WriteBatch, writes: &[Write]) -> Result<()> {
+pub fn write_batch(
+    db: &Db,
+    shard: ShardId,
+    batch: &mut WriteBatch,
+    writes: &[Write],
+) -> Result<()> {
     for w in writes {
         match w {
             Write::Stream(s) => {
-                batch.put_cf(db.cf(Cf::Streams)?, keys::stream_prefix(shard, &s.key()), to_json(s)?);
+                batch.put_cf(
+                    db.cf(Cf::Streams)?,
+                    keys::stream_prefix(shard, &s.key()),
+                    to_json(s)?,
+                );
             }
             Write::Message(m) => {
                 let key = keys::message(shard, &m.stream_key(), m.ordinal);
@@ -52,10 +61,21 @@ pub fn write_batch(db: &Db, shard: ShardId, batch: &mut WriteBatch, writes: &[Wr
                 let bytes = to_json(record)?;
                 let index = db.cf(Cf::ParticipantIndex)?;
                 if let Some(prev) = prev {
-                    batch.delete_cf(index, keys::participant_index(shard, key, *prev, &record.user_id));
+                    batch.delete_cf(
+                        index,
+                        keys::participant_index(shard, key, *prev, &record.user_id),
+                    );
                 }
-                batch.put_cf(index, keys::participant_index(shard, key, record.state, &record.user_id), &bytes);
-                batch.put_cf(db.cf(Cf::Participants)?, keys::participant(shard, key, &record.user_id), bytes);
+                batch.put_cf(
+                    index,
+                    keys::participant_index(shard, key, record.state, &record.user_id),
+                    &bytes,
+                );
+                batch.put_cf(
+                    db.cf(Cf::Participants)?,
+                    keys::participant(shard, key, &record.user_id),
+                    bytes,
+                );
             }
             Write::Dedupe { key, id, record } => {
                 batch.put_cf(db.cf(Cf::Dedupe)?, keys::dedupe(shard, key, id), to_json(record)?);

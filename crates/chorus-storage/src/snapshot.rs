@@ -63,11 +63,12 @@ fn write_u32(w: &mut impl std::io::Write, n: usize) -> Result<()> {
 pub fn export(db: &Db, shard: ShardId) -> Result<SnapshotPointer> {
     let snap = db.raw().snapshot();
     let applied_key = keys::raft_meta(shard, RaftMeta::Applied);
-    let (last_log_id, last_membership): AppliedState =
-        match snap.get_cf(db.cf(Cf::RaftMeta)?, &applied_key)? {
-            Some(v) => serde_json::from_slice(&v).map_err(StorageError::corrupt("applied state"))?,
-            None => AppliedState::default(),
-        };
+    let (last_log_id, last_membership): AppliedState = match snap
+        .get_cf(db.cf(Cf::RaftMeta)?, &applied_key)?
+    {
+        Some(v) => serde_json::from_slice(&v).map_err(StorageError::corrupt("applied state"))?,
+        None => AppliedState::default(),
+    };
     let suffix = unique_suffix();
     let snapshot_id = match &last_log_id {
         Some(id) => format!("{shard}-{}-{}-{suffix}", id.leader_id.term, id.index),
@@ -186,7 +187,11 @@ pub fn install(db: &Db, shard: ShardId, meta: &SnapshotMeta, bytes: &[u8]) -> Re
         batch.put_cf(db.cf(cf)?, key, value);
     }
     let applied: AppliedState = (meta.last_log_id, meta.last_membership.clone());
-    batch.put_cf(db.cf(Cf::RaftMeta)?, keys::raft_meta(shard, RaftMeta::Applied), to_json(&applied)?);
+    batch.put_cf(
+        db.cf(Cf::RaftMeta)?,
+        keys::raft_meta(shard, RaftMeta::Applied),
+        to_json(&applied)?,
+    );
     let file_name = format!("shard-{}.snap", meta.snapshot_id);
     let path = db.snapshot_dir().join(&file_name);
     let mut f = File::create(&path)?;

@@ -84,7 +84,11 @@ impl StateMachine {
         let writes = overlay.into_writes();
         let mut batch = WriteBatch::default();
         write_batch(db, shard, &mut batch, &writes)?;
-        batch.put_cf(db.cf(Cf::RaftMeta)?, keys::raft_meta(shard, RaftMeta::Applied), to_json(&applied)?);
+        batch.put_cf(
+            db.cf(Cf::RaftMeta)?,
+            keys::raft_meta(shard, RaftMeta::Applied),
+            to_json(&applied)?,
+        );
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(false);
         db.raw().write_opt(batch, &wo)?;
@@ -102,7 +106,9 @@ impl StateMachine {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
         Ok(self.applied.clone())
     }
 
@@ -133,10 +139,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, RaftStorageError> {
-        let path = self
-            .db
-            .snapshot_dir()
-            .join(format!("recv-{}-{}.tmp", self.shard, std::process::id()));
+        let path =
+            self.db.snapshot_dir().join(format!("recv-{}-{}.tmp", self.shard, std::process::id()));
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -172,7 +176,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, RaftStorageError> {
         let (db, shard) = (self.db.clone(), self.shard);
         let Some(pointer) =
             blocking(move || snapshot::read_pointer(&db, shard)).await.map_err(sm_read_err)?

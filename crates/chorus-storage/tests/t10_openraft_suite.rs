@@ -13,7 +13,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError<u64>> {
         let dir = tempfile::tempdir().map_err(|e| openraft::StorageIOError::write(&e))?;
         let db = Db::open(dir.path()).map_err(|e| openraft::StorageIOError::write(&e))?;
-        let writer = LogWriter::start(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
+        let writer =
+            LogWriter::start(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
         let shard = ShardId(7);
         let log = LogStore::new(db.clone(), shard, writer);
         let sm = StateMachine::open(db, shard, None)

@@ -25,7 +25,11 @@ fn log() -> Vec<Envelope> {
             NewStreamFields::default(),
             None,
         );
-        log.push(Envelope { time: Millis(1), by: "alice".into(), command: Command::Create { stream: Box::new(stream), access_rows: rows } });
+        log.push(Envelope {
+            time: Millis(1),
+            by: "alice".into(),
+            command: Command::Create { stream: Box::new(stream), access_rows: rows },
+        });
     }
     for i in 0..200u64 {
         let name = if i % 2 == 0 { "a" } else { "b" };
@@ -34,7 +38,16 @@ fn log() -> Vec<Envelope> {
             log.push(Envelope {
                 time: Millis(10 + i as i64),
                 by: by.clone(),
-                command: Command::Participate { key: key(name), user: UserId::new(&by).unwrap(), action: if i % 3 == 0 { ParticipantAction::Leave } else { ParticipantAction::Join }, extra: None },
+                command: Command::Participate {
+                    key: key(name),
+                    user: UserId::new(&by).unwrap(),
+                    action: if i % 3 == 0 {
+                        ParticipantAction::Leave
+                    } else {
+                        ParticipantAction::Join
+                    },
+                    extra: None,
+                },
             });
         }
         log.push(Envelope {
@@ -100,8 +113,14 @@ fn same_log_gives_identical_bytes_and_matches_reference() {
         let msgs = reads::messages(&db1, shard, &k, 1, u64::MAX, 10_000, false).unwrap();
         let ords: Vec<u64> = msgs.iter().map(|m| m.ordinal).collect();
         assert_eq!(ords, (1..=stored.message_count).collect::<Vec<_>>(), "gap-free ordinals");
-        let (parts, _) = reads::participants(&db1, shard, &k, ParticipantState::Participating, None, 1000).unwrap();
-        assert_eq!(parts.len() as u64, stored.participant_count, "participantCount matches the index");
+        let (parts, _) =
+            reads::participants(&db1, shard, &k, ParticipantState::Participating, None, 1000)
+                .unwrap();
+        assert_eq!(
+            parts.len() as u64,
+            stored.participant_count,
+            "participantCount matches the index"
+        );
     }
 }
 
@@ -114,13 +133,24 @@ fn history_and_participant_pages() {
     let k = key("a");
     let last3 = reads::messages(&db, shard, &k, 1, u64::MAX, 3, true).unwrap();
     let count = reads::stream(&db, shard, &k).unwrap().unwrap().message_count;
-    assert_eq!(last3.iter().map(|m| m.ordinal).collect::<Vec<_>>(), vec![count, count - 1, count - 2]);
+    assert_eq!(
+        last3.iter().map(|m| m.ordinal).collect::<Vec<_>>(),
+        vec![count, count - 1, count - 2]
+    );
     let mid = reads::messages(&db, shard, &k, 5, 9, 100, false).unwrap();
     assert_eq!(mid.iter().map(|m| m.ordinal).collect::<Vec<_>>(), vec![5, 6, 7, 8, 9]);
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let (page, next) = reads::participants(&db, shard, &k, ParticipantState::Participating, after.as_deref(), 2).unwrap();
+        let (page, next) = reads::participants(
+            &db,
+            shard,
+            &k,
+            ParticipantState::Participating,
+            after.as_deref(),
+            2,
+        )
+        .unwrap();
         seen.extend(page.into_iter().map(|p| p.user_id.as_str().to_owned()));
         match next {
             Some(n) => after = Some(n),
@@ -131,7 +161,10 @@ fn history_and_participant_pages() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(seen, sorted, "pages are ordered by user id, without repeats");
-    assert_eq!(seen.len() as u64, reads::stream(&db, shard, &k).unwrap().unwrap().participant_count);
+    assert_eq!(
+        seen.len() as u64,
+        reads::stream(&db, shard, &k).unwrap().unwrap().participant_count
+    );
     // Another shard of the same database sees nothing.
     assert!(reads::stream(&db, ShardId(2), &k).unwrap().is_none());
 }

@@ -186,26 +186,139 @@ mod tests {
     fn access_table() {
         let everyone = AccessSubject::Everyone;
         let cases = vec![
-            Case { name: "private stream gives nothing", stream: [0, 0, 0], own: vec![], type_publisher: vec![], type_app: vec![], roles: &[], want: [0, 0, 0] },
-            Case { name: "stream levels are the start", stream: [35, 20, 0], own: vec![], type_publisher: vec![], type_app: vec![], roles: &[], want: [35, 20, 0] },
-            Case { name: "public row raises", stream: [10, 0, 0], own: vec![row(everyone.clone(), [35, 10, -1])], type_publisher: vec![], type_app: vec![], roles: &[], want: [35, 10, 0] },
-            Case { name: "public row never lowers", stream: [35, 20, 10], own: vec![row(everyone.clone(), [10, 0, 0])], type_publisher: vec![], type_app: vec![], roles: &[], want: [35, 20, 10] },
-            Case { name: "negative values are unset", stream: [23, 10, 0], own: vec![row(everyone.clone(), [-1, -1, -1])], type_publisher: vec![], type_app: vec![], roles: &[], want: [23, 10, 0] },
-            Case { name: "role row raises for holders", stream: [10, 0, 0], own: vec![row(role("mod"), [40, 40, 30])], type_publisher: vec![], type_app: vec![], roles: &["mod"], want: [40, 40, 30] },
-            Case { name: "role row ignored without the role", stream: [10, 0, 0], own: vec![row(role("mod"), [40, 40, 30])], type_publisher: vec![], type_app: vec![], roles: &["user"], want: [10, 0, 0] },
-            Case { name: "user row overrides down", stream: [40, 40, 0], own: vec![row(user("bob"), [10, 0, -1])], type_publisher: vec![], type_app: vec![], roles: &[], want: [10, 0, 0] },
-            Case { name: "user row overrides role raise", stream: [0, 0, 0], own: vec![row(role("mod"), [40, 40, 30]), row(user("bob"), [-1, 10, -1])], type_publisher: vec![], type_app: vec![], roles: &["mod"], want: [40, 10, 30] },
-            Case { name: "user row for someone else ignored", stream: [0, 0, 0], own: vec![row(user("carol"), [40, 40, 40])], type_publisher: vec![], type_app: vec![], roles: &[], want: [0, 0, 0] },
-            Case { name: "publisher type* row raises", stream: [0, 0, 0], own: vec![], type_publisher: vec![row(everyone.clone(), [35, 20, -1])], type_app: vec![], roles: &[], want: [35, 20, 0] },
-            Case { name: "app type* row raises", stream: [0, 0, 0], own: vec![], type_publisher: vec![], type_app: vec![row(role("staff"), [40, 30, 20])], roles: &["staff"], want: [40, 30, 20] },
-            Case { name: "exact user row beats type* user row", stream: [0, 0, 0], own: vec![row(user("bob"), [10, -1, -1])], type_publisher: vec![row(user("bob"), [35, 20, -1])], type_app: vec![], roles: &[], want: [10, 20, 0] },
-            Case { name: "publisher type* user row beats app's", stream: [0, 0, 0], own: vec![], type_publisher: vec![row(user("bob"), [30, -1, -1])], type_app: vec![row(user("bob"), [10, 10, -1])], roles: &[], want: [30, 10, 0] },
+            Case {
+                name: "private stream gives nothing",
+                stream: [0, 0, 0],
+                own: vec![],
+                type_publisher: vec![],
+                type_app: vec![],
+                roles: &[],
+                want: [0, 0, 0],
+            },
+            Case {
+                name: "stream levels are the start",
+                stream: [35, 20, 0],
+                own: vec![],
+                type_publisher: vec![],
+                type_app: vec![],
+                roles: &[],
+                want: [35, 20, 0],
+            },
+            Case {
+                name: "public row raises",
+                stream: [10, 0, 0],
+                own: vec![row(everyone.clone(), [35, 10, -1])],
+                type_publisher: vec![],
+                type_app: vec![],
+                roles: &[],
+                want: [35, 10, 0],
+            },
+            Case {
+                name: "public row never lowers",
+                stream: [35, 20, 10],
+                own: vec![row(everyone.clone(), [10, 0, 0])],
+                type_publisher: vec![],
+                type_app: vec![],
+                roles: &[],
+                want: [35, 20, 10],
+            },
+            Case {
+                name: "negative values are unset",
+                stream: [23, 10, 0],
+                own: vec![row(everyone.clone(), [-1, -1, -1])],
+                type_publisher: vec![],
+                type_app: vec![],
+                roles: &[],
+                want: [23, 10, 0],
+            },
+            Case {
+                name: "role row raises for holders",
+                stream: [10, 0, 0],
+                own: vec![row(role("mod"), [40, 40, 30])],
+                type_publisher: vec![],
+                type_app: vec![],
+                roles: &["mod"],
+                want: [40, 40, 30],
+            },
+            Case {
+                name: "role row ignored without the role",
+                stream: [10, 0, 0],
+                own: vec![row(role("mod"), [40, 40, 30])],
+                type_publisher: vec![],
+                type_app: vec![],
+                roles: &["user"],
+                want: [10, 0, 0],
+            },
+            Case {
+                name: "user row overrides down",
+                stream: [40, 40, 0],
+                own: vec![row(user("bob"), [10, 0, -1])],
+                type_publisher: vec![],
+                type_app: vec![],
+                roles: &[],
+                want: [10, 0, 0],
+            },
+            Case {
+                name: "user row overrides role raise",
+                stream: [0, 0, 0],
+                own: vec![row(role("mod"), [40, 40, 30]), row(user("bob"), [-1, 10, -1])],
+                type_publisher: vec![],
+                type_app: vec![],
+                roles: &["mod"],
+                want: [40, 10, 30],
+            },
+            Case {
+                name: "user row for someone else ignored",
+                stream: [0, 0, 0],
+                own: vec![row(user("carol"), [40, 40, 40])],
+                type_publisher: vec![],
+                type_app: vec![],
+                roles: &[],
+                want: [0, 0, 0],
+            },
+            Case {
+                name: "publisher type* row raises",
+                stream: [0, 0, 0],
+                own: vec![],
+                type_publisher: vec![row(everyone.clone(), [35, 20, -1])],
+                type_app: vec![],
+                roles: &[],
+                want: [35, 20, 0],
+            },
+            Case {
+                name: "app type* row raises",
+                stream: [0, 0, 0],
+                own: vec![],
+                type_publisher: vec![],
+                type_app: vec![row(role("staff"), [40, 30, 20])],
+                roles: &["staff"],
+                want: [40, 30, 20],
+            },
+            Case {
+                name: "exact user row beats type* user row",
+                stream: [0, 0, 0],
+                own: vec![row(user("bob"), [10, -1, -1])],
+                type_publisher: vec![row(user("bob"), [35, 20, -1])],
+                type_app: vec![],
+                roles: &[],
+                want: [10, 20, 0],
+            },
+            Case {
+                name: "publisher type* user row beats app's",
+                stream: [0, 0, 0],
+                own: vec![],
+                type_publisher: vec![row(user("bob"), [30, -1, -1])],
+                type_app: vec![row(user("bob"), [10, 10, -1])],
+                roles: &[],
+                want: [30, 10, 0],
+            },
         ];
         for c in cases {
             let s = stream("alice", c.stream);
             let bob = UserId::new("bob").unwrap();
             let roles: Vec<String> = c.roles.iter().map(|r| r.to_string()).collect();
-            let rows = Rows { own: &c.own, type_publisher: &c.type_publisher, type_app: &c.type_app };
+            let rows =
+                Rows { own: &c.own, type_publisher: &c.type_publisher, type_app: &c.type_app };
             let got = base_access(Who::User { id: &bob, roles: &roles }, &s, rows);
             assert_eq!(as_array(got.levels), c.want, "{}", c.name);
         }
@@ -235,12 +348,42 @@ mod tests {
         let direct = |l: [i32; 3]| Access { levels: from_array(l), direct: [true; 3] };
         type InheritCase = (&'static str, Access, Vec<(InheritEntry, Access)>, [i32; 3]);
         let cases: Vec<InheritCase> = vec![
-            ("parent raises", public([10, 0, 0]), vec![(parent(None), public([35, 20, 0]))], [35, 20, 0]),
-            ("parent never lowers", public([35, 20, 10]), vec![(parent(None), public([10, 0, 0]))], [35, 20, 10]),
-            ("caps limit what is inherited", public([0, 0, 0]), vec![(parent(Some([30, 10, 0])), public([40, 40, 40]))], [30, 10, 0]),
-            ("parent user row is taken as is", public([35, 20, 0]), vec![(parent(None), direct([10, 0, 0]))], [10, 0, 0]),
-            ("own user row wins over parent", direct([10, 0, 0]), vec![(parent(None), public([40, 40, 40]))], [10, 0, 0]),
-            ("several parents, max of public", public([0, 0, 0]), vec![(parent(None), public([20, 0, 0])), (parent(None), public([35, 10, 0]))], [35, 10, 0]),
+            (
+                "parent raises",
+                public([10, 0, 0]),
+                vec![(parent(None), public([35, 20, 0]))],
+                [35, 20, 0],
+            ),
+            (
+                "parent never lowers",
+                public([35, 20, 10]),
+                vec![(parent(None), public([10, 0, 0]))],
+                [35, 20, 10],
+            ),
+            (
+                "caps limit what is inherited",
+                public([0, 0, 0]),
+                vec![(parent(Some([30, 10, 0])), public([40, 40, 40]))],
+                [30, 10, 0],
+            ),
+            (
+                "parent user row is taken as is",
+                public([35, 20, 0]),
+                vec![(parent(None), direct([10, 0, 0]))],
+                [10, 0, 0],
+            ),
+            (
+                "own user row wins over parent",
+                direct([10, 0, 0]),
+                vec![(parent(None), public([40, 40, 40]))],
+                [10, 0, 0],
+            ),
+            (
+                "several parents, max of public",
+                public([0, 0, 0]),
+                vec![(parent(None), public([20, 0, 0])), (parent(None), public([35, 10, 0]))],
+                [35, 10, 0],
+            ),
         ];
         for (name, own, parents, want) in cases {
             assert_eq!(as_array(inherit(own, &parents).levels), want, "{name}");

@@ -89,7 +89,15 @@ fn apply_one<R: StateRead>(ov: &mut Overlay<'_, R>, env: &Envelope) -> Result<Ou
                 "attributes": s.attributes, "readLevel": s.read_level, "writeLevel": s.write_level,
                 "adminLevel": s.admin_level, "inheritAccess": s.inherit_access,
             });
-            post_message(ov, &mut s, env, system_type("Streams/created"), String::new(), Some(instructions), None);
+            post_message(
+                ov,
+                &mut s,
+                env,
+                system_type("Streams/created"),
+                String::new(),
+                Some(instructions),
+                None,
+            );
             if !access_rows.is_empty() {
                 ov.push(Write::Access { key, rows: access_rows.clone() });
             }
@@ -113,7 +121,15 @@ fn apply_one<R: StateRead>(ov: &mut Overlay<'_, R>, env: &Envelope) -> Result<Ou
             let changed = apply_changes(&mut s, changes);
             if !changed.is_empty() {
                 let instructions = json!({ "changes": Value::Object(changed) });
-                post_message(ov, &mut s, env, system_type("Streams/changed"), String::new(), Some(instructions), None);
+                post_message(
+                    ov,
+                    &mut s,
+                    env,
+                    system_type("Streams/changed"),
+                    String::new(),
+                    Some(instructions),
+                    None,
+                );
                 ov.push(Write::Stream(s.clone()));
             }
             Ok(Outcome::Stream(Box::new(s)))
@@ -126,7 +142,15 @@ fn apply_one<R: StateRead>(ov: &mut Overlay<'_, R>, env: &Envelope) -> Result<Ou
             }
             s.closed_time = Some(env.time);
             let instructions = json!({ "closedTime": env.time.to_rfc3339() });
-            post_message(ov, &mut s, env, system_type("Streams/closed"), String::new(), Some(instructions), None);
+            post_message(
+                ov,
+                &mut s,
+                env,
+                system_type("Streams/closed"),
+                String::new(),
+                Some(instructions),
+                None,
+            );
             ov.push(Write::Stream(s.clone()));
             Ok(Outcome::Stream(Box::new(s)))
         }
@@ -271,7 +295,10 @@ fn participate<R: StateRead>(
                 p.state = ParticipantState::Left;
                 p.subscribed = false;
                 s.participant_count = s.participant_count.saturating_sub(1);
-                posts.push(("Streams/left", json!({"prevState": "participating", "extra": p.extra})));
+                posts.push((
+                    "Streams/left",
+                    json!({"prevState": "participating", "extra": p.extra}),
+                ));
             }
         }
         ParticipantAction::Unsubscribe => {

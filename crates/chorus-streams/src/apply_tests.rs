@@ -69,7 +69,8 @@ fn code(o: &Outcome) -> Option<ErrorCode> {
 fn ordinals_are_gap_free_across_batches() {
     let mut s = MemState::default();
     run(&mut s, &[env(1, "alice", create("r"))]);
-    let out = run(&mut s, &[env(2, "bob", post("r", "a", None)), env(2, "bob", post("r", "b", None))]);
+    let out =
+        run(&mut s, &[env(2, "bob", post("r", "a", None)), env(2, "bob", post("r", "b", None))]);
     assert_eq!(out.iter().map(ordinal).collect::<Vec<_>>(), vec![(2, false), (3, false)]);
     let out = run(&mut s, &[env(3, "bob", post("r", "c", None))]);
     assert_eq!(ordinal(&out[0]), (4, false));
@@ -85,7 +86,10 @@ fn ordinals_are_gap_free_across_batches() {
 fn client_msg_id_is_idempotent_within_the_window() {
     let mut s = MemState::default();
     run(&mut s, &[env(1, "alice", create("r"))]);
-    let out = run(&mut s, &[env(2, "bob", post("r", "a", Some("m1"))), env(2, "bob", post("r", "a", Some("m1")))]);
+    let out = run(
+        &mut s,
+        &[env(2, "bob", post("r", "a", Some("m1"))), env(2, "bob", post("r", "a", Some("m1")))],
+    );
     assert_eq!(ordinal(&out[0]), (2, false));
     assert_eq!(ordinal(&out[1]), (2, true));
     let out = run(&mut s, &[env(1000, "bob", post("r", "different", Some("m1")))]);
@@ -122,7 +126,10 @@ fn participants_count_exactly() {
     let st = &s.streams[&key("r")];
     assert_eq!(st.participant_count, 2);
     let types: Vec<&str> = s.messages.values().map(|m| m.message_type.as_str()).collect();
-    assert_eq!(types, vec!["Streams/created", "Streams/joined", "Streams/joined", "Streams/subscribed"]);
+    assert_eq!(
+        types,
+        vec!["Streams/created", "Streams/joined", "Streams/joined", "Streams/subscribed"]
+    );
     let out = run(
         &mut s,
         &[
@@ -143,7 +150,10 @@ fn participants_count_exactly() {
 #[test]
 fn posting_marks_participant_posted() {
     let mut s = MemState::default();
-    run(&mut s, &[env(1, "alice", create("r")), env(1, "bob", join("r", "bob", ParticipantAction::Join))]);
+    run(
+        &mut s,
+        &[env(1, "alice", create("r")), env(1, "bob", join("r", "bob", ParticipantAction::Join))],
+    );
     run(&mut s, &[env(2, "bob", post("r", "hi", None))]);
     assert!(s.participants[&(key("r"), UserId::new("bob").unwrap())].posted);
 }
@@ -153,10 +163,15 @@ fn posting_marks_participant_posted() {
 fn update_and_precondition() {
     let mut s = MemState::default();
     run(&mut s, &[env(1, "alice", create("r"))]);
-    let changes = FieldChanges { title: Some("T".into()), read_level: Some(35), ..Default::default() };
+    let changes =
+        FieldChanges { title: Some("T".into()), read_level: Some(35), ..Default::default() };
     let out = run(
         &mut s,
-        &[env(2, "alice", Command::Update { key: key("r"), changes: changes.clone(), if_message_count: Some(1) })],
+        &[env(
+            2,
+            "alice",
+            Command::Update { key: key("r"), changes: changes.clone(), if_message_count: Some(1) },
+        )],
     );
     assert!(matches!(&out[0], Outcome::Stream(st) if st.title == "T" && st.message_count == 2));
     let m = &s.messages[&(key("r"), 2)];
@@ -187,7 +202,15 @@ fn closed_streams_refuse_changes() {
         &[
             env(6, "bob", post("r", "b", None)),
             env(6, "bob", join("r", "bob", ParticipantAction::Join)),
-            env(6, "alice", Command::Update { key: key("r"), changes: FieldChanges::default(), if_message_count: None }),
+            env(
+                6,
+                "alice",
+                Command::Update {
+                    key: key("r"),
+                    changes: FieldChanges::default(),
+                    if_message_count: None,
+                },
+            ),
             env(6, "bob", post("r", "a", Some("x"))),
         ],
     );

@@ -44,11 +44,20 @@ pub enum ParticipantAction {
 pub enum Command {
     /// Create a fully resolved stream (template applied, name generated); counters and times
     /// are set by `apply`. Posts `Streams/created`.
-    Create { stream: Box<StreamRecord>, access_rows: Vec<AccessRow> },
+    Create {
+        stream: Box<StreamRecord>,
+        access_rows: Vec<AccessRow>,
+    },
     /// Posts `Streams/changed` with the fields that changed.
-    Update { key: StreamKey, changes: FieldChanges, if_message_count: Option<u64> },
+    Update {
+        key: StreamKey,
+        changes: FieldChanges,
+        if_message_count: Option<u64>,
+    },
     /// Sets `closedTime`, posts `Streams/closed`.
-    Close { key: StreamKey },
+    Close {
+        key: StreamKey,
+    },
     Post {
         key: StreamKey,
         message_type: StreamType,
@@ -56,9 +65,17 @@ pub enum Command {
         instructions: Option<Value>,
         client_msg_id: Option<ClientMsgId>,
     },
-    Participate { key: StreamKey, user: UserId, action: ParticipantAction, extra: Option<Value> },
+    Participate {
+        key: StreamKey,
+        user: UserId,
+        action: ParticipantAction,
+        extra: Option<Value>,
+    },
     /// Replaces the row set of a stream or of a `<type>*` rule pseudo-stream.
-    SetAccess { key: StreamKey, rows: Vec<AccessRow> },
+    SetAccess {
+        key: StreamKey,
+        rows: Vec<AccessRow>,
+    },
 }
 
 impl Command {
@@ -78,11 +95,18 @@ impl Command {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     Stream(Box<StreamRecord>),
-    Posted { message: Box<MessageRecord>, duplicate: bool },
+    Posted {
+        message: Box<MessageRecord>,
+        duplicate: bool,
+    },
     Participant(Box<ParticipantRecord>),
     Access(Vec<AccessRow>),
     /// The command changed nothing. `stream` is the current stream for a failed precondition.
-    Rejected { code: ErrorCode, reason: Rejection, stream: Option<Box<StreamRecord>> },
+    Rejected {
+        code: ErrorCode,
+        reason: Rejection,
+        stream: Option<Box<StreamRecord>>,
+    },
 }
 
 /// Why `apply` refused a command; each maps to one error code and message.

@@ -59,7 +59,11 @@ impl StateRead for MemState {
         Ok(self.participants.get(&(key.clone(), user.clone())).cloned())
     }
 
-    fn dedupe(&self, key: &StreamKey, id: &ClientMsgId) -> Result<Option<DedupeRecord>, Infallible> {
+    fn dedupe(
+        &self,
+        key: &StreamKey,
+        id: &ClientMsgId,
+    ) -> Result<Option<DedupeRecord>, Infallible> {
         Ok(self.dedupe.get(&(key.clone(), id.clone())).cloned())
     }
 

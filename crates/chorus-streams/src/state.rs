@@ -25,8 +25,11 @@ pub trait StateRead {
         key: &StreamKey,
         user: &UserId,
     ) -> Result<Option<ParticipantRecord>, Self::Error>;
-    fn dedupe(&self, key: &StreamKey, id: &ClientMsgId)
-    -> Result<Option<DedupeRecord>, Self::Error>;
+    fn dedupe(
+        &self,
+        key: &StreamKey,
+        id: &ClientMsgId,
+    ) -> Result<Option<DedupeRecord>, Self::Error>;
     fn message(&self, key: &StreamKey, ordinal: u64) -> Result<Option<MessageRecord>, Self::Error>;
 }
 
@@ -36,9 +39,20 @@ pub enum Write {
     Stream(StreamRecord),
     Message(MessageRecord),
     /// `prev` is the state before this write, so the store can move the state index entry.
-    Participant { key: StreamKey, prev: Option<ParticipantState>, record: ParticipantRecord },
-    Dedupe { key: StreamKey, id: ClientMsgId, record: DedupeRecord },
-    Access { key: StreamKey, rows: Vec<AccessRow> },
+    Participant {
+        key: StreamKey,
+        prev: Option<ParticipantState>,
+        record: ParticipantRecord,
+    },
+    Dedupe {
+        key: StreamKey,
+        id: ClientMsgId,
+        record: DedupeRecord,
+    },
+    Access {
+        key: StreamKey,
+        rows: Vec<AccessRow>,
+    },
 }
 
 /// The state as a batch sees it: the base store plus the writes of earlier entries.

@@ -114,7 +114,11 @@ impl Limits {
         Ok(())
     }
 
-    pub fn check_message(&self, content: &str, instructions: Option<&Value>) -> Result<(), ApiError> {
+    pub fn check_message(
+        &self,
+        content: &str,
+        instructions: Option<&Value>,
+    ) -> Result<(), ApiError> {
         let mut size = content.len();
         if let Some(i) = instructions {
             if !i.is_object() {
@@ -163,7 +167,10 @@ mod tests {
         let long = "é".repeat(1001);
         let ok = "é".repeat(1000);
         let code = |r: Result<(), ApiError>| r.err().map(|e| e.code);
-        assert_eq!(code(l.check_fields(FieldsRef { content: Some(&ok), ..Default::default() })), None);
+        assert_eq!(
+            code(l.check_fields(FieldsRef { content: Some(&ok), ..Default::default() })),
+            None
+        );
         assert_eq!(
             code(l.check_fields(FieldsRef { content: Some(&long), ..Default::default() })),
             Some(ErrorCode::TooLarge)

@@ -57,8 +57,11 @@ pub struct Levels {
 }
 
 impl Levels {
-    pub const MAX: Levels =
-        Levels { read_level: ReadLevel::MAX, write_level: WriteLevel::MAX, admin_level: AdminLevel::MAX };
+    pub const MAX: Levels = Levels {
+        read_level: ReadLevel::MAX,
+        write_level: WriteLevel::MAX,
+        admin_level: AdminLevel::MAX,
+    };
     pub const NONE: Levels = Levels { read_level: 0, write_level: 0, admin_level: 0 };
 }
 

@@ -23,7 +23,9 @@ pub mod shard;
 pub mod time;
 
 pub use error::{ApiError, ErrorCode};
-pub use ids::{ClientMsgId, NodeId, PublisherId, ShardId, StreamKey, StreamName, StreamType, UserId};
+pub use ids::{
+    ClientMsgId, NodeId, PublisherId, ShardId, StreamKey, StreamName, StreamType, UserId,
+};
 pub use levels::{AdminLevel, Levels, ReadLevel, WriteLevel};
 pub use records::{
     AccessRow, AccessSubject, InheritEntry, MessageRecord, ParticipantRecord, ParticipantState,

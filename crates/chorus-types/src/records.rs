@@ -92,7 +92,9 @@ impl<'de> Deserialize<'de> for InheritEntry {
             )
         })?;
         Ok(match form {
-            Form::Obj(o) => InheritEntry { publisher_id: o.publisher_id, name: o.name, caps: o.caps },
+            Form::Obj(o) => {
+                InheritEntry { publisher_id: o.publisher_id, name: o.name, caps: o.caps }
+            }
             Form::Pair(p, n) => InheritEntry { publisher_id: p, name: n, caps: None },
             Form::Triple(p, n, c) => InheritEntry { publisher_id: p, name: n, caps: Some(c) },
         })
@@ -242,9 +244,11 @@ impl<'de> Deserialize<'de> for AccessRow {
             }
             (None, None) => AccessSubject::Everyone,
         };
-        for (name, v) in
-            [("readLevel", w.read_level), ("writeLevel", w.write_level), ("adminLevel", w.admin_level)]
-        {
+        for (name, v) in [
+            ("readLevel", w.read_level),
+            ("writeLevel", w.write_level),
+            ("adminLevel", w.admin_level),
+        ] {
             if !is_valid_level(v) {
                 return Err(D::Error::custom(format!("{name} must be -1 (unset) to 40")));
             }

@@ -71,7 +71,8 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
         request.headers_mut().insert("X-Chorus-As-User", u.parse()?);
     }
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.context("connecting")?;
-    let mut listen = json!({"id": 1, "op": "listen", "stream": {"publisherId": publisher, "name": name}});
+    let mut listen =
+        json!({"id": 1, "op": "listen", "stream": {"publisherId": publisher, "name": name}});
     if let Some(since) = args.since {
         listen["since"] = json!(since);
     }
@@ -88,7 +89,13 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
         }
         if v.get("ev") == Some(&json!("message")) {
             let m = &v["message"];
-            println!("#{} {} {}: {}", m["ordinal"], m["sentTime"].as_str().unwrap_or(""), m["byUserId"].as_str().unwrap_or(""), m["content"].as_str().unwrap_or(""));
+            println!(
+                "#{} {} {}: {}",
+                m["ordinal"],
+                m["sentTime"].as_str().unwrap_or(""),
+                m["byUserId"].as_str().unwrap_or(""),
+                m["content"].as_str().unwrap_or("")
+            );
         } else if v.get("ev") == Some(&json!("resync")) {
             eprintln!("fell behind; resync from {}", v["from"]);
             break;

@@ -106,15 +106,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let alice = token::mint(&secrets.jwt_secret, "alice", &[], 7 * 86_400)?;
     let data = config.data_dir.display();
     println!("chorus dev listening on http://{addr}");
-    println!("data dir {data} ({} shards); secrets in {data}/{}", node.shard_count(), secrets::FILE);
+    println!(
+        "data dir {data} ({} shards); secrets in {data}/{}",
+        node.shard_count(),
+        secrets::FILE
+    );
     println!();
-    println!("a token for user alice (7 days; more with `chorus token --data {data} --user NAME`):");
+    println!(
+        "a token for user alice (7 days; more with `chorus token --data {data} --user NAME`):"
+    );
     println!("  export TOKEN={alice}");
     println!();
     println!("try:");
-    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" -d '{{\"type\":\"Chat/room\",\"name\":\"Chat/room/1\",\"readLevel\":35,\"writeLevel\":20}}' http://{addr}/v1/streams");
-    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" -d '{{\"type\":\"Chat/message\",\"content\":\"hello\"}}' http://{addr}/v1/streams/alice/Chat%2Froom%2F1/messages");
-    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" 'http://{addr}/v1/streams/alice/Chat%2Froom%2F1/messages?limit=10'");
+    println!(
+        "  curl -s -H \"Authorization: Bearer $TOKEN\" -d '{{\"type\":\"Chat/room\",\"name\":\"Chat/room/1\",\"readLevel\":35,\"writeLevel\":20}}' http://{addr}/v1/streams"
+    );
+    println!(
+        "  curl -s -H \"Authorization: Bearer $TOKEN\" -d '{{\"type\":\"Chat/message\",\"content\":\"hello\"}}' http://{addr}/v1/streams/alice/Chat%2Froom%2F1/messages"
+    );
+    println!(
+        "  curl -s -H \"Authorization: Bearer $TOKEN\" 'http://{addr}/v1/streams/alice/Chat%2Froom%2F1/messages?limit=10'"
+    );
     println!("  chorus tail alice/Chat/room/1 --since 0 --data {data}");
     chorus_edge::serve(listener, router, shutdown_signal()).await?;
     node.shutdown().await;

@@ -25,8 +25,9 @@ fn random_hex(bytes: usize) -> String {
 
 pub fn load(data: &Path) -> anyhow::Result<DevSecrets> {
     let path = data.join(FILE);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (start `chorus dev` once to create it)", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!("reading {} (start `chorus dev` once to create it)", path.display())
+    })?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 

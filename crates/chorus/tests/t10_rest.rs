@@ -25,47 +25,84 @@ async fn streams_and_messages() {
     assert!(v["insertedTime"].as_str().unwrap().ends_with('Z'));
     assert_eq!(v["closedTime"], json!(null));
 
-    let (s, v) = alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": "Chat/room/1"}))).await;
+    let (s, v) = alice
+        .call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": "Chat/room/1"})))
+        .await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("already_exists")));
 
-    let (s, v) = alice.call("POST", &format!("{}/messages", room("Chat/room/1")), Some(json!({"type": "Chat/message", "content": "hi", "clientMsgId": "c1"}))).await;
+    let (s, v) = alice
+        .call(
+            "POST",
+            &format!("{}/messages", room("Chat/room/1")),
+            Some(json!({"type": "Chat/message", "content": "hi", "clientMsgId": "c1"})),
+        )
+        .await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["ordinal"], 2);
     assert_eq!(v["streamName"], "Chat/room/1");
     assert_eq!(v["byUserId"], "alice");
-    let (s, again) = alice.call("POST", &format!("{}/messages", room("Chat/room/1")), Some(json!({"type": "Chat/message", "content": "hi", "clientMsgId": "c1"}))).await;
+    let (s, again) = alice
+        .call(
+            "POST",
+            &format!("{}/messages", room("Chat/room/1")),
+            Some(json!({"type": "Chat/message", "content": "hi", "clientMsgId": "c1"})),
+        )
+        .await;
     assert_eq!(s, 200, "a retry answers 200 with the first message");
     assert_eq!(again, v);
 
     let bob = Api::new(&server, server.token("bob", &[]));
-    let (s, v) = bob.call("POST", &format!("{}/messages", room("Chat/room/1")), Some(json!({"type": "Chat/message", "content": "yo"}))).await;
+    let (s, v) = bob
+        .call(
+            "POST",
+            &format!("{}/messages", room("Chat/room/1")),
+            Some(json!({"type": "Chat/message", "content": "yo"})),
+        )
+        .await;
     assert_eq!((s, v["ordinal"].as_u64()), (201, Some(3)), "{v}");
 
-    let (s, v) = bob.call("GET", &format!("{}/messages?min=2&limit=10", room("Chat/room/1")), None).await;
+    let (s, v) =
+        bob.call("GET", &format!("{}/messages?min=2&limit=10", room("Chat/room/1")), None).await;
     assert_eq!(s, 200);
-    let ords: Vec<u64> = v["messages"].as_array().unwrap().iter().map(|m| m["ordinal"].as_u64().unwrap()).collect();
+    let ords: Vec<u64> =
+        v["messages"].as_array().unwrap().iter().map(|m| m["ordinal"].as_u64().unwrap()).collect();
     assert_eq!(ords, vec![2, 3]);
-    let (_, v) = bob.call("GET", &format!("{}/messages?order=desc&limit=2", room("Chat/room/1")), None).await;
-    let ords: Vec<u64> = v["messages"].as_array().unwrap().iter().map(|m| m["ordinal"].as_u64().unwrap()).collect();
+    let (_, v) = bob
+        .call("GET", &format!("{}/messages?order=desc&limit=2", room("Chat/room/1")), None)
+        .await;
+    let ords: Vec<u64> =
+        v["messages"].as_array().unwrap().iter().map(|m| m["ordinal"].as_u64().unwrap()).collect();
     assert_eq!(ords, vec![3, 2]);
 
-    let (s, v) = alice.call("PATCH", &room("Chat/room/1"), Some(json!({"title": "Renamed", "ifMessageCount": 3}))).await;
+    let (s, v) = alice
+        .call("PATCH", &room("Chat/room/1"), Some(json!({"title": "Renamed", "ifMessageCount": 3})))
+        .await;
     assert_eq!((s, v["title"].as_str()), (200, Some("Renamed")), "{v}");
     let (_, h) = alice.call("GET", &format!("{}/messages?min=4", room("Chat/room/1")), None).await;
     assert_eq!(h["messages"][0]["type"], "Streams/changed");
     assert_eq!(h["messages"][0]["instructions"], json!({"changes": {"title": "Renamed"}}));
-    let (s, v) = alice.call("PATCH", &room("Chat/room/1"), Some(json!({"title": "Stale", "ifMessageCount": 3}))).await;
+    let (s, v) = alice
+        .call("PATCH", &room("Chat/room/1"), Some(json!({"title": "Stale", "ifMessageCount": 3})))
+        .await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
     assert_eq!(v["stream"]["messageCount"], 4, "the conflict carries the current stream");
 
     // Fields by read level: bob reads at 35 (everything); carol sees nothing of a private one.
     let (_, v) = bob.call("GET", &room("Chat/room/1"), None).await;
     assert_eq!(v["messageCount"], 4);
-    let (s, v) = alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": "secret"}))).await;
+    let (s, v) = alice
+        .call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": "secret"})))
+        .await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = bob.call("GET", &room("secret"), None).await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")), "no existence leak");
-    let (s, v) = bob.call("POST", &format!("{}/messages", room("secret")), Some(json!({"type": "Chat/message", "content": "x"}))).await;
+    let (s, v) = bob
+        .call(
+            "POST",
+            &format!("{}/messages", room("secret")),
+            Some(json!({"type": "Chat/message", "content": "x"})),
+        )
+        .await;
     assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
 
     let (s, v) = bob
@@ -84,9 +121,17 @@ async fn streams_and_messages() {
     let (s, v) = alice.call("DELETE", &room("Chat/room/1"), None).await;
     assert_eq!(s, 200);
     assert!(v["closedTime"].is_string());
-    let (s, v) = bob.call("POST", &format!("{}/messages", room("Chat/room/1")), Some(json!({"type": "Chat/message", "content": "late"}))).await;
+    let (s, v) = bob
+        .call(
+            "POST",
+            &format!("{}/messages", room("Chat/room/1")),
+            Some(json!({"type": "Chat/message", "content": "late"})),
+        )
+        .await;
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
-    let (_, v) = bob.call("GET", &format!("{}/messages?order=desc&limit=1", room("Chat/room/1")), None).await;
+    let (_, v) = bob
+        .call("GET", &format!("{}/messages?order=desc&limit=1", room("Chat/room/1")), None)
+        .await;
     assert_eq!(v["messages"][0]["type"], "Streams/closed");
 }
 
@@ -96,7 +141,13 @@ async fn participants_and_access() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let alice = Api::new(&server, server.token("alice", &[]));
-    let (s, _) = alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": "r", "readLevel": 30, "writeLevel": 10}))).await;
+    let (s, _) = alice
+        .call(
+            "POST",
+            "/v1/streams",
+            Some(json!({"type": "Chat/room", "name": "r", "readLevel": 30, "writeLevel": 10})),
+        )
+        .await;
     assert_eq!(s, 201);
     for u in ["u3", "u1", "u2", "u4"] {
         let api = Api::new(&server, server.token(u, &[]));
@@ -115,22 +166,41 @@ async fn participants_and_access() {
     assert_eq!(v["participantCount"], 3);
     let (s, p1) = alice.call("GET", &format!("{}/participants?limit=2", room("r")), None).await;
     assert_eq!(s, 200, "{p1}");
-    let names: Vec<&str> = p1["participants"].as_array().unwrap().iter().map(|p| p["userId"].as_str().unwrap()).collect();
+    let names: Vec<&str> = p1["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["userId"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["u1", "u2"]);
     let next = p1["next"].as_str().unwrap().to_owned();
-    let (_, p2) = alice.call("GET", &format!("{}/participants?limit=2&after={next}", room("r")), None).await;
+    let (_, p2) =
+        alice.call("GET", &format!("{}/participants?limit=2&after={next}", room("r")), None).await;
     assert_eq!(p2["participants"][0]["userId"], "u3");
     assert_eq!(p2["next"], json!(null));
-    let (_, left) = alice.call("GET", &format!("{}/participants?state=left", room("r")), None).await;
+    let (_, left) =
+        alice.call("GET", &format!("{}/participants?state=left", room("r")), None).await;
     assert_eq!(left["participants"][0]["userId"], "u4");
 
     // Writers need post (20): u1 may not post until a row grants it.
     let u1 = Api::new(&server, server.token("u1", &[]));
-    let (s, v) = u1.call("POST", &format!("{}/messages", room("r")), Some(json!({"type": "Chat/message", "content": "x"}))).await;
+    let (s, v) = u1
+        .call(
+            "POST",
+            &format!("{}/messages", room("r")),
+            Some(json!({"type": "Chat/message", "content": "x"})),
+        )
+        .await;
     assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")));
     let (s, v) = alice.call("PUT", &format!("{}/access", room("r")), Some(json!({"rows": [{"ofUserId": "u1", "writeLevel": 20}, {"ofRole": "mod", "readLevel": 40, "writeLevel": 40, "adminLevel": 30}]}))).await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = u1.call("POST", &format!("{}/messages", room("r")), Some(json!({"type": "Chat/message", "content": "x"}))).await;
+    let (s, v) = u1
+        .call(
+            "POST",
+            &format!("{}/messages", room("r")),
+            Some(json!({"type": "Chat/message", "content": "x"})),
+        )
+        .await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = alice.call("GET", &format!("{}/access", room("r")), None).await;
     assert_eq!((s, v["rows"].as_array().map(|r| r.len())), (200, Some(2)));
@@ -138,17 +208,41 @@ async fn participants_and_access() {
     assert_eq!(s, 403, "reading rows needs admin manage");
     // A role from the token raises levels; a manager cannot grant manage.
     let m = Api::new(&server, server.token("m", &["mod"]));
-    let (s, _) = m.call("POST", &format!("{}/messages", room("r")), Some(json!({"type": "Chat/message", "content": "mod"}))).await;
+    let (s, _) = m
+        .call(
+            "POST",
+            &format!("{}/messages", room("r")),
+            Some(json!({"type": "Chat/message", "content": "mod"})),
+        )
+        .await;
     assert_eq!(s, 201);
-    let (s, v) = m.call("PUT", &format!("{}/access", room("r")), Some(json!({"rows": [{"ofUserId": "x", "adminLevel": 30}]}))).await;
+    let (s, v) = m
+        .call(
+            "PUT",
+            &format!("{}/access", room("r")),
+            Some(json!({"rows": [{"ofUserId": "x", "adminLevel": 30}]})),
+        )
+        .await;
     assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")));
 
     // The app acts as a user with X-Chorus-As-User, or as itself with max levels.
     let mut app = Api::new(&server, server.api_key.clone());
-    let (s, v) = app.call("POST", &format!("{}/messages", room("r")), Some(json!({"type": "App/notice", "content": "maintenance"}))).await;
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("{}/messages", room("r")),
+            Some(json!({"type": "App/notice", "content": "maintenance"})),
+        )
+        .await;
     assert_eq!((s, v["byUserId"].as_str()), (201, Some("")), "{v}");
     app.as_user = Some("u2".into());
-    let (s, v) = app.call("POST", &format!("{}/messages", room("r")), Some(json!({"type": "Chat/message", "content": "as u2"}))).await;
+    let (s, v) = app
+        .call(
+            "POST",
+            &format!("{}/messages", room("r")),
+            Some(json!({"type": "Chat/message", "content": "as u2"})),
+        )
+        .await;
     assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")), "u2 has join only: {v}");
 }
 
@@ -160,16 +254,33 @@ async fn templates_supply_defaults() {
     let app = Api::new(&server, server.api_key.clone());
     let (s, v) = app.call("POST", "/v1/streams", Some(json!({"publisherId": "", "type": "Chat/room", "name": "Chat/room/", "title": "A room", "readLevel": 35, "writeLevel": 20}))).await;
     assert_eq!(s, 201, "{v}");
-    let (s, _) = app.call("PUT", "/v1/streams/~/Chat%2Froom%2F/access", Some(json!({"rows": [{"ofRole": "staff", "adminLevel": 30}]}))).await;
+    let (s, _) = app
+        .call(
+            "PUT",
+            "/v1/streams/~/Chat%2Froom%2F/access",
+            Some(json!({"rows": [{"ofRole": "staff", "adminLevel": 30}]})),
+        )
+        .await;
     assert_eq!(s, 200);
     let alice = Api::new(&server, server.token("alice", &[]));
-    let (s, v) = alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": "Chat/room/9"}))).await;
+    let (s, v) = alice
+        .call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": "Chat/room/9"})))
+        .await;
     assert_eq!(s, 201);
-    assert_eq!((v["title"].as_str(), v["readLevel"].as_i64(), v["writeLevel"].as_i64()), (Some("A room"), Some(35), Some(20)));
+    assert_eq!(
+        (v["title"].as_str(), v["readLevel"].as_i64(), v["writeLevel"].as_i64()),
+        (Some("A room"), Some(35), Some(20))
+    );
     let (_, rows) = alice.call("GET", &format!("{}/access", room("Chat/room/9")), None).await;
     assert_eq!(rows["rows"][0]["ofRole"], "staff");
     // `<type>*` rules apply to every stream of the type, at calculation time.
-    let (s, v) = alice.call("PUT", &format!("/v1/streams/alice/{}/access", enc("Chat/room*")), Some(json!({"rows": [{"ofUserId": "zed", "readLevel": 0}]}))).await;
+    let (s, v) = alice
+        .call(
+            "PUT",
+            &format!("/v1/streams/alice/{}/access", enc("Chat/room*")),
+            Some(json!({"rows": [{"ofUserId": "zed", "readLevel": 0}]})),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let zed = Api::new(&server, server.token("zed", &[]));
     let (s, _) = zed.call("GET", &room("Chat/room/9"), None).await;
@@ -185,20 +296,34 @@ async fn bad_inputs_get_coded_errors() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let alice = Api::new(&server, server.token("alice", &[]));
-    let (s, _) = alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": "r"}))).await;
+    let (s, _) =
+        alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": "r"}))).await;
     assert_eq!(s, 201);
     let code = |v: &serde_json::Value| v["error"]["code"].as_str().map(str::to_owned);
 
     let (s, v) = alice.raw("POST", "/v1/streams", "{not json").await;
     assert_eq!((s, code(&v).as_deref()), (400, Some("invalid_argument")), "{v}");
-    let (s, v) = alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "bogus": 1}))).await;
+    let (s, v) =
+        alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "bogus": 1}))).await;
     assert_eq!((s, code(&v).as_deref()), (400, Some("invalid_argument")));
     assert!(v["error"]["message"].as_str().unwrap().contains("bogus"), "names the field: {v}");
     let (s, v) = alice.call("POST", "/v1/streams", Some(json!({"type": "bad//type"}))).await;
     assert_eq!((s, code(&v).as_deref()), (400, Some("invalid_argument")));
-    let (s, v) = alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "content": "x".repeat(1001)}))).await;
+    let (s, v) = alice
+        .call(
+            "POST",
+            "/v1/streams",
+            Some(json!({"type": "Chat/room", "content": "x".repeat(1001)})),
+        )
+        .await;
     assert_eq!((s, code(&v).as_deref()), (413, Some("too_large")));
-    let (s, v) = alice.call("POST", &format!("{}/messages", room("r")), Some(json!({"type": "Chat/message", "content": "x".repeat(70_000)}))).await;
+    let (s, v) = alice
+        .call(
+            "POST",
+            &format!("{}/messages", room("r")),
+            Some(json!({"type": "Chat/message", "content": "x".repeat(70_000)})),
+        )
+        .await;
     assert_eq!((s, code(&v).as_deref()), (413, Some("too_large")));
     let (s, v) = alice.call("GET", &format!("{}/messages?limit=abc", room("r")), None).await;
     assert_eq!((s, code(&v).as_deref()), (400, Some("invalid_argument")));
@@ -210,8 +335,14 @@ async fn bad_inputs_get_coded_errors() {
     assert_eq!(resp.status().as_u16(), 401, "missing token");
 
     let bob = Api::new(&server, server.token("bob", &[]));
-    let (s, v) = bob.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "publisherId": "alice"}))).await;
-    assert_eq!((s, code(&v).as_deref()), (403, Some("forbidden")), "only the app creates for others");
+    let (s, v) = bob
+        .call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "publisherId": "alice"})))
+        .await;
+    assert_eq!(
+        (s, code(&v).as_deref()),
+        (403, Some("forbidden")),
+        "only the app creates for others"
+    );
     let (s, v) = alice.call("PATCH", &room("r"), Some(json!({"readLevel": 35}))).await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = bob.call("PATCH", &room("r"), Some(json!({"title": "mine"}))).await;

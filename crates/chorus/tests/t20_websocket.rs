@@ -25,7 +25,13 @@ async fn listen_since_during_concurrent_posts_is_gap_free() {
     let api = Api::new(&server, token.clone());
     let path = format!("/v1/streams/alice/{}/messages", enc("Chat/room/live"));
     for i in 0..150 {
-        let (s, _) = api.call("POST", &path, Some(json!({"type": "Chat/message", "content": format!("pre {i}")}))).await;
+        let (s, _) = api
+            .call(
+                "POST",
+                &path,
+                Some(json!({"type": "Chat/message", "content": format!("pre {i}")})),
+            )
+            .await;
         assert_eq!(s, 201);
     }
     let mut writers = Vec::new();
@@ -34,7 +40,13 @@ async fn listen_since_during_concurrent_posts_is_gap_free() {
         let path = path.clone();
         writers.push(tokio::spawn(async move {
             for i in 0..50 {
-                let (s, v) = api.call("POST", &path, Some(json!({"type": "Chat/message", "content": format!("w{w} {i}")}))).await;
+                let (s, v) = api
+                    .call(
+                        "POST",
+                        &path,
+                        Some(json!({"type": "Chat/message", "content": format!("w{w} {i}")})),
+                    )
+                    .await;
                 assert_eq!(s, 201, "{v}");
             }
         }));
@@ -56,7 +68,8 @@ async fn listen_since_during_concurrent_posts_is_gap_free() {
         expected += 1;
     }
     // And the live tail keeps working.
-    let (s, _) = api.call("POST", &path, Some(json!({"type": "Chat/message", "content": "after"}))).await;
+    let (s, _) =
+        api.call("POST", &path, Some(json!({"type": "Chat/message", "content": "after"}))).await;
     assert_eq!(s, 201);
     let ev = ws_next(&mut listener).await;
     assert_eq!(ev["message"]["ordinal"].as_u64(), Some(total + 1));
@@ -86,7 +99,10 @@ async fn ops_and_ephemerals() {
     let v = ws_reply(&mut b, 4).await;
     assert_eq!(v["ok"]["ordinal"], 3, "{v}");
     let ev = ws_next(&mut a).await;
-    assert_eq!((ev["ev"].as_str(), ev["message"]["content"].as_str()), (Some("message"), Some("hello")));
+    assert_eq!(
+        (ev["ev"].as_str(), ev["message"]["content"].as_str()),
+        (Some("message"), Some("hello"))
+    );
 
     ws_send(&mut b, json!({"id": 5, "op": "ephemeral", "stream": stream, "type": "Chat/typing", "payload": {"on": true}})).await;
     let ev = ws_next(&mut a).await;
@@ -94,7 +110,11 @@ async fn ops_and_ephemerals() {
     assert_eq!(ev["byUserId"], "bob");
     assert_eq!(ev["payload"], json!({"on": true}));
 
-    ws_send(&mut a, json!({"id": 6, "op": "messages", "stream": stream, "order": "desc", "limit": 1})).await;
+    ws_send(
+        &mut a,
+        json!({"id": 6, "op": "messages", "stream": stream, "order": "desc", "limit": 1}),
+    )
+    .await;
     let v = ws_reply(&mut a, 6).await;
     assert_eq!(v["ok"]["messages"][0]["ordinal"], 3);
     ws_send(&mut a, json!({"id": 7, "op": "ping"})).await;
@@ -137,7 +157,11 @@ async fn malformed_frames_and_auth() {
     let v = ws_reply(&mut ws, 2).await;
     codes.insert(v["error"]["code"].as_str().unwrap().to_owned());
     assert_eq!(codes, BTreeSet::from(["invalid_argument".to_owned()]));
-    ws_send(&mut ws, json!({"id": 3, "op": "fetch", "stream": {"publisherId": "alice", "name": "nope"}})).await;
+    ws_send(
+        &mut ws,
+        json!({"id": 3, "op": "fetch", "stream": {"publisherId": "alice", "name": "nope"}}),
+    )
+    .await;
     assert_eq!(ws_reply(&mut ws, 3).await["error"]["code"], "not_found");
     ws_send(&mut ws, json!({"id": 4, "op": "ping"})).await;
     assert!(ws_reply(&mut ws, 4).await.get("ok").is_some(), "connection still open");
@@ -145,10 +169,17 @@ async fn malformed_frames_and_auth() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let req = format!("ws://{}/v1/ws", server.addr).into_client_request().unwrap();
     match tokio_tungstenite::connect_async(req).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status().as_u16(), 401),
-        other => panic!("upgrade without a token must be refused, got {:?}", other.map(|(_, r)| r.status())),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401)
+        }
+        other => panic!(
+            "upgrade without a token must be refused, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
     }
-    let req = format!("ws://{}/v1/ws?token={}", server.addr, server.token("alice", &[])).into_client_request().unwrap();
+    let req = format!("ws://{}/v1/ws?token={}", server.addr, server.token("alice", &[]))
+        .into_client_request()
+        .unwrap();
     assert!(tokio_tungstenite::connect_async(req).await.is_ok(), "?token= works for browsers");
 }
 

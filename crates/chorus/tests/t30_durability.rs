@@ -12,7 +12,8 @@ async fn acknowledged_posts_survive_sigkill() {
     let alice = Api::new(&server, server.token("alice", &[]));
     let rooms = ["Chat/room/a", "Chat/room/b", "Chat/room/c", "Chat/room/d"];
     for r in rooms {
-        let (s, _) = alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": r}))).await;
+        let (s, _) =
+            alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": r}))).await;
         assert_eq!(s, 201);
     }
     // Concurrent posters; record exactly what was acknowledged.
@@ -25,7 +26,13 @@ async fn acknowledged_posts_survive_sigkill() {
                 let room = rooms[(w + i) % rooms.len()];
                 let id = format!("w{w}-{i}");
                 let path = format!("/v1/streams/alice/{}/messages", enc(room));
-                let (s, v) = api.call("POST", &path, Some(json!({"type": "Chat/message", "content": id, "clientMsgId": id}))).await;
+                let (s, v) = api
+                    .call(
+                        "POST",
+                        &path,
+                        Some(json!({"type": "Chat/message", "content": id, "clientMsgId": id})),
+                    )
+                    .await;
                 assert_eq!(s, 201, "{v}");
                 acked.push((room, id, v["ordinal"].as_u64().unwrap()));
             }
@@ -41,23 +48,37 @@ async fn acknowledged_posts_survive_sigkill() {
     let server = Server::start(dir.path());
     let alice = Api::new(&server, server.token("alice", &[]));
     for r in rooms {
-        let (s, v) = alice.call("GET", &format!("/v1/streams/alice/{}/messages?limit=1000", enc(r)), None).await;
+        let (s, v) = alice
+            .call("GET", &format!("/v1/streams/alice/{}/messages?limit=1000", enc(r)), None)
+            .await;
         assert_eq!(s, 200);
         let msgs = v["messages"].as_array().unwrap();
         let ords: Vec<u64> = msgs.iter().map(|m| m["ordinal"].as_u64().unwrap()).collect();
         assert_eq!(ords, (1..=ords.len() as u64).collect::<Vec<_>>(), "gap-free after restart");
         for (room, id, ordinal) in acked.iter().filter(|(room, _, _)| *room == r) {
             let m = &msgs[(*ordinal - 1) as usize];
-            assert_eq!(m["clientMsgId"].as_str(), Some(id.as_str()), "{room} #{ordinal} lost or moved");
+            assert_eq!(
+                m["clientMsgId"].as_str(),
+                Some(id.as_str()),
+                "{room} #{ordinal} lost or moved"
+            );
         }
         let (_, s) = alice.call("GET", &format!("/v1/streams/alice/{}", enc(r)), None).await;
         assert_eq!(s["messageCount"].as_u64(), Some(ords.len() as u64));
         // Ordinals continue, and a retry of an acknowledged post still answers its ordinal.
         let path = format!("/v1/streams/alice/{}/messages", enc(r));
-        let (st, v) = alice.call("POST", &path, Some(json!({"type": "Chat/message", "content": "after"}))).await;
+        let (st, v) = alice
+            .call("POST", &path, Some(json!({"type": "Chat/message", "content": "after"})))
+            .await;
         assert_eq!((st, v["ordinal"].as_u64()), (201, Some(ords.len() as u64 + 1)));
         let (room, id, ordinal) = acked.iter().find(|(room, _, _)| *room == r).unwrap();
-        let (st, v) = alice.call("POST", &format!("/v1/streams/alice/{}/messages", enc(room)), Some(json!({"type": "Chat/message", "content": id, "clientMsgId": id}))).await;
+        let (st, v) = alice
+            .call(
+                "POST",
+                &format!("/v1/streams/alice/{}/messages", enc(room)),
+                Some(json!({"type": "Chat/message", "content": id, "clientMsgId": id})),
+            )
+            .await;
         assert_eq!((st, v["ordinal"].as_u64()), (200, Some(*ordinal)), "dedupe survives restart");
     }
     assert_eq!(acked.len(), 8 * 60);

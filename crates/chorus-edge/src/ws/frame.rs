@@ -23,7 +23,10 @@ use crate::ops::{AccessRowsBody, BatchGetBody, OpName, Request};
 pub(crate) enum Command {
     /// An operation HTTP has too.
     Call(Request),
-    Listen { key: StreamKey, since: Option<u64> },
+    Listen {
+        key: StreamKey,
+        since: Option<u64>,
+    },
     Unlisten(StreamKey),
     Ping,
 }
@@ -94,8 +97,12 @@ pub(crate) fn parse_frame(text: &str) -> Result<Frame, FrameError> {
     };
     let op_text = match fields.remove("op") {
         Some(Value::String(op)) => op,
-        Some(_) => return Err(error_for(id, OpName::Unknown, ApiError::invalid("op must be a string"))),
-        None => return Err(error_for(id, OpName::Unknown, ApiError::invalid("missing field `op`"))),
+        Some(_) => {
+            return Err(error_for(id, OpName::Unknown, ApiError::invalid("op must be a string")));
+        }
+        None => {
+            return Err(error_for(id, OpName::Unknown, ApiError::invalid("missing field `op`")));
+        }
     };
     let Some(op) = op_by_wire_name(&op_text) else {
         let error = ApiError::invalid(format!("unknown op `{op_text}`"));
@@ -209,7 +216,8 @@ fn participate(op: ParticipantOp, mut fields: Map<String, Value>) -> Result<Comm
 }
 
 fn take_stream(fields: &mut Map<String, Value>) -> Result<StreamKey, ApiError> {
-    let stream = fields.remove("stream").ok_or_else(|| ApiError::invalid("missing field `stream`"))?;
+    let stream =
+        fields.remove("stream").ok_or_else(|| ApiError::invalid("missing field `stream`"))?;
     serde_json::from_value(stream).map_err(|error| ApiError::invalid(format!("stream: {error}")))
 }
 
@@ -294,11 +302,13 @@ mod tests {
         assert!(error.error.message.contains("bogus"), "{}", error.error.message);
         assert!(!error.error.message.contains("line"), "{}", error.error.message);
 
-        let fetch_extra = parse_err(r#"{"id":1,"op":"fetch","stream":{"publisherId":"a","name":"x"},"x":1}"#);
+        let fetch_extra =
+            parse_err(r#"{"id":1,"op":"fetch","stream":{"publisherId":"a","name":"x"},"x":1}"#);
         assert!(fetch_extra.error.message.contains('x'));
         let ping_with_stream = parse_err(r#"{"id":1,"op":"ping","stream":{}}"#);
         assert!(ping_with_stream.error.message.contains("stream"));
-        let bad_stream = parse_err(r#"{"id":1,"op":"fetch","stream":{"publisherId":"a","nam":"x"}}"#);
+        let bad_stream =
+            parse_err(r#"{"id":1,"op":"fetch","stream":{"publisherId":"a","nam":"x"}}"#);
         assert!(bad_stream.error.message.starts_with("stream:"), "{}", bad_stream.error.message);
         let no_stream = parse_err(r#"{"id":1,"op":"listen","since":3}"#);
         assert!(no_stream.error.message.contains("stream"));
@@ -306,7 +316,8 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_field() {
-        let text = r#"{"id":1,"op":"messages","stream":{"publisherId":"a","name":"x"},"limit":"ten"}"#;
+        let text =
+            r#"{"id":1,"op":"messages","stream":{"publisherId":"a","name":"x"},"limit":"ten"}"#;
         let error = parse_err(text);
         assert!(error.error.message.contains("limit"), "{}", error.error.message);
     }
@@ -317,7 +328,8 @@ mod tests {
         assert_eq!(frame.id, json!("q1"));
         assert!(matches!(frame.command, Command::Ping));
 
-        let listen = r#"{"id":2,"op":"listen","stream":{"publisherId":"","name":"Chat/room/1"},"since":5}"#;
+        let listen =
+            r#"{"id":2,"op":"listen","stream":{"publisherId":"","name":"Chat/room/1"},"since":5}"#;
         let frame = parse_frame(listen).unwrap();
         match frame.command {
             Command::Listen { key, since } => {
@@ -363,6 +375,9 @@ mod tests {
             chorus_types::StreamName::new("x").unwrap(),
         );
         let resync: Value = serde_json::from_str(&resync_frame(&key, 12)).unwrap();
-        assert_eq!(resync, json!({"ev": "resync", "stream": {"publisherId": "a", "name": "x"}, "from": 12}));
+        assert_eq!(
+            resync,
+            json!({"ev": "resync", "stream": {"publisherId": "a", "name": "x"}, "from": 12})
+        );
     }
 }

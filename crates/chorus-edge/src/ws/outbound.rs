@@ -125,7 +125,9 @@ pub(crate) async fn write_loop(
             return;
         }
         // Batch writes while frames are waiting; flush once the queues run dry.
-        if receivers.queue.is_empty() && receivers.overflow.is_empty() && sink.flush().await.is_err()
+        if receivers.queue.is_empty()
+            && receivers.overflow.is_empty()
+            && sink.flush().await.is_err()
         {
             return;
         }

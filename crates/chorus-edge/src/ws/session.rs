@@ -93,8 +93,16 @@ pub(crate) async fn run(socket: WebSocket, setup: SessionSetup) {
             Some(joined) = requests.join_next(), if !requests.is_empty() => log_panic(joined),
             message = stream.next() => {
                 let Some(Ok(message)) = message else { break End::ClientGone };
-                if !on_message(&session, &mut requests, &in_flight, message).await {
-                    break End::ClientGone;
+                // Handling a frame may wait for queue room or a request permit while the
+                // client is not reading; a server stop must still get through.
+                tokio::select! {
+                    biased;
+                    () = &mut stop => break End::ServerStopping,
+                    keep_going = on_message(&session, &mut requests, &in_flight, message) => {
+                        if !keep_going {
+                            break End::ClientGone;
+                        }
+                    }
                 }
             }
         }
@@ -120,6 +128,9 @@ pub(crate) async fn run(socket: WebSocket, setup: SessionSetup) {
 }
 
 /// Handles one frame; `false` ends the session.
+///
+/// Cancel-safe: it only waits before it changes anything (queue room for a reply, a request
+/// permit); registering a listen and spawning its task happen without an `.await` between.
 async fn on_message(
     session: &Arc<Session>,
     requests: &mut JoinSet<()>,
@@ -230,9 +241,9 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
         registry: Arc::clone(&session.listens),
     };
     let events = listening.events;
-    let started = session.listens.install(&key, epoch, || {
-        tokio::spawn(forwarder.run(events, resume.saturating_add(1)))
-    });
+    let started = session
+        .listens
+        .install(&key, epoch, || tokio::spawn(forwarder.run(events, resume.saturating_add(1))));
     if !started {
         tracing::debug!("listen superseded before it started");
     }
