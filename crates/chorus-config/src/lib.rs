@@ -128,7 +128,7 @@ pub struct Config {
     /// Shard count, fixed at first start. Default 64, 1–4096.
     pub shards: u16,
     pub log_format: LogFormat,
-    /// `RUST_LOG`-style filter. Default `info`.
+    /// `RUST_LOG`-style filter. Default `info,openraft=warn`.
     pub log_filter: String,
     pub limits: Limits,
     pub raft: RaftTiming,
@@ -143,7 +143,7 @@ impl Default for Config {
             node_id: 1,
             shards: 64,
             log_format: LogFormat::Text,
-            log_filter: "info".into(),
+            log_filter: "info,openraft=warn".into(),
             limits: Limits::default(),
             raft: RaftTiming::default(),
             actors: Actors::default(),

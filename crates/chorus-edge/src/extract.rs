@@ -10,9 +10,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use chorus_api::Caller;
 use chorus_types::{ApiError, PublisherId, StreamKey, StreamName};
 use serde::de::DeserializeOwned;
@@ -98,14 +97,13 @@ where
     }
 }
 
-/// Buffers the body within the router's `DefaultBodyLimit`; a non-empty body must be JSON.
+/// Buffers the body within the router's `DefaultBodyLimit`.
+///
+/// Every body is parsed as JSON whatever its `Content-Type` says: `curl -d` sends
+/// `application/x-www-form-urlencoded`, and refusing a valid JSON body over a header helps
+/// nobody. A body that is not JSON still fails, naming the problem.
 async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ErrorReply> {
-    let declared_json = is_json_content_type(request.headers());
-    let bytes = Bytes::from_request(request, state).await.map_err(body_rejection)?;
-    if !is_blank(&bytes) && !declared_json {
-        return Err(ApiError::invalid("expected Content-Type: application/json").into());
-    }
-    Ok(bytes)
+    Bytes::from_request(request, state).await.map_err(body_rejection)
 }
 
 fn body_rejection(rejection: BytesRejection) -> ErrorReply {
@@ -117,15 +115,6 @@ fn body_rejection(rejection: BytesRejection) -> ErrorReply {
 
 fn is_blank(bytes: &[u8]) -> bool {
     bytes.iter().all(u8::is_ascii_whitespace)
-}
-
-fn is_json_content_type(headers: &HeaderMap) -> bool {
-    let Some(text) = headers.get(CONTENT_TYPE).and_then(|value| value.to_str().ok()) else {
-        return false;
-    };
-    let essence = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Deserializes JSON strictly; the error names the offending field's path.
@@ -204,17 +193,9 @@ mod tests {
     }
 
     #[test]
-    fn blank_and_content_type() {
+    fn blank_bodies() {
         assert!(is_blank(b" \n"));
         assert!(!is_blank(b"{}"));
-        let mut headers = HeaderMap::new();
-        assert!(!is_json_content_type(&headers));
-        headers.insert(CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
-        assert!(is_json_content_type(&headers));
-        headers.insert(CONTENT_TYPE, "application/merge-patch+json".parse().unwrap());
-        assert!(is_json_content_type(&headers));
-        headers.insert(CONTENT_TYPE, "text/plain".parse().unwrap());
-        assert!(!is_json_content_type(&headers));
         assert!(parse_json::<ParticipantBody>(br#"{"extra":{"a":1}}"#).is_ok());
     }
 }

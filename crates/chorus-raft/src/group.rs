@@ -49,13 +49,20 @@ pub async fn start_groups(
         let raft = Raft::new(node_id, config.clone(), LocalOnly, log, sm)
             .await
             .map_err(|e| StartError::Raft { shard, message: e.to_string() })?;
-        let members = BTreeMap::from([(node_id, BasicNode { addr: address.clone() })]);
-        match raft.initialize(members).await {
-            Ok(()) => tracing::debug!(%shard, "shard initialised"),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                tracing::debug!(%shard, "shard recovered");
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft { shard, message: e.to_string() })?;
+        if initialized {
+            tracing::debug!(%shard, "shard recovered");
+        } else {
+            let members = BTreeMap::from([(node_id, BasicNode { addr: address.clone() })]);
+            match raft.initialize(members).await {
+                Ok(()) => tracing::debug!(%shard, "shard initialised"),
+                // A concurrent initialisation (impossible with one voter) is still fine.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(StartError::Raft { shard, message: e.to_string() }),
             }
-            Err(e) => return Err(StartError::Raft { shard, message: e.to_string() }),
         }
         groups.push(ShardGroup { shard, raft });
     }

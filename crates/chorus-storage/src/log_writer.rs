@@ -102,11 +102,11 @@ fn add_to_batch(db: &Db, batch: &mut WriteBatch, op: &LogOp) -> Result<()> {
         }
         LogOp::Truncate { shard, from, .. } => {
             let (_, end) = keys::shard_range(*shard);
-            batch.delete_range_cf(log, keys::log_entry(*shard, *from), end);
+            batch.delete_range_cf(log, keys::log_entry(*shard, *from).to_vec(), end);
         }
         LogOp::Purge { shard, upto, purged, .. } => {
             let (start, _) = keys::shard_range(*shard);
-            batch.delete_range_cf(log, start, keys::log_entry(*shard, upto.saturating_add(1)));
+            batch.delete_range_cf(log, start, keys::log_entry(*shard, upto.saturating_add(1)).to_vec());
             let meta = db.cf(Cf::RaftMeta)?;
             batch.put_cf(meta, keys::raft_meta(*shard, keys::RaftMeta::LastPurged), purged);
         }
