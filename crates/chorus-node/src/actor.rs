@@ -27,6 +27,10 @@ use crate::metrics;
 
 pub type Reply = Result<(Outcome, Access), ServiceError>;
 
+/// Raft entries one actor keeps in flight. One more than none keeps the stream busy while an
+/// entry commits; more would split concurrent posts into many small entries.
+const MAX_ENTRIES_IN_FLIGHT: usize = 1;
+
 pub struct ActorRequest {
     pub caller: Caller,
     pub op: WriteOp,
@@ -38,6 +42,10 @@ pub struct StreamActor {
     key: StreamKey,
     /// The mailbox; closed by the registry when the actor retires or the node stops.
     rx: mpsc::Receiver<ActorRequest>,
+    /// The access context of the last turn and the hub's access epoch when it was read. Reused
+    /// while the epoch is unchanged: only non-post commands change access, and each of them
+    /// bumps the epoch when it applies, before its caller hears back.
+    cached: Option<(u64, Arc<AccessCtx>)>,
 }
 
 /// Callers of one proposed entry, in envelope order.
@@ -45,7 +53,7 @@ type Waiters = Vec<(oneshot::Sender<Reply>, Access)>;
 
 impl StreamActor {
     pub fn new(node: NodeRef, key: StreamKey, rx: mpsc::Receiver<ActorRequest>) -> Self {
-        StreamActor { node, key, rx }
+        StreamActor { node, key, rx, cached: None }
     }
 
     pub async fn run(mut self) {
@@ -76,24 +84,42 @@ impl StreamActor {
             }
             self.turn(&node, batch, &mut inflight).await;
             while inflight.try_join_next().is_some() {}
+            // Group commit at the stream: with an entry already in flight, wait for one to
+            // finish before the next turn, so the requests that arrive meanwhile travel as one
+            // entry instead of queueing as many (openraft appends one entry batch per fsync).
+            if inflight.len() >= MAX_ENTRIES_IN_FLIGHT {
+                inflight.join_next().await;
+            }
         }
         while inflight.join_next().await.is_some() {}
         metrics::STREAM_ACTORS.dec();
     }
 
+    async fn context(&mut self, node: &Arc<crate::node::Inner>) -> Result<Arc<AccessCtx>, ServiceError> {
+        let epoch = node.hub.access_epoch();
+        if let Some((cached_epoch, ctx)) = &self.cached
+            && *cached_epoch == epoch
+        {
+            return Ok(ctx.clone());
+        }
+        let (db, shards, key) = (node.db.clone(), node.shard_count, self.key.clone());
+        let ctx = chorus_storage::error::blocking(move || AccessCtx::load(&db, shards, &key))
+            .await
+            .map_err(internal)?;
+        let ctx = Arc::new(ctx);
+        self.cached = Some((epoch, ctx.clone()));
+        Ok(ctx)
+    }
+
     async fn turn(
-        &self,
+        &mut self,
         node: &Arc<crate::node::Inner>,
         batch: Vec<ActorRequest>,
         inflight: &mut JoinSet<()>,
     ) {
-        let (db, shards, key) = (node.db.clone(), node.shard_count, self.key.clone());
-        let ctx = match chorus_storage::error::blocking(move || AccessCtx::load(&db, shards, &key))
-            .await
-        {
+        let ctx = match self.context(node).await {
             Ok(ctx) => ctx,
             Err(e) => {
-                let e = internal(e);
                 for req in batch {
                     let _ = req.reply.send(Err(e.clone()));
                 }
@@ -120,6 +146,7 @@ impl StreamActor {
             return;
         }
         metrics::BATCH_COMMANDS.observe(envelopes.len() as f64);
+        tracing::trace!(stream = %self.key, commands = envelopes.len(), barrier, "proposing");
         let shard = shard_of(&self.key, node.shard_count);
         let raft = node.groups[usize::from(shard.0)].raft.clone();
         let timeout = node.actors.settings().request_timeout;

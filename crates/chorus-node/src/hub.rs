@@ -6,6 +6,7 @@
 //! either from storage or from here.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chorus_api::{Delivered, ListenEvent, Relayed, wire};
@@ -19,6 +20,9 @@ const STREAM_BUFFER: usize = 4096;
 #[derive(Default)]
 pub struct Hub {
     streams: Mutex<HashMap<StreamKey, broadcast::Sender<ListenEvent>>>,
+    /// Bumped whenever an applied batch may have changed access (anything but posts), so
+    /// stream actors know their cached access context is stale.
+    access_epoch: AtomicU64,
 }
 
 impl Hub {
@@ -40,6 +44,10 @@ impl Hub {
         Some(tx.clone())
     }
 
+    pub fn access_epoch(&self) -> u64 {
+        self.access_epoch.load(Ordering::Acquire)
+    }
+
     pub fn relay(&self, key: &StreamKey, relayed: Relayed) {
         if let Some(tx) = self.sender(key) {
             // No receiver left is fine: nobody is listening.
@@ -54,7 +62,10 @@ pub fn delivered(record: MessageRecord) -> Arc<Delivered> {
 }
 
 impl ApplyObserver for Hub {
-    fn committed(&self, _shard: ShardId, messages: Vec<MessageRecord>) {
+    fn committed(&self, _shard: ShardId, messages: Vec<MessageRecord>, access_changed: bool) {
+        if access_changed {
+            self.access_epoch.fetch_add(1, Ordering::AcqRel);
+        }
         let mut current: Option<(StreamKey, Option<broadcast::Sender<ListenEvent>>)> = None;
         for m in messages {
             let key = m.stream_key();

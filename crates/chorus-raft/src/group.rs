@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chorus_storage::{ApplyObserver, Db, LogStore, LogWriter, StateMachine};
+use chorus_storage::{Applier, ApplyObserver, Db, LogStore, LogWriter, StateMachine};
 use chorus_types::ShardId;
 use openraft::BasicNode;
 use openraft::error::{InitializeError, RaftError};
@@ -41,11 +41,12 @@ pub async fn start_groups(
 ) -> Result<Vec<ShardGroup>, StartError> {
     let config = Arc::new(config.validate()?);
     let writer = LogWriter::start(db.clone())?;
+    let applier = Applier::start(db.clone())?;
     let mut groups = Vec::with_capacity(usize::from(shard_count));
     for s in 0..shard_count {
         let shard = ShardId(s);
         let log = LogStore::new(db.clone(), shard, writer.clone());
-        let sm = StateMachine::open(db.clone(), shard, Some(observer.clone())).await?;
+        let sm = StateMachine::open(db.clone(), shard, applier.clone(), Some(observer.clone())).await?;
         let raft = Raft::new(node_id, config.clone(), LocalOnly, log, sm)
             .await
             .map_err(|e| StartError::Raft { shard, message: e.to_string() })?;

@@ -8,9 +8,9 @@
 //!                                                       └──▶ syncer thread: one fsync for all
 //!                                                             pending appends, then each
 //!                                                             shard's LogFlushed callback
-//!  openraft ──apply──▶ StateMachine ──spawn_blocking──▶ chorus_streams::apply_entry
-//!                                                     ──▶ one WriteBatch (state + applied id)
-//!                                                     ──▶ ApplyObserver (committed messages)
+//!  openraft ──apply──▶ StateMachine ──▶ Applier thread: chorus_streams::apply_entry for
+//!                                        every waiting shard, one WriteBatch (state + applied
+//!                                        ids), then ApplyObserver (committed messages)
 //! ```
 //!
 //! Group commit is what makes many shards cheap: a disk here does a few thousand fsyncs per
@@ -25,10 +25,12 @@
 //! - [`log_writer`]: the group-commit writer and syncer threads.
 //! - [`log_store`]: `RaftLogStorage` per shard.
 //! - [`state_machine`]: `RaftStateMachine` per shard.
+//! - [`applier`]: the group applier thread shared by every shard's state machine.
 //! - [`rocks_state`]: [`chorus_streams::StateRead`] over RocksDB.
 //! - [`snapshot`]: export and import of a shard's key range.
 //! - [`reads`]: the queries the node serves (history, participants, access rows).
 
+pub mod applier;
 pub mod db;
 pub mod error;
 pub mod keys;
@@ -41,6 +43,7 @@ pub mod rocks_state;
 pub mod snapshot;
 pub mod state_machine;
 
+pub use applier::Applier;
 pub use db::Db;
 pub use error::StorageError;
 pub use log_store::LogStore;

@@ -1,7 +1,9 @@
 //! `RaftLogStorage` for one shard over the shared database and log writer.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 use chorus_types::ShardId;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -14,17 +16,42 @@ use crate::keys::{self, RaftMeta};
 use crate::log_writer::LogWriter;
 use crate::raft_types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
 
+/// Recent entries kept in memory per shard (the ones about to be applied or replicated).
+const TAIL_CAP: usize = 4096;
+
 /// One shard's Raft log and vote. Cheap to clone (it is also its own log reader).
 #[derive(Clone)]
 pub struct LogStore {
     db: Db,
     shard: ShardId,
     writer: LogWriter,
+    /// The newest appended entries, shared with the log readers. `append` returns once the
+    /// entries are here, without waiting for the writer thread: they are readable at once,
+    /// which is all openraft asks of `append`, and apply and replication read them without a
+    /// trip to RocksDB. Entries leave on truncate and purge, and old ones at the next append
+    /// (openraft 0.9 waits for each append's flush before the next, so they are on disk).
+    tail: Arc<Mutex<BTreeMap<u64, Entry>>>,
 }
 
 impl LogStore {
     pub fn new(db: Db, shard: ShardId, writer: LogWriter) -> Self {
-        LogStore { db, shard, writer }
+        LogStore { db, shard, writer, tail: Arc::default() }
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entries `[start, end)` from the tail, when the tail holds all of them.
+    fn from_tail(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let tail = self.tail();
+        let (&first, _) = tail.first_key_value()?;
+        let (&last, _) = tail.last_key_value()?;
+        if start < first {
+            return None;
+        }
+        let end = end.unwrap_or(last + 1).min(last + 1);
+        Some(tail.range(start..end).map(|(_, e)| e.clone()).collect())
     }
 
     fn read_range(db: &Db, shard: ShardId, start: u64, end: Option<u64>) -> Result<Vec<Entry>> {
@@ -109,7 +136,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }
+        if let Some(entries) = self.from_tail(start, end) {
+            return Ok(entries);
+        }
         let (db, shard) = (self.db.clone(), self.shard);
+        tracing::trace!(%shard, start, ?end, "log read from rocksdb");
         blocking(move || LogStore::read_range(&db, shard, start, end)).await.map_err(read_err)
     }
 }
@@ -139,23 +170,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(RaftMeta::Vote).map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
-        // Not synced: a lost `committed` only means re-deriving it after restart.
-        let key = keys::raft_meta(self.shard, RaftMeta::Committed);
-        let bytes = to_json(&committed).map_err(write_err)?;
-        let db = self.db.clone();
-        blocking(move || {
-            db.raw().put_cf(db.cf(Cf::RaftMeta)?, key, bytes)?;
-            Ok(())
-        })
-        .await
-        .map_err(write_err)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
-        Ok(self.read_meta::<Option<LogId>>(RaftMeta::Committed).map_err(read_err)?.flatten())
-    }
-
     async fn append<I>(
         &mut self,
         entries: I,
@@ -166,18 +180,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let mut encoded = Vec::new();
+        let mut fresh = Vec::new();
         for e in entries {
             encoded.push((e.log_id.index, to_json(&e).map_err(write_err)?));
+            fresh.push(e);
         }
-        self.writer.append(self.shard, encoded, callback).await.map_err(write_err)
+        {
+            let mut tail = self.tail();
+            while tail.len() >= TAIL_CAP {
+                tail.pop_first();
+            }
+            for e in fresh {
+                tail.insert(e.log_id.index, e);
+            }
+        }
+        tracing::trace!(shard = %self.shard, entries = encoded.len(), "log append");
+        self.writer.append(self.shard, encoded, callback).map_err(write_err)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
+        drop(self.tail().split_off(&log_id.index));
         self.writer.truncate(self.shard, log_id.index).await.map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
         let purged = to_json(&log_id).map_err(write_err)?;
+        {
+            let mut tail = self.tail();
+            *tail = tail.split_off(&(log_id.index + 1));
+        }
         self.writer.purge(self.shard, log_id.index, purged).await.map_err(write_err)
     }
 }

@@ -9,8 +9,9 @@
 //!                                 no sync                  LogFlushed callback
 //! ```
 //!
-//! Ordering: the writer applies operations in arrival order, and a `LogStore` waits for
-//! "written" before returning, so a shard's truncate and append never overtake each other.
+//! Ordering: the writer applies operations in arrival order (one FIFO for every shard), so a
+//! shard's truncate or purge never overtakes an earlier append. Appends are readable from the
+//! log store's in-memory tail at once; truncate and purge wait until they are written.
 //! A callback is completed only after an fsync that began after its batch was written, so
 //! openraft never counts an entry that is not on disk.
 
@@ -33,12 +34,7 @@ use crate::raft_types::TypeConfig;
 const MAX_GROUP: usize = 4096;
 
 enum LogOp {
-    Append {
-        shard: ShardId,
-        entries: Vec<(u64, Vec<u8>)>,
-        written: oneshot::Sender<Result<()>>,
-        flushed: LogFlushed<TypeConfig>,
-    },
+    Append { shard: ShardId, entries: Vec<(u64, Vec<u8>)>, flushed: LogFlushed<TypeConfig> },
     /// Delete entries with index ≥ `from`.
     Truncate { shard: ShardId, from: u64, written: oneshot::Sender<Result<()>> },
     /// Delete entries with index ≤ `upto` and record the last purged log id.
@@ -70,15 +66,16 @@ impl LogWriter {
         written.await.map_err(|_| StorageError::WriterStopped)?
     }
 
-    /// Returns once the entries are readable; `flushed` is completed once they are durable.
-    pub async fn append(
+    /// Queues the entries; `flushed` is completed once they are durable. Operations are
+    /// written in the order they are queued, so a later truncate or purge of the shard never
+    /// overtakes this append.
+    pub fn append(
         &self,
         shard: ShardId,
         entries: Vec<(u64, Vec<u8>)>,
         flushed: LogFlushed<TypeConfig>,
     ) -> Result<()> {
-        let (written, rx) = oneshot::channel();
-        self.submit(LogOp::Append { shard, entries, written, flushed }, rx).await
+        self.tx.send(LogOp::Append { shard, entries, flushed }).map_err(|_| StorageError::WriterStopped)
     }
 
     pub async fn truncate(&self, shard: ShardId, from: u64) -> Result<()> {
@@ -123,6 +120,7 @@ fn write_loop(db: Db, rx: mpsc::Receiver<LogOp>, sync_tx: mpsc::Sender<LogFlushe
                 Err(_) => break,
             }
         }
+        tracing::trace!(ops = ops.len(), "log write group");
         let mut batch = WriteBatch::default();
         let built: Result<()> = ops.iter().try_for_each(|op| add_to_batch(&db, &mut batch, op));
         let result = built.and_then(|()| {
@@ -133,13 +131,15 @@ fn write_loop(db: Db, rx: mpsc::Receiver<LogOp>, sync_tx: mpsc::Sender<LogFlushe
         let failure = result.as_ref().err().map(|e| e.to_string());
         for op in ops {
             let (written, flushed) = match op {
-                LogOp::Append { written, flushed, .. } => (written, Some(flushed)),
-                LogOp::Truncate { written, .. } | LogOp::Purge { written, .. } => (written, None),
+                LogOp::Append { flushed, .. } => (None, Some(flushed)),
+                LogOp::Truncate { written, .. } | LogOp::Purge { written, .. } => (Some(written), None),
             };
             match &failure {
                 None => {
                     // The store may have given up waiting (shutdown); nothing to tell then.
-                    let _ = written.send(Ok(()));
+                    if let Some(w) = written {
+                        let _ = w.send(Ok(()));
+                    }
                     if let Some(cb) = flushed
                         && let Err(mpsc::SendError(cb)) = sync_tx.send(cb)
                     {
@@ -148,7 +148,9 @@ fn write_loop(db: Db, rx: mpsc::Receiver<LogOp>, sync_tx: mpsc::Sender<LogFlushe
                 }
                 Some(msg) => {
                     tracing::error!(error = %msg, "raft log write failed");
-                    let _ = written.send(Err(StorageError::Io(std::io::Error::other(msg.clone()))));
+                    if let Some(w) = written {
+                        let _ = w.send(Err(StorageError::Io(std::io::Error::other(msg.clone()))));
+                    }
                     if let Some(cb) = flushed {
                         cb.log_io_completed(Err(std::io::Error::other(msg.clone())));
                     }
@@ -165,7 +167,9 @@ fn sync_loop(db: Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
             pending.push(cb);
         }
         let started = Instant::now();
+        tracing::trace!(appends = pending.len(), "log sync begins");
         let result = db.raw().flush_wal(true);
+        tracing::trace!(us = started.elapsed().as_micros() as u64, "log sync done");
         metrics::LOG_FSYNC_SECONDS.observe(started.elapsed().as_secs_f64());
         metrics::LOG_FSYNCS.inc();
         metrics::GROUP_COMMIT_APPENDS.observe(pending.len() as f64);

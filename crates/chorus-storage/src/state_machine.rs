@@ -7,27 +7,25 @@
 //! committed rest of the log.
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use chorus_streams::{Overlay, Write, apply_entry};
 use chorus_types::{MessageRecord, ShardId};
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use rocksdb::WriteBatch;
+use openraft::{OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::db::{Cf, Db, to_json};
+use crate::db::Db;
 use crate::error::{Result, StorageError, blocking};
-use crate::keys::{self, RaftMeta};
 use crate::raft_types::{
     Entry, LogId, RaftStorageError, ShardResponse, SnapshotMeta, StoredMembership, TypeConfig,
 };
-use crate::rocks_state::{RocksState, write_batch};
+use crate::applier::Applier;
 use crate::snapshot::{self, AppliedState};
 
-/// Told of every message as it is committed, in commit order per shard.
+/// Told of every applied batch, in commit order per shard.
 pub trait ApplyObserver: Send + Sync + 'static {
-    fn committed(&self, shard: ShardId, messages: Vec<MessageRecord>);
+    /// `messages` were committed (in ordinal order); `access_changed` when the batch held a
+    /// command other than a post, so cached access contexts are stale.
+    fn committed(&self, shard: ShardId, messages: Vec<MessageRecord>, access_changed: bool);
 }
 
 /// One shard's state machine.
@@ -36,6 +34,8 @@ pub struct StateMachine {
     shard: ShardId,
     /// Cached copy of what is stored under `RaftMeta::Applied`.
     applied: AppliedState,
+    /// The node's group applier, shared by every shard.
+    applier: Applier,
     observer: Option<Arc<dyn ApplyObserver>>,
 }
 
@@ -51,55 +51,12 @@ impl StateMachine {
     pub async fn open(
         db: Db,
         shard: ShardId,
+        applier: Applier,
         observer: Option<Arc<dyn ApplyObserver>>,
     ) -> Result<StateMachine> {
         let d = db.clone();
         let applied = blocking(move || snapshot::read_applied(&d, shard)).await?;
-        Ok(StateMachine { db, shard, applied, observer })
-    }
-
-    fn apply_blocking(
-        db: &Db,
-        shard: ShardId,
-        mut applied: AppliedState,
-        entries: Vec<Entry>,
-    ) -> Result<(Vec<ShardResponse>, AppliedState, Vec<MessageRecord>)> {
-        let state = RocksState { db, shard };
-        let mut overlay = Overlay::new(&state);
-        let mut responses = Vec::with_capacity(entries.len());
-        for entry in entries {
-            applied.0 = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => responses.push(ShardResponse::default()),
-                EntryPayload::Normal(req) => {
-                    let outcomes = apply_entry(&mut overlay, &req.envelopes)?;
-                    responses.push(ShardResponse { outcomes });
-                }
-                EntryPayload::Membership(m) => {
-                    applied.1 = StoredMembership::new(Some(entry.log_id), m);
-                    responses.push(ShardResponse::default());
-                }
-            }
-        }
-        let writes = overlay.into_writes();
-        let mut batch = WriteBatch::default();
-        write_batch(db, shard, &mut batch, &writes)?;
-        batch.put_cf(
-            db.cf(Cf::RaftMeta)?,
-            keys::raft_meta(shard, RaftMeta::Applied),
-            to_json(&applied)?,
-        );
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(false);
-        db.raw().write_opt(batch, &wo)?;
-        let messages = writes
-            .into_iter()
-            .filter_map(|w| match w {
-                Write::Message(m) => Some(m),
-                _ => None,
-            })
-            .collect();
-        Ok((responses, applied, messages))
+        Ok(StateMachine { db, shard, applied, applier, observer })
     }
 }
 
@@ -118,20 +75,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let started = Instant::now();
-        let (db, shard, applied) = (self.db.clone(), self.shard, self.applied.clone());
-        let (responses, applied, messages) =
-            blocking(move || StateMachine::apply_blocking(&db, shard, applied, entries))
-                .await
-                .map_err(sm_write_err)?;
-        self.applied = applied;
-        crate::metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
+        let out = self
+            .applier
+            .apply(self.shard, self.applied.clone(), entries)
+            .await
+            .map_err(sm_write_err)?;
+        self.applied = out.applied;
         if let Some(observer) = &self.observer
-            && !messages.is_empty()
+            && (!out.messages.is_empty() || out.access_changed)
         {
-            observer.committed(self.shard, messages);
+            observer.committed(self.shard, out.messages, out.access_changed);
         }
-        Ok(responses)
+        Ok(out.responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
