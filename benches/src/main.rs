@@ -140,18 +140,21 @@ struct Shared {
     errors: std::sync::atomic::AtomicU64,
 }
 
-/// One connection keeping `depth` posts in flight until `end`.
-async fn connection(
+/// What every connection shares.
+struct Plan {
     addr: String,
     token: String,
-    streams: Arc<Vec<String>>,
-    first: usize,
-    depth: usize,
+    streams: Vec<String>,
     body: String,
     measure_from: Instant,
     end: Instant,
-    shared: Arc<Shared>,
-) -> anyhow::Result<()> {
+    shared: Shared,
+}
+
+/// One connection keeping `depth` posts in flight until `plan.end`, starting at stream `first`.
+async fn connection(plan: Arc<Plan>, first: usize, depth: usize) -> anyhow::Result<()> {
+    let (addr, token, streams, body) = (&plan.addr, &plan.token, &plan.streams, &plan.body);
+    let (measure_from, end, shared) = (plan.measure_from, plan.end, &plan.shared);
     let mut req = format!("ws://{addr}/v1/ws").into_client_request()?;
     req.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
     let (ws, _) = tokio_tungstenite::connect_async(req).await?;
@@ -214,31 +217,28 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let body = "x".repeat(args.size);
-    let shared = Arc::new(Shared {
-        hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-        acked: 0.into(),
-        errors: 0.into(),
-    });
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(3);
     let end = measure_from + Duration::from_secs(args.seconds);
-    let streams = Arc::new(streams);
+    let plan = Arc::new(Plan {
+        addr: server.addr.clone(),
+        token: token.clone(),
+        streams,
+        body,
+        measure_from,
+        end,
+        shared: Shared {
+            hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+            acked: 0.into(),
+            errors: 0.into(),
+        },
+    });
     let connections = args.connections.min(args.in_flight).max(1);
     let mut tasks = Vec::new();
     let mut fsync_start = None;
     for c in 0..connections {
         let depth = args.in_flight / connections + usize::from(c < args.in_flight % connections);
-        tasks.push(tokio::spawn(connection(
-            server.addr.clone(),
-            token.clone(),
-            streams.clone(),
-            c * 7,
-            depth,
-            body.clone(),
-            measure_from,
-            end,
-            shared.clone(),
-        )));
+        tasks.push(tokio::spawn(connection(plan.clone(), c * 7, depth)));
     }
     tokio::time::sleep_until(measure_from.into()).await;
     fsync_start.get_or_insert(fsyncs(&server.addr).await?);
@@ -248,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
         t.await??;
     }
     let secs = args.seconds as f64;
+    let shared = &plan.shared;
     let hist = shared.hist.lock().await;
     let acked = shared.acked.load(std::sync::atomic::Ordering::Relaxed);
     println!("chorus dev (single node, fsync on every group commit)");

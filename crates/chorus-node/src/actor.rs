@@ -8,14 +8,11 @@
 //! is in force for what follows.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use chorus_api::{Caller, ServiceError};
-use chorus_storage::ShardRequest;
 use chorus_streams::access::Access;
 use chorus_streams::{Envelope, Outcome};
 use chorus_types::{ErrorCode, Millis, StreamKey, shard::shard_of};
-use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -95,7 +92,10 @@ impl StreamActor {
         metrics::STREAM_ACTORS.dec();
     }
 
-    async fn context(&mut self, node: &Arc<crate::node::Inner>) -> Result<Arc<AccessCtx>, ServiceError> {
+    async fn context(
+        &mut self,
+        node: &Arc<crate::node::Inner>,
+    ) -> Result<Arc<AccessCtx>, ServiceError> {
         let epoch = node.hub.access_epoch();
         if let Some((cached_epoch, ctx)) = &self.cached
             && *cached_epoch == epoch
@@ -145,40 +145,13 @@ impl StreamActor {
         if envelopes.is_empty() {
             return;
         }
-        metrics::BATCH_COMMANDS.observe(envelopes.len() as f64);
         tracing::trace!(stream = %self.key, commands = envelopes.len(), barrier, "proposing");
         let shard = shard_of(&self.key, node.shard_count);
-        let raft = node.groups[usize::from(shard.0)].raft.clone();
-        let timeout = node.actors.settings().request_timeout;
-        let started = Instant::now();
-        let rx = match raft.client_write_ff(ShardRequest { envelopes }).await {
-            Ok(rx) => rx,
-            Err(fatal) => {
-                tracing::error!(%shard, error = %fatal, "shard group stopped");
-                for (reply, _) in waiters {
-                    let _ = reply.send(Err(err(ErrorCode::Unavailable, "shard is unavailable")));
-                }
-                return;
-            }
-        };
+        let rx = node.proposers[usize::from(shard.0)].propose(envelopes);
         let wait = async move {
-            let result = tokio::time::timeout(timeout, rx).await;
-            metrics::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
-            let outcomes = match result {
-                Ok(Ok(Ok(resp))) => Ok(resp.data.outcomes),
-                Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
-                    let mut e =
-                        chorus_types::ApiError::new(ErrorCode::NotLeader, "not the shard leader");
-                    if let Some(leader) = f.leader_id {
-                        e.message = format!("not the shard leader; leader is node {leader}");
-                    }
-                    Err(ServiceError::from(e))
-                }
-                Ok(Ok(Err(other))) => Err(err(ErrorCode::Unavailable, &other.to_string())),
-                Ok(Err(_)) => Err(err(ErrorCode::Unavailable, "shard stopped before commit")),
-                // The entry may still commit: the outcome is unknown, and a retry with the
-                // same clientMsgId is safe.
-                Err(_) => Err(err(ErrorCode::Timeout, "not committed in time; outcome unknown")),
+            let outcomes = match rx.await {
+                Ok(result) => result,
+                Err(_) => Err(err(ErrorCode::Unavailable, "shard proposer stopped")),
             };
             match outcomes {
                 Ok(outcomes) => {

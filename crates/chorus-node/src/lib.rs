@@ -6,7 +6,8 @@
 //!                           │
 //!                           └─writes─▶ StreamActor (one per active stream, bounded mailbox)
 //!                                        access check on a fresh AccessCtx per batch
-//!                                        many commands ─▶ one Raft entry (client_write_ff)
+//!                                        ─▶ ShardProposer: the entries of every actor of the
+//!                                           shard ─▶ one Raft entry (client_write_ff)
 //!                                        reply with each Outcome after commit + apply
 //!  StateMachine::apply ──committed messages──▶ Hub ──▶ listen tasks ──▶ sessions
 //! ```
@@ -16,6 +17,7 @@
 //! - `access_ctx`: gathering what the access calculation needs for one stream.
 //! - `authorize`: which level each write needs, turning a request into a [`chorus_streams::Command`].
 //! - `actor` / `actors`: the stream actor and its registry.
+//! - `proposer`: one task per shard merging the actors' entries into one Raft entry.
 //! - `hub`: committed messages and ephemerals to local listeners.
 //! - `listen`: backlog-then-live delivery without gaps or duplicates.
 //! - `service`: the `StreamService` implementation.
@@ -29,6 +31,7 @@ mod hub;
 mod listen;
 pub mod metrics;
 pub mod node;
+mod proposer;
 mod service;
 
 pub use error::NodeError;

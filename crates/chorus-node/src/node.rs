@@ -12,6 +12,7 @@ use chorus_types::{ShardId, StreamKey, shard::shard_of};
 use crate::actors::ActorRegistry;
 use crate::error::NodeError;
 use crate::hub::Hub;
+use crate::proposer::ShardProposer;
 
 /// How stream actors behave.
 #[derive(Clone, Debug)]
@@ -65,6 +66,8 @@ pub(crate) struct Inner {
     pub(crate) groups: Vec<ShardGroup>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) actors: ActorRegistry,
+    /// One per shard, indexed by shard id; taken at shutdown.
+    pub(crate) proposers: Vec<ShardProposer>,
 }
 
 impl Node {
@@ -98,7 +101,13 @@ impl Node {
         .await?;
         tracing::info!(groups = groups.len(), "shard groups started");
         let actors = ActorRegistry::new(config.actors.clone());
-        Ok(Node { inner: Arc::new(Inner { config, db, shard_count, groups, hub, actors }) })
+        let proposers = groups
+            .iter()
+            .map(|g| ShardProposer::start(g.shard, g.raft.clone(), config.actors.request_timeout))
+            .collect();
+        Ok(Node {
+            inner: Arc::new(Inner { config, db, shard_count, groups, hub, actors, proposers }),
+        })
     }
 
     pub fn shard_count(&self) -> u16 {
@@ -135,6 +144,10 @@ impl Node {
     /// Stops the actors, then every shard group. In-flight writes finish or fail first.
     pub async fn shutdown(&self) {
         self.inner.actors.shutdown().await;
+        // Actors have drained, so no proposal is pending.
+        for p in &self.inner.proposers {
+            p.abort();
+        }
         for g in &self.inner.groups {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(shard = %g.shard, error = %e, "shard shutdown failed");

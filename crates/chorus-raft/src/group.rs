@@ -46,7 +46,8 @@ pub async fn start_groups(
     for s in 0..shard_count {
         let shard = ShardId(s);
         let log = LogStore::new(db.clone(), shard, writer.clone());
-        let sm = StateMachine::open(db.clone(), shard, applier.clone(), Some(observer.clone())).await?;
+        let sm =
+            StateMachine::open(db.clone(), shard, applier.clone(), Some(observer.clone())).await?;
         let raft = Raft::new(node_id, config.clone(), LocalOnly, log, sm)
             .await
             .map_err(|e| StartError::Raft { shard, message: e.to_string() })?;

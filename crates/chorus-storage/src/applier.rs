@@ -58,9 +58,16 @@ impl Applier {
     }
 
     /// Applies `entries` on top of `applied`; returns once the result is written.
-    pub async fn apply(&self, shard: ShardId, applied: AppliedState, entries: Vec<Entry>) -> Result<Applied> {
+    pub async fn apply(
+        &self,
+        shard: ShardId,
+        applied: AppliedState,
+        entries: Vec<Entry>,
+    ) -> Result<Applied> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { shard, applied, entries, reply }).map_err(|_| StorageError::WriterStopped)?;
+        self.tx
+            .send(Job { shard, applied, entries, reply })
+            .map_err(|_| StorageError::WriterStopped)?;
         rx.await.map_err(|_| StorageError::WriterStopped)?
     }
 }
@@ -77,7 +84,8 @@ fn compute(db: &Db, job: &mut Job, batch: &mut WriteBatch) -> Result<Applied> {
         match entry.payload {
             EntryPayload::Blank => responses.push(ShardResponse::default()),
             EntryPayload::Normal(req) => {
-                access_changed |= req.envelopes.iter().any(|e| !matches!(e.command, Command::Post { .. }));
+                access_changed |=
+                    req.envelopes.iter().any(|e| !matches!(e.command, Command::Post { .. }));
                 let outcomes = apply_entry(&mut overlay, &req.envelopes)?;
                 responses.push(ShardResponse { outcomes });
             }
@@ -89,7 +97,11 @@ fn compute(db: &Db, job: &mut Job, batch: &mut WriteBatch) -> Result<Applied> {
     }
     let writes = overlay.into_writes();
     write_batch(db, job.shard, batch, &writes)?;
-    batch.put_cf(db.cf(Cf::RaftMeta)?, keys::raft_meta(job.shard, RaftMeta::Applied), to_json(&applied)?);
+    batch.put_cf(
+        db.cf(Cf::RaftMeta)?,
+        keys::raft_meta(job.shard, RaftMeta::Applied),
+        to_json(&applied)?,
+    );
     let messages = writes
         .into_iter()
         .filter_map(|w| match w {
@@ -111,7 +123,8 @@ fn apply_loop(db: Db, rx: mpsc::Receiver<Job>) {
         }
         let started = std::time::Instant::now();
         let mut batch = WriteBatch::default();
-        let results: Result<Vec<Applied>> = jobs.iter_mut().map(|job| compute(&db, job, &mut batch)).collect();
+        let results: Result<Vec<Applied>> =
+            jobs.iter_mut().map(|job| compute(&db, job, &mut batch)).collect();
         // Not synced: the Raft log is. State and applied ids are written together, so after a
         // crash each shard re-applies the committed rest of its log.
         let results = results.and_then(|r| {
@@ -132,7 +145,8 @@ fn apply_loop(db: Db, rx: mpsc::Receiver<Job>) {
                 tracing::error!(error = %e, jobs = jobs.len(), "applying committed entries failed");
                 let msg = e.to_string();
                 for job in jobs {
-                    let _ = job.reply.send(Err(StorageError::Io(std::io::Error::other(msg.clone()))));
+                    let _ =
+                        job.reply.send(Err(StorageError::Io(std::io::Error::other(msg.clone()))));
                 }
             }
         }

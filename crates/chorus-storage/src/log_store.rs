@@ -43,7 +43,7 @@ impl LogStore {
     }
 
     /// Entries `[start, end)` from the tail, when the tail holds all of them.
-    fn from_tail(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+    fn read_tail(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
         let tail = self.tail();
         let (&first, _) = tail.first_key_value()?;
         let (&last, _) = tail.last_key_value()?;
@@ -136,7 +136,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if end.is_some_and(|e| e <= start) {
             return Ok(Vec::new());
         }
-        if let Some(entries) = self.from_tail(start, end) {
+        if let Some(entries) = self.read_tail(start, end) {
             return Ok(entries);
         }
         let (db, shard) = (self.db.clone(), self.shard);

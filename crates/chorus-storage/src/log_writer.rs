@@ -34,11 +34,24 @@ use crate::raft_types::TypeConfig;
 const MAX_GROUP: usize = 4096;
 
 enum LogOp {
-    Append { shard: ShardId, entries: Vec<(u64, Vec<u8>)>, flushed: LogFlushed<TypeConfig> },
+    Append {
+        shard: ShardId,
+        entries: Vec<(u64, Vec<u8>)>,
+        flushed: LogFlushed<TypeConfig>,
+    },
     /// Delete entries with index ≥ `from`.
-    Truncate { shard: ShardId, from: u64, written: oneshot::Sender<Result<()>> },
+    Truncate {
+        shard: ShardId,
+        from: u64,
+        written: oneshot::Sender<Result<()>>,
+    },
     /// Delete entries with index ≤ `upto` and record the last purged log id.
-    Purge { shard: ShardId, upto: u64, purged: Vec<u8>, written: oneshot::Sender<Result<()>> },
+    Purge {
+        shard: ShardId,
+        upto: u64,
+        purged: Vec<u8>,
+        written: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// Handle to the writer; cheap to clone. The threads stop when every handle is dropped.
@@ -75,7 +88,9 @@ impl LogWriter {
         entries: Vec<(u64, Vec<u8>)>,
         flushed: LogFlushed<TypeConfig>,
     ) -> Result<()> {
-        self.tx.send(LogOp::Append { shard, entries, flushed }).map_err(|_| StorageError::WriterStopped)
+        self.tx
+            .send(LogOp::Append { shard, entries, flushed })
+            .map_err(|_| StorageError::WriterStopped)
     }
 
     pub async fn truncate(&self, shard: ShardId, from: u64) -> Result<()> {
@@ -103,7 +118,11 @@ fn add_to_batch(db: &Db, batch: &mut WriteBatch, op: &LogOp) -> Result<()> {
         }
         LogOp::Purge { shard, upto, purged, .. } => {
             let (start, _) = keys::shard_range(*shard);
-            batch.delete_range_cf(log, start, keys::log_entry(*shard, upto.saturating_add(1)).to_vec());
+            batch.delete_range_cf(
+                log,
+                start,
+                keys::log_entry(*shard, upto.saturating_add(1)).to_vec(),
+            );
             let meta = db.cf(Cf::RaftMeta)?;
             batch.put_cf(meta, keys::raft_meta(*shard, keys::RaftMeta::LastPurged), purged);
         }
@@ -132,7 +151,9 @@ fn write_loop(db: Db, rx: mpsc::Receiver<LogOp>, sync_tx: mpsc::Sender<LogFlushe
         for op in ops {
             let (written, flushed) = match op {
                 LogOp::Append { flushed, .. } => (None, Some(flushed)),
-                LogOp::Truncate { written, .. } | LogOp::Purge { written, .. } => (Some(written), None),
+                LogOp::Truncate { written, .. } | LogOp::Purge { written, .. } => {
+                    (Some(written), None)
+                }
             };
             match &failure {
                 None => {

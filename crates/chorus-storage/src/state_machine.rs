@@ -13,12 +13,12 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::applier::Applier;
 use crate::db::Db;
 use crate::error::{Result, StorageError, blocking};
 use crate::raft_types::{
     Entry, LogId, RaftStorageError, ShardResponse, SnapshotMeta, StoredMembership, TypeConfig,
 };
-use crate::applier::Applier;
 use crate::snapshot::{self, AppliedState};
 
 /// Told of every applied batch, in commit order per shard.

@@ -1,6 +1,8 @@
 //! The RocksDB log store and state machine pass openraft's storage conformance suite, on a
 //! shard other than 0 so that key prefixing is exercised too.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use chorus_storage::{Applier, Db, LogStore, LogWriter, StateMachine, TypeConfig};
 use chorus_types::ShardId;
 use openraft::StorageError;
@@ -17,7 +19,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
             LogWriter::start(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
         let shard = ShardId(7);
         let log = LogStore::new(db.clone(), shard, writer);
-        let applier = Applier::start(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
+        let applier =
+            Applier::start(db.clone()).map_err(|e| openraft::StorageIOError::write(&e))?;
         let sm = StateMachine::open(db, shard, applier, None)
             .await
             .map_err(|e| openraft::StorageIOError::write(&e))?;

@@ -1,6 +1,8 @@
 //! The RocksDB state gives the same answers and the same bytes as the in-memory reference,
 //! and two shards in one database never see each other's data.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use chorus_storage::rocks_state::{RocksState, write_batch};
 use chorus_storage::{Db, reads};
 use chorus_streams::mem::MemState;

@@ -18,8 +18,10 @@ fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     // RocksDB work runs on the blocking pool; a small pool keeps the 2-core machines we target
     // from thrashing between hundreds of threads that all wait on the same database.
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(16).build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()?;
     runtime.block_on(async move {
         match cli.command {
             cli::Command::Dev(args) => dev::run(args).await,

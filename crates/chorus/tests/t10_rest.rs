@@ -1,5 +1,7 @@
 //! REST end to end against a started `chorus dev`: the wire contract of DESIGN.md §3.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Api, Server, enc};

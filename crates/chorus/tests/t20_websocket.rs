@@ -1,6 +1,8 @@
 //! WebSocket end to end: requests and replies, listen with `since` under concurrent posts,
 //! ephemerals, and malformed frames.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -1,5 +1,7 @@
 //! Durability: every acknowledged post survives SIGKILL, and ordinals continue after restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Api, Server, enc};

@@ -1,5 +1,5 @@
 //! A `chorus dev` process for end-to-end tests: ephemeral port, temp data dir, real sockets.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,133 @@
+//! The shard proposer: one task per shard that merges the entries of every stream actor of the
+//! shard into one Raft entry.
+//!
+//! openraft 0.9 appends one entry batch per log flush and waits for the flush before the next,
+//! so a shard commits at most one append per fsync. Merging what every actor of the shard has
+//! ready into that one append is what lets a shard carry many streams: while an entry commits,
+//! the proposals of the next one accumulate here. Submission order is kept (one FIFO), so each
+//! actor's entries commit in the order it proposed them.
+
+use chorus_api::ServiceError;
+use chorus_storage::ShardRequest;
+use chorus_streams::{Envelope, Outcome};
+use chorus_types::{ErrorCode, ShardId};
+use openraft::error::ClientWriteError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::err;
+use crate::metrics;
+
+/// Most commands in one merged entry.
+const MAX_COMMANDS: usize = 2048;
+
+pub type ProposalResult = Result<Vec<Outcome>, ServiceError>;
+
+struct Proposal {
+    envelopes: Vec<Envelope>,
+    reply: oneshot::Sender<ProposalResult>,
+}
+
+/// Handle to one shard's proposer.
+pub struct ShardProposer {
+    /// Unbounded, yet bounded in practice: each stream actor has at most one proposal in
+    /// flight, so the queue never holds more than one proposal per active stream.
+    tx: mpsc::UnboundedSender<Proposal>,
+    task: JoinHandle<()>,
+}
+
+impl ShardProposer {
+    pub fn start(shard: ShardId, raft: chorus_raft::Raft, timeout: std::time::Duration) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(shard, raft, rx, timeout));
+        ShardProposer { tx, task }
+    }
+
+    /// Queues `envelopes`; the receiver yields one outcome per envelope once committed and
+    /// applied.
+    pub fn propose(&self, envelopes: Vec<Envelope>) -> oneshot::Receiver<ProposalResult> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(p)) = self.tx.send(Proposal { envelopes, reply }) {
+            let _ = p.reply.send(Err(err(ErrorCode::Unavailable, "shard proposer stopped")));
+        }
+        rx
+    }
+
+    /// Stops the task; proposals still queued are answered `unavailable` by their callers
+    /// seeing the reply dropped.
+    pub fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+async fn run(
+    shard: ShardId,
+    raft: chorus_raft::Raft,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    timeout: std::time::Duration,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut count = first.envelopes.len();
+        let mut batch = vec![first];
+        while count < MAX_COMMANDS {
+            match rx.try_recv() {
+                Ok(p) => {
+                    count += p.envelopes.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        metrics::BATCH_COMMANDS.observe(count as f64);
+        let mut envelopes = Vec::with_capacity(count);
+        let mut replies = Vec::with_capacity(batch.len());
+        for p in batch {
+            replies.push((p.envelopes.len(), p.reply));
+            envelopes.extend(p.envelopes);
+        }
+        let result = commit(shard, &raft, envelopes, timeout).await;
+        match result {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for (n, reply) in replies {
+                    let _ = reply.send(Ok(outcomes.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit(
+    shard: ShardId,
+    raft: &chorus_raft::Raft,
+    envelopes: Vec<Envelope>,
+    timeout: std::time::Duration,
+) -> ProposalResult {
+    let started = std::time::Instant::now();
+    let rx = raft.client_write_ff(ShardRequest { envelopes }).await.map_err(|fatal| {
+        tracing::error!(%shard, error = %fatal, "shard group stopped");
+        err(ErrorCode::Unavailable, "shard is unavailable")
+    })?;
+    let result = tokio::time::timeout(timeout, rx).await;
+    metrics::COMMIT_SECONDS.observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(Ok(Ok(resp))) => Ok(resp.data.outcomes),
+        Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
+            let mut e = chorus_types::ApiError::new(ErrorCode::NotLeader, "not the shard leader");
+            if let Some(leader) = f.leader_id {
+                e.message = format!("not the shard leader; leader is node {leader}");
+            }
+            Err(ServiceError::from(e))
+        }
+        Ok(Ok(Err(other))) => Err(err(ErrorCode::Unavailable, &other.to_string())),
+        Ok(Err(_)) => Err(err(ErrorCode::Unavailable, "shard stopped before commit")),
+        // The entry may still commit: the outcome is unknown, and a retry with the same
+        // clientMsgId is safe.
+        Err(_) => Err(err(ErrorCode::Timeout, "not committed in time; outcome unknown")),
+    }
+}
