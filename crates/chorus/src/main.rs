@@ -14,7 +14,18 @@ mod token;
 
 use clap::Parser;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One clear line (with its causes), never a backtrace, for configuration mistakes.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
     // RocksDB work runs on the blocking pool; a small pool keeps the 2-core machines we target
     // from thrashing between hundreds of threads that all wait on the same database.
