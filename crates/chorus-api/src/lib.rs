@@ -105,7 +105,8 @@ pub struct NewPost {
 pub struct HistoryQuery {
     pub min: Option<u64>,
     pub max: Option<u64>,
-    pub limit: Option<u32>,
+    /// 1 or more; above [`MAX_LIMIT`] is clamped.
+    pub limit: Option<u64>,
     pub order: Option<Order>,
 }
 
@@ -118,8 +119,8 @@ pub enum Order {
 }
 
 /// History `limit`: default and ceiling (DESIGN.md §3).
-pub const DEFAULT_LIMIT: u32 = 100;
-pub const MAX_LIMIT: u32 = 1000;
+pub const DEFAULT_LIMIT: u64 = 100;
+pub const MAX_LIMIT: u64 = 1000;
 
 /// The participant operations, each posting its `Streams/…` message when it changes something.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -143,7 +144,7 @@ pub struct ParticipantBody {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParticipantQuery {
     pub after: Option<String>,
-    pub limit: Option<u32>,
+    pub limit: Option<u64>,
     pub state: Option<ParticipantState>,
 }
 

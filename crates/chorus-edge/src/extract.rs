@@ -146,7 +146,18 @@ where
     type Rejection = ErrorReply;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let Query(value) = Query::<T>::try_from_uri(&parts.uri).map_err(|rejection| {
+        // `?min=&limit=5` (the route templates' own spelling) means min is absent.
+        let filtered: Vec<&str> = parts
+            .uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| !pair.is_empty() && !pair.ends_with('='))
+            .collect();
+        let uri: axum::http::Uri = format!("/?{}", filtered.join("&"))
+            .parse()
+            .map_err(|_| ApiError::invalid("query string is malformed"))?;
+        let Query(value) = Query::<T>::try_from_uri(&uri).map_err(|rejection| {
             let detail = std::error::Error::source(&rejection)
                 .map(ToString::to_string)
                 .unwrap_or_else(|| rejection.body_text());

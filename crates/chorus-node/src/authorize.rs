@@ -66,13 +66,23 @@ pub fn may_manage_type_rule(key: &StreamKey, caller: &Caller) -> Result<(), Serv
     }
 }
 
-/// A manager may grant admin levels below manage only; `own` may grant any.
-pub fn may_grant(access: &Access, rows: &[AccessRow]) -> Result<(), ServiceError> {
+/// A manager may grant admin levels below manage only; `own` may grant any. Replacing the row
+/// set must not take manage or own away from anyone either, unless the caller owns.
+pub fn may_grant(
+    access: &Access,
+    existing: &[AccessRow],
+    rows: &[AccessRow],
+) -> Result<(), ServiceError> {
     need(access.admin() >= AdminLevel::MANAGE, "changing access needs admin level manage (30)")?;
+    if access.admin() >= AdminLevel::OWN {
+        return Ok(());
+    }
     let grants_manage = rows.iter().any(|r| r.admin_level >= AdminLevel::MANAGE);
+    let revokes_manage =
+        existing.iter().any(|r| r.admin_level >= AdminLevel::MANAGE && !rows.contains(r));
     need(
-        !grants_manage || access.admin() >= AdminLevel::OWN,
-        "granting admin level manage or above needs admin level own (40)",
+        !grants_manage && !revokes_manage,
+        "granting or removing admin level manage or above needs admin level own (40)",
     )
 }
 
@@ -115,6 +125,16 @@ pub fn authorize(
                         !touches_access || access.admin() >= AdminLevel::MANAGE,
                         "changing levels or inheritAccess needs admin level manage (30)",
                     )?;
+                    // The stream's own levels apply to everyone, and inherited levels can carry
+                    // anything a parent grants: raising adminLevel to manage or above, or
+                    // changing inheritAccess, is granting manage, which only `own` may do.
+                    let grants_manage =
+                        changes.admin_level.is_some_and(|a| a >= AdminLevel::MANAGE)
+                            || changes.inherit_access.is_some();
+                    need(
+                        !grants_manage || access.admin() >= AdminLevel::OWN,
+                        "setting adminLevel to manage or above, or inheritAccess, needs admin level own (40)",
+                    )?;
                     Command::Update { key, changes, if_message_count }
                 }
                 WriteOp::Close => {
@@ -147,7 +167,9 @@ pub fn authorize(
                     Command::Participate { key, user: id.clone(), action, extra }
                 }
                 WriteOp::SetAccess { rows } => {
-                    may_grant(&access, &rows)?;
+                    let existing =
+                        ctx.target.as_ref().map(|t| t.own.as_slice()).unwrap_or_default();
+                    may_grant(&access, existing, &rows)?;
                     Command::SetAccess { key, rows }
                 }
                 WriteOp::Create { .. } => {

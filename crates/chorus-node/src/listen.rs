@@ -155,8 +155,10 @@ pub fn start(
     let (tx, rx) = mpsc::channel(QUEUE);
     metrics::LISTENS.inc();
     let listen = Listen { db, shard, key, last, tx };
+    // Made before the spawn, so an abort before the first poll still drops it.
+    let gauge = ListenGauge;
     let task = tokio::spawn(async move {
-        let _gauge = ListenGauge;
+        let _gauge = gauge;
         listen.run(upto, live).await;
     });
     Box::pin(ListenStream { rx, task })

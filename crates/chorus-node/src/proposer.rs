@@ -125,7 +125,10 @@ async fn commit(
             Err(ServiceError::from(e))
         }
         Ok(Ok(Err(other))) => Err(err(ErrorCode::Unavailable, &other.to_string())),
-        Ok(Err(_)) => Err(err(ErrorCode::Unavailable, "shard stopped before commit")),
+        // The entry may have been appended: the outcome is unknown.
+        Ok(Err(_)) => {
+            Err(err(ErrorCode::Timeout, "shard stopped before confirming; outcome unknown"))
+        }
         // The entry may still commit: the outcome is unknown, and a retry with the same
         // clientMsgId is safe.
         Err(_) => Err(err(ErrorCode::Timeout, "not committed in time; outcome unknown")),

@@ -132,8 +132,13 @@ impl Node {
     }
 }
 
-fn clamp_limit(limit: Option<u32>) -> usize {
-    limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT) as usize
+/// `limit` defaults to 100 and is clamped to 1000; 0 asks for nothing and is refused.
+fn clamp_limit(limit: Option<u64>) -> Result<usize, ServiceError> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        0 => Err(err(ErrorCode::InvalidArgument, "limit must be at least 1")),
+        // At most MAX_LIMIT (1000), which fits any usize.
+        n => Ok(n.min(MAX_LIMIT) as usize),
+    }
 }
 
 #[async_trait::async_trait]
@@ -228,7 +233,7 @@ impl StreamService for Node {
         caller: &Caller,
         keys: Vec<StreamKey>,
     ) -> Result<Vec<Option<StreamView>>, ServiceError> {
-        if keys.len() > MAX_LIMIT as usize {
+        if keys.len() as u64 > MAX_LIMIT {
             return Err(err(ErrorCode::TooLarge, "at most 1000 streams per batch"));
         }
         let mut out = Vec::with_capacity(keys.len());
@@ -283,6 +288,13 @@ impl StreamService for Node {
         req: NewPost,
     ) -> Result<Posted, ServiceError> {
         self.inner.config.limits.check_message(&req.content, req.instructions.as_ref())?;
+        // `Streams/…` messages are the server's record of changes; users cannot forge them.
+        if req.message_type.as_str().starts_with("Streams/") && caller.principal != Principal::App {
+            return Err(err(
+                ErrorCode::Forbidden,
+                "Streams/ message types are posted by the server",
+            ));
+        }
         let op = WriteOp::Post {
             message_type: req.message_type,
             content: req.content,
@@ -313,7 +325,7 @@ impl StreamService for Node {
             access.read() >= ReadLevel::MESSAGES,
             "reading messages needs read level messages (35)",
         )?;
-        let limit = clamp_limit(q.limit);
+        let limit = clamp_limit(q.limit)?;
         let (min, max) = (q.min.unwrap_or(1).max(1), q.max.unwrap_or(u64::MAX));
         let descending = q.order == Some(Order::Desc);
         let (shard, key) = (self.shard_of(key), key.clone());
@@ -357,7 +369,7 @@ impl StreamService for Node {
             access.read() >= ReadLevel::PARTICIPANTS,
             "listing participants needs read level participants (30)",
         )?;
-        let limit = clamp_limit(q.limit);
+        let limit = clamp_limit(q.limit)?;
         let state = q.state.unwrap_or(ParticipantState::Participating);
         let (shard, key, after) = (self.shard_of(key), key.clone(), q.after);
         let (participants, next) = self

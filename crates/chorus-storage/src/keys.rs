@@ -69,8 +69,11 @@ pub fn participant_index(
     k
 }
 
-pub fn dedupe(shard: ShardId, key: &StreamKey, id: &ClientMsgId) -> Vec<u8> {
+/// `stream ‖ poster ‖ 0x00 ‖ clientMsgId`: ids are per poster (user ids cannot hold NUL).
+pub fn dedupe(shard: ShardId, key: &StreamKey, by: &str, id: &ClientMsgId) -> Vec<u8> {
     let mut k = stream_prefix(shard, key);
+    k.extend_from_slice(by.as_bytes());
+    k.push(0);
     k.extend_from_slice(id.as_str().as_bytes());
     k
 }

@@ -28,8 +28,8 @@ impl StateRead for RocksState<'_> {
         self.db.get_json(Cf::Participants, &keys::participant(self.shard, key, user), "participant")
     }
 
-    fn dedupe(&self, key: &StreamKey, id: &ClientMsgId) -> Result<Option<DedupeRecord>> {
-        self.db.get_json(Cf::Dedupe, &keys::dedupe(self.shard, key, id), "dedupe")
+    fn dedupe(&self, key: &StreamKey, by: &str, id: &ClientMsgId) -> Result<Option<DedupeRecord>> {
+        self.db.get_json(Cf::Dedupe, &keys::dedupe(self.shard, key, by, id), "dedupe")
     }
 
     fn message(&self, key: &StreamKey, ordinal: u64) -> Result<Option<MessageRecord>> {
@@ -77,8 +77,12 @@ pub fn write_batch(
                     bytes,
                 );
             }
-            Write::Dedupe { key, id, record } => {
-                batch.put_cf(db.cf(Cf::Dedupe)?, keys::dedupe(shard, key, id), to_json(record)?);
+            Write::Dedupe { key, by, id, record } => {
+                batch.put_cf(
+                    db.cf(Cf::Dedupe)?,
+                    keys::dedupe(shard, key, by, id),
+                    to_json(record)?,
+                );
             }
             Write::Access { key, rows } => {
                 let k = keys::stream_prefix(shard, key);

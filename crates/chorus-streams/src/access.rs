@@ -92,9 +92,16 @@ pub fn base_access(who: Who<'_>, stream: &StreamRecord, rows: Rows<'_>) -> Acces
         }
     }
     let mut direct = [false; 3];
-    // Least specific first, so the stream's own user row has the last word.
-    for row in all.iter().flat_map(|r| r.iter()) {
-        if row.subject == AccessSubject::User(user.clone()) {
+    let subject = AccessSubject::User(user.clone());
+    // A user row on the stream itself suppresses that user's `<type>*` rows (Qbix A.2 step 4);
+    // otherwise the publisher's rule beats the app's (least specific applied first).
+    let user_rows: &[&[AccessRow]] = if rows.own.iter().any(|r| r.subject == subject) {
+        &[rows.own]
+    } else {
+        &[rows.type_app, rows.type_publisher]
+    };
+    for row in user_rows.iter().flat_map(|r| r.iter()) {
+        if row.subject == subject {
             for i in 0..3 {
                 let v = row_levels(row)[i];
                 if v >= 0 {
@@ -295,13 +302,13 @@ mod tests {
                 want: [40, 30, 20],
             },
             Case {
-                name: "exact user row beats type* user row",
+                name: "exact user row suppresses type* user rows",
                 stream: [0, 0, 0],
                 own: vec![row(user("bob"), [10, -1, -1])],
                 type_publisher: vec![row(user("bob"), [35, 20, -1])],
                 type_app: vec![],
                 roles: &[],
-                want: [10, 20, 0],
+                want: [10, 0, 0],
             },
             Case {
                 name: "publisher type* user row beats app's",

@@ -157,7 +157,7 @@ fn apply_one<R: StateRead>(ov: &mut Overlay<'_, R>, env: &Envelope) -> Result<Ou
         Command::Post { key, message_type, content, instructions, client_msg_id } => {
             let Some(mut s) = ov.stream(key)? else { return Ok(rejected(Rejection::NotFound)) };
             if let Some(id) = client_msg_id
-                && let Some(seen) = ov.dedupe(key, id)?
+                && let Some(seen) = ov.dedupe(key, &env.by, id)?
                 && env.time.0.saturating_sub(seen.time.0) < DEDUPE_WINDOW_MS
                 && let Some(first) = ov.message(key, seen.ordinal)?
             {
@@ -177,7 +177,12 @@ fn apply_one<R: StateRead>(ov: &mut Overlay<'_, R>, env: &Envelope) -> Result<Ou
             );
             if let Some(id) = client_msg_id {
                 let record = DedupeRecord { ordinal: message.ordinal, time: env.time };
-                ov.push(Write::Dedupe { key: key.clone(), id: id.clone(), record });
+                ov.push(Write::Dedupe {
+                    key: key.clone(),
+                    by: env.by.clone(),
+                    id: id.clone(),
+                    record,
+                });
             }
             mark_posted(ov, key, &env.by, env.time)?;
             ov.push(Write::Stream(s));
@@ -262,6 +267,20 @@ fn participate<R: StateRead>(
 ) -> Result<Outcome, R::Error> {
     let key = s.key();
     let existing = ov.participant(&key, user)?;
+    let leaving = matches!(action, ParticipantAction::Leave | ParticipantAction::Unsubscribe);
+    if existing.is_none() && leaving {
+        // Never a participant: nothing to leave, nothing is stored (not even `extra`).
+        return Ok(Outcome::Participant(Box::new(ParticipantRecord {
+            user_id: user.clone(),
+            state: ParticipantState::Left,
+            subscribed: false,
+            posted: false,
+            roles: Vec::new(),
+            extra: Value::Object(Map::new()),
+            inserted_time: env.time,
+            updated_time: env.time,
+        })));
+    }
     let prev = existing.as_ref().map(|p| p.state);
     let mut p = existing.unwrap_or_else(|| ParticipantRecord {
         user_id: user.clone(),
@@ -316,7 +335,6 @@ fn participate<R: StateRead>(
     for (ty, instructions) in posts {
         post_message(ov, &mut s, env, system_type(ty), String::new(), Some(instructions), None);
     }
-    // A user who was never a participant and whose leave changed nothing is not stored.
     ov.push(Write::Participant { key, prev, record: p.clone() });
     ov.push(Write::Stream(s));
     Ok(Outcome::Participant(Box::new(p)))

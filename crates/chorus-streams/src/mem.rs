@@ -16,7 +16,7 @@ pub struct MemState {
     pub streams: BTreeMap<StreamKey, StreamRecord>,
     pub messages: BTreeMap<(StreamKey, u64), MessageRecord>,
     pub participants: BTreeMap<(StreamKey, UserId), ParticipantRecord>,
-    pub dedupe: BTreeMap<(StreamKey, ClientMsgId), DedupeRecord>,
+    pub dedupe: BTreeMap<(StreamKey, String, ClientMsgId), DedupeRecord>,
     pub access: BTreeMap<StreamKey, Vec<AccessRow>>,
 }
 
@@ -33,8 +33,8 @@ impl MemState {
                 Write::Participant { key, record, .. } => {
                     self.participants.insert((key, record.user_id.clone()), record);
                 }
-                Write::Dedupe { key, id, record } => {
-                    self.dedupe.insert((key, id), record);
+                Write::Dedupe { key, by, id, record } => {
+                    self.dedupe.insert((key, by, id), record);
                 }
                 Write::Access { key, rows } => {
                     self.access.insert(key, rows);
@@ -62,9 +62,10 @@ impl StateRead for MemState {
     fn dedupe(
         &self,
         key: &StreamKey,
+        by: &str,
         id: &ClientMsgId,
     ) -> Result<Option<DedupeRecord>, Infallible> {
-        Ok(self.dedupe.get(&(key.clone(), id.clone())).cloned())
+        Ok(self.dedupe.get(&(key.clone(), by.to_owned(), id.clone())).cloned())
     }
 
     fn message(&self, key: &StreamKey, ordinal: u64) -> Result<Option<MessageRecord>, Infallible> {

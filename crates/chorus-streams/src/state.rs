@@ -25,9 +25,12 @@ pub trait StateRead {
         key: &StreamKey,
         user: &UserId,
     ) -> Result<Option<ParticipantRecord>, Self::Error>;
+    /// The first post of `by` (a user id, `""` for the app) with `id` on the stream. Ids are
+    /// per poster, so one user's id never answers with another user's message.
     fn dedupe(
         &self,
         key: &StreamKey,
+        by: &str,
         id: &ClientMsgId,
     ) -> Result<Option<DedupeRecord>, Self::Error>;
     fn message(&self, key: &StreamKey, ordinal: u64) -> Result<Option<MessageRecord>, Self::Error>;
@@ -46,6 +49,7 @@ pub enum Write {
     },
     Dedupe {
         key: StreamKey,
+        by: String,
         id: ClientMsgId,
         record: DedupeRecord,
     },
@@ -60,7 +64,7 @@ pub struct Overlay<'r, R> {
     base: &'r R,
     streams: HashMap<StreamKey, StreamRecord>,
     participants: HashMap<(StreamKey, UserId), ParticipantRecord>,
-    dedupe: HashMap<(StreamKey, ClientMsgId), DedupeRecord>,
+    dedupe: HashMap<(StreamKey, String, ClientMsgId), DedupeRecord>,
     messages: HashMap<(StreamKey, u64), MessageRecord>,
     writes: Vec<Write>,
 }
@@ -88,8 +92,8 @@ impl<'r, R: StateRead> Overlay<'r, R> {
             Write::Participant { key, record, .. } => {
                 self.participants.insert((key.clone(), record.user_id.clone()), record.clone());
             }
-            Write::Dedupe { key, id, record } => {
-                self.dedupe.insert((key.clone(), id.clone()), record.clone());
+            Write::Dedupe { key, by, id, record } => {
+                self.dedupe.insert((key.clone(), by.clone(), id.clone()), record.clone());
             }
             Write::Access { .. } => {}
         }
@@ -125,11 +129,12 @@ impl<R: StateRead> StateRead for Overlay<'_, R> {
     fn dedupe(
         &self,
         key: &StreamKey,
+        by: &str,
         id: &ClientMsgId,
     ) -> Result<Option<DedupeRecord>, Self::Error> {
-        match self.dedupe.get(&(key.clone(), id.clone())) {
+        match self.dedupe.get(&(key.clone(), by.to_owned(), id.clone())) {
             Some(d) => Ok(Some(d.clone())),
-            None => self.base.dedupe(key, id),
+            None => self.base.dedupe(key, by, id),
         }
     }
 

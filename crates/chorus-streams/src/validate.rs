@@ -119,7 +119,9 @@ impl Limits {
         content: &str,
         instructions: Option<&Value>,
     ) -> Result<(), ApiError> {
-        let mut size = content.len();
+        // Serialized size, as on the wire and on disk (escapes count).
+        let mut size =
+            serde_json::to_string(content).map(|s| s.len().saturating_sub(2)).unwrap_or(usize::MAX);
         if let Some(i) = instructions {
             if !i.is_object() {
                 return Err(ApiError::invalid("instructions must be a JSON object"));

@@ -352,3 +352,87 @@ async fn bad_inputs_get_coded_errors() {
     let (s, _) = alice.call("GET", "/healthz", None).await;
     assert_eq!(s, 200, "still serving");
 }
+
+/// A manager cannot make anyone `own` (not through rows, the stream's own adminLevel or
+/// inheritAccess) nor remove an owner's row; users cannot forge `Streams/` messages.
+#[tokio::test]
+async fn managers_cannot_escalate_and_system_types_are_reserved() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let (s, _) = alice
+        .call(
+            "POST",
+            "/v1/streams",
+            Some(json!({"type": "Chat/room", "name": "r", "readLevel": 35, "writeLevel": 20})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let rows = json!({"rows": [{"ofUserId": "mgr", "writeLevel": 30, "adminLevel": 30}, {"ofUserId": "owner2", "adminLevel": 40}]});
+    let (s, v) = alice.call("PUT", &format!("{}/access", room("r")), Some(rows)).await;
+    assert_eq!(s, 200, "{v}");
+    let mgr = Api::new(&server, server.token("mgr", &[]));
+    let code = |v: &serde_json::Value| v["error"]["code"].as_str().map(str::to_owned);
+    let (s, v) = mgr.call("PATCH", &room("r"), Some(json!({"adminLevel": 40}))).await;
+    assert_eq!((s, code(&v).as_deref()), (403, Some("forbidden")), "{v}");
+    let (s, v) =
+        mgr.call("PATCH", &room("r"), Some(json!({"inheritAccess": [["mgr", "mine"]]}))).await;
+    assert_eq!((s, code(&v).as_deref()), (403, Some("forbidden")), "{v}");
+    let (s, v) = mgr
+        .call(
+            "PUT",
+            &format!("{}/access", room("r")),
+            Some(json!({"rows": [{"ofUserId": "mgr", "writeLevel": 30, "adminLevel": 30}]})),
+        )
+        .await;
+    assert_eq!((s, code(&v).as_deref()), (403, Some("forbidden")), "removing an owner row: {v}");
+    let (s, v) =
+        mgr.call("PATCH", &room("r"), Some(json!({"adminLevel": 20, "title": "ok"}))).await;
+    assert_eq!(s, 200, "below manage is fine: {v}");
+
+    let bob = Api::new(&server, server.token("bob", &[]));
+    let (s, v) = bob
+        .call(
+            "POST",
+            &format!("{}/messages", room("r")),
+            Some(json!({"type": "Streams/closed", "content": "fake"})),
+        )
+        .await;
+    assert_eq!((s, code(&v).as_deref()), (403, Some("forbidden")));
+
+    // clientMsgId is per poster: bob's id never answers with alice's message.
+    let path = format!("{}/messages", room("r"));
+    let (s, a) = alice
+        .call(
+            "POST",
+            &path,
+            Some(json!({"type": "Chat/message", "content": "alice's", "clientMsgId": "same"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, b) = bob
+        .call(
+            "POST",
+            &path,
+            Some(json!({"type": "Chat/message", "content": "bob's", "clientMsgId": "same"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    assert_ne!(a["ordinal"], b["ordinal"]);
+
+    // Query details: limit=0 is refused, empty values are absent, huge limits are clamped.
+    let (s, _) = bob.call("GET", &format!("{path}?limit=0"), None).await;
+    assert_eq!(s, 400);
+    let (s, v) = bob.call("GET", &format!("{path}?min=&max=&limit=2"), None).await;
+    assert_eq!((s, v["messages"].as_array().map(|m| m.len())), (200, Some(2)), "{v}");
+    let (s, _) = bob.call("GET", &format!("{path}?limit=99999999999"), None).await;
+    assert_eq!(s, 200);
+
+    // Leaving a stream one never joined stores nothing, extra included.
+    let (s, v) =
+        bob.call("POST", &format!("{}/leave", room("r")), Some(json!({"extra": {"x": 1}}))).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("left")));
+    let (_, left) =
+        alice.call("GET", &format!("{}/participants?state=left", room("r")), None).await;
+    assert_eq!(left["participants"], json!([]));
+}

@@ -19,7 +19,11 @@ fn chorus() -> Command {
 async fn token_post_and_tail() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
-    let out = chorus().args(["token", "--user", "alice", "--role", "mod", "--data"]).arg(dir.path()).output().unwrap();
+    let out = chorus()
+        .args(["token", "--user", "alice", "--role", "mod", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let alice = Api::new(&server, token.clone());
@@ -28,7 +32,17 @@ async fn token_post_and_tail() {
 
     let url = server.url("");
     let post = chorus()
-        .args(["post", "alice/Chat/room/1", "hello", "--url", &url, "--token", &token, "--client-msg-id", "c1"])
+        .args([
+            "post",
+            "alice/Chat/room/1",
+            "hello",
+            "--url",
+            &url,
+            "--token",
+            &token,
+            "--client-msg-id",
+            "c1",
+        ])
         .output()
         .unwrap();
     assert!(post.status.success(), "{}", String::from_utf8_lossy(&post.stderr));
@@ -45,14 +59,23 @@ async fn token_post_and_tail() {
     let second = lines.next().unwrap().unwrap();
     assert!(first.starts_with("#1 "), "{first}");
     assert!(second.starts_with("#2 ") && second.ends_with("alice: hello"), "{second}");
-    let (s, _) = alice.call("POST", "/v1/streams/alice/Chat%2Froom%2F1/messages", Some(json!({"type": "Chat/message", "content": "live"}))).await;
+    let (s, _) = alice
+        .call(
+            "POST",
+            "/v1/streams/alice/Chat%2Froom%2F1/messages",
+            Some(json!({"type": "Chat/message", "content": "live"})),
+        )
+        .await;
     assert_eq!(s, 201);
     let third = lines.next().unwrap().unwrap();
     assert!(third.starts_with("#3 ") && third.ends_with("live"), "{third}");
     tail.kill().unwrap();
     tail.wait().unwrap();
 
-    let bad = chorus().args(["post", "no-slash", "x", "--url", &url, "--token", &token]).output().unwrap();
+    let bad = chorus()
+        .args(["post", "no-slash", "x", "--url", &url, "--token", &token])
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).starts_with("error: "));
 }
@@ -62,14 +85,30 @@ async fn token_post_and_tail() {
 fn bad_config_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("chorus.toml");
-    std::fs::write(&cfg, "version = 1\n[raft]\nheartbeat_ms = 200\nelection_min_ms = 300\nelection_max_ms = 900\n").unwrap();
-    let out = chorus().args(["dev", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg).arg("--data").arg(dir.path().join("d")).output().unwrap();
+    std::fs::write(
+        &cfg,
+        "version = 1\n[raft]\nheartbeat_ms = 200\nelection_min_ms = 300\nelection_max_ms = 900\n",
+    )
+    .unwrap();
+    let out = chorus()
+        .args(["dev", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("election_min_ms"), "{err}");
 
     std::fs::write(&cfg, "version = 1\nshardz = 3\n").unwrap();
-    let out = chorus().args(["dev", "--listen", "127.0.0.1:0", "--config"]).arg(&cfg).arg("--data").arg(dir.path().join("d")).output().unwrap();
+    let out = chorus()
+        .args(["dev", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("shardz"));
 }
