@@ -87,6 +87,16 @@ impl StreamActor {
             if inflight.len() >= MAX_ENTRIES_IN_FLIGHT {
                 inflight.join_next().await;
             }
+            // A request for a stream that does not exist (a typo, a scan of names) should not
+            // keep an actor alive for the idle period.
+            let missing = self.cached.as_ref().is_some_and(|(_, ctx)| ctx.stream().is_none());
+            if missing
+                && !self.key.name.is_type_rule()
+                && inflight.is_empty()
+                && node.actors.retire(&self.key, &mut self.rx)
+            {
+                break;
+            }
         }
         while inflight.join_next().await.is_some() {}
         metrics::STREAM_ACTORS.dec();

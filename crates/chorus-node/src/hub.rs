@@ -23,11 +23,23 @@ pub struct Hub {
     /// Bumped whenever an applied batch may have changed access (anything but posts), so
     /// stream actors know their cached access context is stale.
     access_epoch: AtomicU64,
+    /// Map size at which `subscribe` next drops the channels nobody listens to any more
+    /// (quiet streams would otherwise keep theirs until their next message).
+    sweep_at: AtomicU64,
 }
+
+/// Smallest map size at which sweeping starts.
+const SWEEP_FLOOR: u64 = 1024;
 
 impl Hub {
     pub fn subscribe(&self, key: &StreamKey) -> broadcast::Receiver<ListenEvent> {
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let len = streams.len() as u64;
+        if len >= self.sweep_at.load(Ordering::Relaxed).max(SWEEP_FLOOR) {
+            // Amortised: the threshold doubles with what remains, so sweeps stay rare.
+            streams.retain(|_, tx| tx.receiver_count() > 0);
+            self.sweep_at.store((streams.len() as u64 * 2).max(SWEEP_FLOOR), Ordering::Relaxed);
+        }
         streams
             .entry(key.clone())
             .or_insert_with(|| broadcast::channel(STREAM_BUFFER).0)

@@ -18,6 +18,10 @@ use crate::metrics::{EPHEMERALS_DROPPED, GaugeGuard, LISTENS, RESYNCS};
 use crate::ws::frame::resync_frame;
 use crate::ws::outbound::{Offered, Outbound};
 
+/// Streams one session may listen to at once: each listen holds a task and buffers on the
+/// node, so a client cannot open them without bound.
+pub(crate) const MAX_LISTENS: usize = 1000;
+
 /// The listen of one stream: the epoch of the latest listen/unlisten read for it, and its
 /// forwarder once started.
 struct Slot {
@@ -46,13 +50,17 @@ impl ListenRegistry {
     /// A listen of `key` was read: it supersedes every earlier listen of that stream. Returns
     /// its epoch and the forwarder it replaces, which the caller stops before the new listen
     /// replies, so no old event follows the new `ok`.
-    pub(crate) fn supersede(&self, key: &StreamKey) -> (u64, Option<JoinHandle<()>>) {
+    /// `None` when the session already listens to [`MAX_LISTENS`] other streams.
+    pub(crate) fn supersede(&self, key: &StreamKey) -> Option<(u64, Option<JoinHandle<()>>)> {
         let mut slots = self.lock();
+        if !slots.by_stream.contains_key(key) && slots.by_stream.len() >= MAX_LISTENS {
+            return None;
+        }
         let epoch = slots.next_epoch;
         slots.next_epoch += 1;
         let slot = slots.by_stream.entry(key.clone()).or_insert(Slot { epoch, forwarder: None });
         slot.epoch = epoch;
-        (epoch, slot.forwarder.take())
+        Some((epoch, slot.forwarder.take()))
     }
 
     /// An unlisten of `key` was read: forgets the stream, so a listen still in flight does not
@@ -173,15 +181,15 @@ mod tests {
     #[tokio::test]
     async fn later_requests_supersede_earlier_listens() {
         let registry = ListenRegistry::default();
-        let (first, previous) = registry.supersede(&key("x"));
+        let (first, previous) = registry.supersede(&key("x")).unwrap();
         assert!(previous.is_none());
-        let (second, _) = registry.supersede(&key("x"));
+        let (second, _) = registry.supersede(&key("x")).unwrap();
         assert!(second > first);
         // The first listen's service call returned late: it must not start.
         assert!(!registry.install(&key("x"), first, || tokio::spawn(async {})));
         assert!(registry.install(&key("x"), second, || tokio::spawn(async {})));
         // A third listen takes over the running forwarder.
-        let (_, replaced) = registry.supersede(&key("x"));
+        let (_, replaced) = registry.supersede(&key("x")).unwrap();
         assert!(replaced.is_some());
         stop_forwarder(replaced).await;
     }
@@ -189,11 +197,11 @@ mod tests {
     #[tokio::test]
     async fn unlisten_stops_pending_and_running_listens() {
         let registry = ListenRegistry::default();
-        let (pending, _) = registry.supersede(&key("x"));
+        let (pending, _) = registry.supersede(&key("x")).unwrap();
         assert!(registry.retire(&key("x")).is_none());
         assert!(!registry.install(&key("x"), pending, || tokio::spawn(async {})));
 
-        let (running, _) = registry.supersede(&key("y"));
+        let (running, _) = registry.supersede(&key("y")).unwrap();
         assert!(registry.install(&key("y"), running, || tokio::spawn(std::future::pending())));
         let forwarder = registry.retire(&key("y"));
         assert!(forwarder.is_some());
@@ -204,8 +212,8 @@ mod tests {
     #[test]
     fn finished_forgets_only_its_own_epoch() {
         let registry = ListenRegistry::default();
-        let (old, _) = registry.supersede(&key("x"));
-        let (new, _) = registry.supersede(&key("x"));
+        let (old, _) = registry.supersede(&key("x")).unwrap();
+        let (new, _) = registry.supersede(&key("x")).unwrap();
         registry.finished(&key("x"), old);
         assert!(registry.lock().by_stream.contains_key(&key("x")));
         registry.finished(&key("x"), new);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, close_code};
 use chorus_api::{Caller, ServiceError, StreamService};
-use chorus_types::StreamKey;
+use chorus_types::{ApiError, StreamKey};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
@@ -182,7 +182,13 @@ async fn start_request(
             });
         }
         Command::Listen { key, since } => {
-            let (epoch, replaced) = session.listens.supersede(&key);
+            let Some((epoch, replaced)) = session.listens.supersede(&key) else {
+                let error = ServiceError::from(ApiError::too_large(format!(
+                    "a session listens to at most {} streams",
+                    super::listen::MAX_LISTENS
+                )));
+                return session.out.reply(error_frame(&id, &error)).await;
+            };
             requests.spawn(async move {
                 let _permit = permit;
                 stop_forwarder(replaced).await;
