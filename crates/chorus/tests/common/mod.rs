@@ -29,9 +29,15 @@ struct Secrets {
 impl Server {
     /// Starts `chorus dev` on `data` and waits until it is ready.
     pub fn start(data: &Path) -> Server {
+        Server::start_with(data, &[])
+    }
+
+    /// Like [`Server::start`], with extra `chorus dev` arguments.
+    pub fn start_with(data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
             .args(["dev", "--listen", "127.0.0.1:0", "--shards", "8", "--data"])
             .arg(data)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
