@@ -12,8 +12,7 @@ use chorus_api::{
 use chorus_storage::reads;
 use chorus_streams::access::Access;
 use chorus_streams::command::Rejection;
-use chorus_streams::template::{NewStreamFields, resolve};
-use chorus_streams::validate::FieldsRef;
+use chorus_streams::template::resolve;
 use chorus_streams::{FieldChanges, Outcome, ParticipantAction};
 use chorus_types::{
     AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, ParticipantState,
@@ -41,6 +40,17 @@ fn rejected(
     ServiceError {
         error: ApiError::new(code, reason.message()),
         stream: stream.map(|s| Box::new(view(*s, access))),
+    }
+}
+
+/// A write's reply: what `pick` accepts, a rejection as its error, anything else `internal`.
+fn settle<T>(
+    (outcome, access): (Outcome, Access),
+    pick: impl FnOnce(Outcome, &Access) -> Result<T, Outcome>,
+) -> Result<T, ServiceError> {
+    match outcome {
+        Outcome::Rejected { code, reason, stream } => Err(rejected(code, reason, stream, &access)),
+        other => pick(other, &access).map_err(|o| unexpected(&o)),
     }
 }
 
@@ -89,13 +99,10 @@ impl Node {
         key: &StreamKey,
         op: WriteOp,
     ) -> Result<StreamView, ServiceError> {
-        match self.write(caller, key, op).await? {
-            (Outcome::Stream(s), access) => Ok(view(*s, &access)),
-            (Outcome::Rejected { code, reason, stream }, access) => {
-                Err(rejected(code, reason, stream, &access))
-            }
-            (other, _) => Err(unexpected(&other)),
-        }
+        settle(self.write(caller, key, op).await?, |outcome, access| match outcome {
+            Outcome::Stream(s) => Ok(view(*s, access)),
+            other => Err(other),
+        })
     }
 
     async fn blocking_read<T, F>(&self, f: F) -> Result<T, ServiceError>
@@ -181,22 +188,7 @@ impl StreamService for Node {
                 "a template is named '<type>/' after its own type",
             ));
         }
-        self.inner.config.limits.check_fields(FieldsRef {
-            title: req.title.as_deref(),
-            icon: req.icon.as_deref(),
-            content: req.content.as_deref(),
-            attributes: req.attributes.as_ref(),
-            read_level: req.read_level,
-            write_level: req.write_level,
-            admin_level: req.admin_level,
-            inherit_access: req.inherit_access.as_deref(),
-        })?;
-        let template = if name.is_template() {
-            None
-        } else {
-            self.template(&publisher, &req.stream_type).await?
-        };
-        let fields = NewStreamFields {
+        let fields = FieldChanges {
             title: req.title,
             icon: req.icon,
             content: req.content,
@@ -205,6 +197,12 @@ impl StreamService for Node {
             write_level: req.write_level,
             admin_level: req.admin_level,
             inherit_access: req.inherit_access,
+        };
+        self.inner.config.limits.check_fields(fields.as_fields())?;
+        let template = if name.is_template() {
+            None
+        } else {
+            self.template(&publisher, &req.stream_type).await?
         };
         let (stream, rows) = resolve(
             publisher,
@@ -253,16 +251,6 @@ impl StreamService for Node {
         key: &StreamKey,
         req: UpdateStream,
     ) -> Result<StreamView, ServiceError> {
-        self.inner.config.limits.check_fields(FieldsRef {
-            title: req.title.as_deref(),
-            icon: req.icon.as_deref(),
-            content: req.content.as_deref(),
-            attributes: req.attributes.as_ref(),
-            read_level: req.read_level,
-            write_level: req.write_level,
-            admin_level: req.admin_level,
-            inherit_access: req.inherit_access.as_deref(),
-        })?;
         let changes = FieldChanges {
             title: req.title,
             icon: req.icon,
@@ -273,6 +261,7 @@ impl StreamService for Node {
             admin_level: req.admin_level,
             inherit_access: req.inherit_access,
         };
+        self.inner.config.limits.check_fields(changes.as_fields())?;
         let op = WriteOp::Update { changes, if_message_count: req.if_message_count };
         self.write_stream(caller, key, op).await
     }
@@ -301,15 +290,10 @@ impl StreamService for Node {
             instructions: req.instructions,
             client_msg_id: req.client_msg_id,
         };
-        match self.write(caller, key, op).await? {
-            (Outcome::Posted { message, duplicate }, _) => {
-                Ok(Posted { message: *message, duplicate })
-            }
-            (Outcome::Rejected { code, reason, stream }, access) => {
-                Err(rejected(code, reason, stream, &access))
-            }
-            (other, _) => Err(unexpected(&other)),
-        }
+        settle(self.write(caller, key, op).await?, |outcome, _access| match outcome {
+            Outcome::Posted { message, duplicate } => Ok(Posted { message: *message, duplicate }),
+            other => Err(other),
+        })
     }
 
     async fn messages(
@@ -347,13 +331,13 @@ impl StreamService for Node {
             ParticipantOp::Subscribe => ParticipantAction::Subscribe,
             ParticipantOp::Unsubscribe => ParticipantAction::Unsubscribe,
         };
-        match self.write(caller, key, WriteOp::Participate { action, extra: body.extra }).await? {
-            (Outcome::Participant(p), _) => Ok(*p),
-            (Outcome::Rejected { code, reason, stream }, access) => {
-                Err(rejected(code, reason, stream, &access))
-            }
-            (other, _) => Err(unexpected(&other)),
-        }
+        settle(
+            self.write(caller, key, WriteOp::Participate { action, extra: body.extra }).await?,
+            |outcome, _access| match outcome {
+                Outcome::Participant(p) => Ok(*p),
+                other => Err(other),
+            },
+        )
     }
 
     async fn participants(
@@ -409,13 +393,12 @@ impl StreamService for Node {
         if rows.len() > 1000 {
             return Err(err(ErrorCode::TooLarge, "at most 1000 access rows per stream"));
         }
-        match self.write(caller, key, WriteOp::SetAccess { rows }).await? {
-            (Outcome::Access(rows), _) => Ok(rows),
-            (Outcome::Rejected { code, reason, stream }, access) => {
-                Err(rejected(code, reason, stream, &access))
+        settle(self.write(caller, key, WriteOp::SetAccess { rows }).await?, |outcome, _access| {
+            match outcome {
+                Outcome::Access(rows) => Ok(rows),
+                other => Err(other),
             }
-            (other, _) => Err(unexpected(&other)),
-        }
+        })
     }
 
     async fn ephemeral(

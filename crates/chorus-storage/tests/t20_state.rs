@@ -5,8 +5,9 @@
 
 use chorus_storage::rocks_state::{RocksState, write_batch};
 use chorus_storage::{Db, reads};
+use chorus_streams::FieldChanges;
 use chorus_streams::mem::MemState;
-use chorus_streams::template::{NewStreamFields, resolve};
+use chorus_streams::template::resolve;
 use chorus_streams::{Command, Envelope, Outcome, ParticipantAction, apply_batch};
 use chorus_types::{
     ClientMsgId, Millis, ParticipantState, PublisherId, ShardId, StreamKey, StreamName, StreamType,
@@ -24,7 +25,7 @@ fn log() -> Vec<Envelope> {
             PublisherId::new("alice").unwrap(),
             StreamName::new(name).unwrap(),
             StreamType::new("Chat/room").unwrap(),
-            NewStreamFields::default(),
+            FieldChanges::default(),
             None,
         );
         log.push(Envelope {

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::command::{Command, Envelope, FieldChanges, Outcome, ParticipantAction};
 use crate::mem::MemState;
-use crate::template::{NewStreamFields, resolve};
+use crate::template::resolve;
 use crate::{DEDUPE_WINDOW_MS, apply_batch};
 
 fn key(name: &str) -> StreamKey {
@@ -24,7 +24,7 @@ fn create(name: &str) -> Command {
         PublisherId::new("alice").unwrap(),
         StreamName::new(name).unwrap(),
         StreamType::new("Chat/room").unwrap(),
-        NewStreamFields { read_level: Some(35), write_level: Some(20), ..Default::default() },
+        FieldChanges { read_level: Some(35), write_level: Some(20), ..Default::default() },
         None,
     );
     Command::Create { stream: Box::new(stream), access_rows }

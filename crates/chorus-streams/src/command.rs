@@ -17,7 +17,8 @@ pub struct Envelope {
     pub command: Command,
 }
 
-/// Field changes of an update; `None` leaves a field as it is.
+/// The stream fields a create or update sets; `None` leaves a field as it is (on create: takes
+/// it from the template, or the default).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FieldChanges {
     pub title: Option<String>,
@@ -28,6 +29,22 @@ pub struct FieldChanges {
     pub write_level: Option<i32>,
     pub admin_level: Option<i32>,
     pub inherit_access: Option<Vec<InheritEntry>>,
+}
+
+impl FieldChanges {
+    /// The fields as the limit checks see them.
+    pub fn as_fields(&self) -> crate::validate::FieldsRef<'_> {
+        crate::validate::FieldsRef {
+            title: self.title.as_deref(),
+            icon: self.icon.as_deref(),
+            content: self.content.as_deref(),
+            attributes: self.attributes.as_ref(),
+            read_level: self.read_level,
+            write_level: self.write_level,
+            admin_level: self.admin_level,
+            inherit_access: self.inherit_access.as_deref(),
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,30 +5,17 @@
 //! request leaves out is copied from it, and its access rows are copied as the new stream's
 //! rows. Without a template a stream is private: levels 0/0/0.
 
-use chorus_types::{
-    AccessRow, InheritEntry, Millis, PublisherId, StreamName, StreamRecord, StreamType,
-};
+use chorus_types::{AccessRow, Millis, PublisherId, StreamName, StreamRecord, StreamType};
 use serde_json::{Map, Value};
 
-/// The fields a create request may set.
-#[derive(Clone, Debug, Default)]
-pub struct NewStreamFields {
-    pub title: Option<String>,
-    pub icon: Option<String>,
-    pub content: Option<String>,
-    pub attributes: Option<Value>,
-    pub read_level: Option<i32>,
-    pub write_level: Option<i32>,
-    pub admin_level: Option<i32>,
-    pub inherit_access: Option<Vec<InheritEntry>>,
-}
+use crate::command::FieldChanges;
 
 /// The stream to propose (counters and times are set by `apply`) and its initial access rows.
 pub fn resolve(
     publisher_id: PublisherId,
     name: StreamName,
     stream_type: StreamType,
-    req: NewStreamFields,
+    req: FieldChanges,
     template: Option<(&StreamRecord, &[AccessRow])>,
 ) -> (StreamRecord, Vec<AccessRow>) {
     let t = template.map(|(s, _)| s);
@@ -74,7 +61,7 @@ mod tests {
             PublisherId::app(),
             StreamName::template_for(&ty),
             ty.clone(),
-            NewStreamFields {
+            FieldChanges {
                 title: Some("Room".into()),
                 attributes: Some(json!({"a": 1})),
                 read_level: Some(35),
@@ -93,7 +80,7 @@ mod tests {
             PublisherId::new("alice").unwrap(),
             StreamName::new("Chat/room/1").unwrap(),
             ty,
-            NewStreamFields { title: Some("Mine".into()), ..Default::default() },
+            FieldChanges { title: Some("Mine".into()), ..Default::default() },
             Some((&tpl, &rows)),
         );
         assert_eq!(s.title, "Mine");
@@ -108,7 +95,7 @@ mod tests {
             PublisherId::new("alice").unwrap(),
             StreamName::new("x").unwrap(),
             StreamType::new("Chat/room").unwrap(),
-            NewStreamFields::default(),
+            FieldChanges::default(),
             None,
         );
         assert_eq!((s.read_level, s.write_level, s.admin_level), (0, 0, 0));
