@@ -2,7 +2,9 @@
 # Rust toolchain able to build Chorus, and shares one build between running and testing.
 
 # RocksDB's build runs bindgen, which needs libclang. Install it when missing.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+# (libclang-cpp, which some machines have, is not what bindgen loads.)
+if ! ls /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-[0-9]*.so* >/dev/null 2>&1 \
+   && ! ldconfig -p 2>/dev/null | grep -Eq 'libclang(-[0-9.]+)?\.so'; then
   echo "installing libclang-dev (needed to build RocksDB)..." >&2
   SUDO=""
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -1,11 +1,12 @@
 //! The stream actor: on the shard's leader, one task per active stream serialises its writes.
 //!
-//! Each turn takes every queued request (up to `max_batch`), reads a fresh access context once,
-//! checks each request, and proposes all allowed commands as **one** Raft entry. Posts are
-//! pipelined: the actor submits the next entry while earlier ones commit (openraft keeps
-//! submission order, and ordinals are assigned at apply). Any other write is a barrier: the
-//! actor waits for it to apply before it checks the next batch, so an access or state change
-//! is in force for what follows.
+//! Each turn takes every queued request (up to `max_batch`), checks each against the access
+//! context (cached until an access-changing command applies anywhere on the node), and proposes
+//! all allowed commands as **one** entry through the shard's proposer. The actor then waits for
+//! that entry to apply before its next turn: requests that arrive meanwhile travel together in
+//! the next entry (group commit at the stream; openraft 0.9 appends one batch per fsync per
+//! shard, so more entries in flight would only queue). Waiting also makes every write a
+//! barrier: an access or state change is in force for the next turn.
 
 use std::sync::Arc;
 
@@ -14,7 +15,6 @@ use chorus_streams::access::Access;
 use chorus_streams::{Envelope, Outcome};
 use chorus_types::{ErrorCode, Millis, StreamKey, shard::shard_of};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 use crate::access_ctx::AccessCtx;
 use crate::actors::NodeRef;
@@ -23,10 +23,6 @@ use crate::error::{err, internal};
 use crate::metrics;
 
 pub type Reply = Result<(Outcome, Access), ServiceError>;
-
-/// Raft entries one actor keeps in flight. One more than none keeps the stream busy while an
-/// entry commits; more would split concurrent posts into many small entries.
-const MAX_ENTRIES_IN_FLIGHT: usize = 1;
 
 pub struct ActorRequest {
     pub caller: Caller,
@@ -55,7 +51,6 @@ impl StreamActor {
 
     pub async fn run(mut self) {
         metrics::STREAM_ACTORS.inc();
-        let mut inflight = JoinSet::new();
         loop {
             let Some(node) = self.node.upgrade() else { break };
             let (idle, max_batch) = {
@@ -79,26 +74,17 @@ impl StreamActor {
                     Err(_) => break,
                 }
             }
-            self.turn(&node, batch, &mut inflight).await;
-            while inflight.try_join_next().is_some() {}
-            // Group commit at the stream: with an entry already in flight, wait for one to
-            // finish before the next turn, so the requests that arrive meanwhile travel as one
-            // entry instead of queueing as many (openraft appends one entry batch per fsync).
-            if inflight.len() >= MAX_ENTRIES_IN_FLIGHT {
-                inflight.join_next().await;
-            }
+            self.turn(&node, batch).await;
             // A request for a stream that does not exist (a typo, a scan of names) should not
             // keep an actor alive for the idle period.
             let missing = self.cached.as_ref().is_some_and(|(_, ctx)| ctx.stream().is_none());
             if missing
                 && !self.key.name.is_type_rule()
-                && inflight.is_empty()
                 && node.actors.retire(&self.key, &mut self.rx)
             {
                 break;
             }
         }
-        while inflight.join_next().await.is_some() {}
         metrics::STREAM_ACTORS.dec();
     }
 
@@ -121,12 +107,7 @@ impl StreamActor {
         Ok(ctx)
     }
 
-    async fn turn(
-        &mut self,
-        node: &Arc<crate::node::Inner>,
-        batch: Vec<ActorRequest>,
-        inflight: &mut JoinSet<()>,
-    ) {
+    async fn turn(&mut self, node: &Arc<crate::node::Inner>, batch: Vec<ActorRequest>) {
         let ctx = match self.context(node).await {
             Ok(ctx) => ctx,
             Err(e) => {
@@ -139,9 +120,7 @@ impl StreamActor {
         let time = Millis::now();
         let mut envelopes = Vec::with_capacity(batch.len());
         let mut waiters: Waiters = Vec::with_capacity(batch.len());
-        let mut barrier = false;
         for req in batch {
-            barrier |= !matches!(req.op, WriteOp::Post { .. });
             match authorize(&ctx, &self.key, &req.caller, req.op) {
                 Ok((command, access)) => {
                     envelopes.push(Envelope { time, by: req.caller.by_user_id(), command });
@@ -155,10 +134,10 @@ impl StreamActor {
         if envelopes.is_empty() {
             return;
         }
-        tracing::trace!(stream = %self.key, commands = envelopes.len(), barrier, "proposing");
+        tracing::trace!(stream = %self.key, commands = envelopes.len(), "proposing");
         let shard = shard_of(&self.key, node.shard_count);
         let rx = node.proposers[usize::from(shard.0)].propose(envelopes);
-        let wait = async move {
+        let wait = async {
             let outcomes = match rx.await {
                 Ok(result) => result,
                 Err(_) => Err(err(ErrorCode::Unavailable, "shard proposer stopped")),
@@ -176,10 +155,6 @@ impl StreamActor {
                 }
             }
         };
-        if barrier {
-            wait.await;
-        } else {
-            inflight.spawn(wait);
-        }
+        wait.await;
     }
 }
