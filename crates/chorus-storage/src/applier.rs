@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use crate::db::{Cf, Db, to_json};
 use crate::error::{Result, StorageError};
 use crate::keys::{self, RaftMeta};
+use crate::log_writer::Threads;
 use crate::raft_types::{Entry, ShardResponse, StoredMembership};
 use crate::rocks_state::{RocksState, write_batch};
 use crate::snapshot::AppliedState;
@@ -47,14 +48,17 @@ struct Job {
 /// Handle to the applier thread; cheap to clone. The thread stops when every handle is dropped.
 #[derive(Clone)]
 pub struct Applier {
+    // Declared before `_thread`: the channel must close before the thread is joined.
     tx: mpsc::Sender<Job>,
+    _thread: std::sync::Arc<Threads>,
 }
 
 impl Applier {
     pub fn start(db: Db) -> Result<Applier> {
         let (tx, rx) = mpsc::channel::<Job>();
-        thread::Builder::new().name("chorus-apply".into()).spawn(move || apply_loop(db, rx))?;
-        Ok(Applier { tx })
+        let handle =
+            thread::Builder::new().name("chorus-apply".into()).spawn(move || apply_loop(db, rx))?;
+        Ok(Applier { tx, _thread: Threads::new(vec![handle]) })
     }
 
     /// Applies `entries` on top of `applied`; returns once the result is written.

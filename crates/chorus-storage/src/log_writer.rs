@@ -54,10 +54,37 @@ enum LogOp {
     },
 }
 
-/// Handle to the writer; cheap to clone. The threads stop when every handle is dropped.
+/// Handle to the writer; cheap to clone. The threads stop when every handle is dropped, and
+/// the last handle waits for them (see [`Threads`]).
 #[derive(Clone)]
 pub struct LogWriter {
+    // Declared before `_threads`: the channel must close before the threads are joined.
     tx: mpsc::Sender<LogOp>,
+    _threads: std::sync::Arc<Threads>,
+}
+
+/// Background threads joined when their last owner goes. They hold the database, so joining
+/// them means RocksDB is closed by the time the store is dropped, never concurrently with
+/// process exit (which RocksDB answers with `pthread lock: Invalid argument` and an abort).
+pub struct Threads {
+    handles: std::sync::Mutex<Vec<thread::JoinHandle<()>>>,
+}
+
+impl Threads {
+    pub fn new(handles: Vec<thread::JoinHandle<()>>) -> std::sync::Arc<Threads> {
+        std::sync::Arc::new(Threads { handles: std::sync::Mutex::new(handles) })
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        let handles = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in handles {
+            if h.join().is_err() {
+                tracing::error!("a storage thread panicked");
+            }
+        }
+    }
 }
 
 impl LogWriter {
@@ -65,13 +92,14 @@ impl LogWriter {
         let (tx, rx) = mpsc::channel::<LogOp>();
         let (sync_tx, sync_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let sync_db = db.clone();
-        thread::Builder::new()
+        let syncer = thread::Builder::new()
             .name("chorus-log-sync".into())
             .spawn(move || sync_loop(sync_db, sync_rx))?;
-        thread::Builder::new()
+        let writer = thread::Builder::new()
             .name("chorus-log-writer".into())
             .spawn(move || write_loop(db, rx, sync_tx))?;
-        Ok(LogWriter { tx })
+        // Writer first: its exit closes the syncer's channel.
+        Ok(LogWriter { tx, _threads: Threads::new(vec![writer, syncer]) })
     }
 
     async fn submit(&self, op: LogOp, written: oneshot::Receiver<Result<()>>) -> Result<()> {
