@@ -195,3 +195,24 @@ impl SendText for common::Ws {
         self.send(tokio_tungstenite::tungstenite::Message::text(t.to_owned())).await.unwrap();
     }
 }
+
+/// A message over the size limit closes the session with 1009 (message too big).
+#[tokio::test]
+async fn oversize_message_closes_with_1009() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut ws = ws_connect(&server, &server.token("alice", &[])).await;
+    let big = format!("{{\"id\":1,\"op\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(2 << 20));
+    // The server may close while the frame is still being written.
+    let _ = ws.send(Message::text(big)).await;
+    let code = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => break Some(u16::from(frame.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => break None,
+        }
+    };
+    assert_eq!(code, Some(1009));
+}

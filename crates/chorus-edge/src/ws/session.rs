@@ -62,8 +62,16 @@ struct Session {
 #[derive(Debug, PartialEq, Eq)]
 enum End {
     ClientGone,
+    TooLarge,
     WriterGone,
     ServerStopping,
+}
+
+/// Whether a read failed because the client's message is over the size limit.
+fn is_too_large(error: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    let inner = error.into_inner();
+    matches!(inner.downcast_ref::<Error>(), Some(Error::Capacity(_)))
 }
 
 #[instrument(skip_all, fields(session = setup.id))]
@@ -92,7 +100,17 @@ pub(crate) async fn run(socket: WebSocket, setup: SessionSetup) {
             _ = &mut writer => break End::WriterGone,
             Some(joined) = requests.join_next(), if !requests.is_empty() => log_panic(joined),
             message = stream.next() => {
-                let Some(Ok(message)) = message else { break End::ClientGone };
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        if is_too_large(error) {
+                            session.out.try_close(close_code::SIZE, "message larger than the limit");
+                            break End::TooLarge;
+                        }
+                        break End::ClientGone;
+                    }
+                    None => break End::ClientGone,
+                };
                 // Handling a frame may wait for queue room or a request permit while the
                 // client is not reading; a server stop must still get through.
                 tokio::select! {
