@@ -257,6 +257,20 @@ fn merge_extra(into: &mut Value, extra: Option<&Value>) {
     }
 }
 
+/// A user with no participant record, as a record (state `left`, nothing set).
+fn not_a_participant(user: &UserId, time: Millis) -> ParticipantRecord {
+    ParticipantRecord {
+        user_id: user.clone(),
+        state: ParticipantState::Left,
+        subscribed: false,
+        posted: false,
+        roles: Vec::new(),
+        extra: Value::Object(Map::new()),
+        inserted_time: time,
+        updated_time: time,
+    }
+}
+
 fn participate<R: StateRead>(
     ov: &mut Overlay<'_, R>,
     mut s: StreamRecord,
@@ -270,28 +284,10 @@ fn participate<R: StateRead>(
     let leaving = matches!(action, ParticipantAction::Leave | ParticipantAction::Unsubscribe);
     if existing.is_none() && leaving {
         // Never a participant: nothing to leave, nothing is stored (not even `extra`).
-        return Ok(Outcome::Participant(Box::new(ParticipantRecord {
-            user_id: user.clone(),
-            state: ParticipantState::Left,
-            subscribed: false,
-            posted: false,
-            roles: Vec::new(),
-            extra: Value::Object(Map::new()),
-            inserted_time: env.time,
-            updated_time: env.time,
-        })));
+        return Ok(Outcome::Participant(Box::new(not_a_participant(user, env.time))));
     }
     let prev = existing.as_ref().map(|p| p.state);
-    let mut p = existing.unwrap_or_else(|| ParticipantRecord {
-        user_id: user.clone(),
-        state: ParticipantState::Left,
-        subscribed: false,
-        posted: false,
-        roles: Vec::new(),
-        extra: Value::Object(Map::new()),
-        inserted_time: env.time,
-        updated_time: env.time,
-    });
+    let mut p = existing.unwrap_or_else(|| not_a_participant(user, env.time));
     let before = p.clone();
     let participating = p.state == ParticipantState::Participating;
     let mut posts: Vec<(&str, Value)> = Vec::new();
