@@ -5,7 +5,7 @@
 
 use chorus_storage::TypeConfig;
 use openraft::BasicNode;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -70,10 +70,4 @@ impl RaftNetwork<TypeConfig> for NoConnection {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         Err(self.refuse())
     }
-}
-
-// Keep the import used when the network error type is needed by the gRPC transport.
-#[allow(dead_code)]
-fn _network_error(e: &NoPeers) -> NetworkError {
-    NetworkError::new(e)
 }

@@ -171,20 +171,6 @@ impl Db {
             None => Ok(None),
         }
     }
-
-    /// Approximate size of live data, for metrics.
-    pub fn live_data_bytes(&self) -> u64 {
-        Cf::ALL
-            .iter()
-            .filter_map(|cf| self.cf(*cf).ok())
-            .filter_map(|h| {
-                self.inner
-                    .property_int_value_cf(h, "rocksdb.estimate-live-data-size")
-                    .ok()
-                    .flatten()
-            })
-            .sum()
-    }
 }
 
 pub fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {

@@ -100,7 +100,6 @@ pub fn raft_meta(shard: ShardId, what: RaftMeta) -> Vec<u8> {
 #[derive(Copy, Clone, Debug)]
 pub enum RaftMeta {
     Vote,
-    Committed,
     LastPurged,
     /// `(last applied log id, membership)`, written with each applied batch.
     Applied,
@@ -112,7 +111,6 @@ impl RaftMeta {
     fn as_bytes(self) -> &'static [u8] {
         match self {
             RaftMeta::Vote => b"vote",
-            RaftMeta::Committed => b"committed",
             RaftMeta::LastPurged => b"purged",
             RaftMeta::Applied => b"applied",
             RaftMeta::Snapshot => b"snapshot",
