@@ -17,7 +17,7 @@ use chorus_types::{
     ParticipantState, PublisherId, StreamKey, StreamName, StreamRecord, StreamType, UserId,
 };
 use futures_core::Stream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Who is asking. Resolved by the edge from a JWT or the app's API key.
@@ -52,7 +52,7 @@ impl Caller {
 }
 
 /// `POST /v1/streams`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateStream {
     /// Defaults to the caller.
@@ -72,7 +72,7 @@ pub struct CreateStream {
 }
 
 /// `PATCH /v1/streams/{p}/{name}`: the fields to change, and an optional precondition.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateStream {
     pub title: Option<String>,
@@ -88,7 +88,7 @@ pub struct UpdateStream {
 }
 
 /// `POST …/messages`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewPost {
     #[serde(rename = "type")]
@@ -100,7 +100,7 @@ pub struct NewPost {
 }
 
 /// `GET …/messages?min=&max=&limit=&order=`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HistoryQuery {
     pub min: Option<u64>,
@@ -110,7 +110,7 @@ pub struct HistoryQuery {
     pub order: Option<Order>,
 }
 
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Order {
     #[default]
@@ -123,7 +123,8 @@ pub const DEFAULT_LIMIT: u64 = 100;
 pub const MAX_LIMIT: u64 = 1000;
 
 /// The participant operations, each posting its `Streams/…` message when it changes something.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ParticipantOp {
     Join,
     Leave,
@@ -132,7 +133,7 @@ pub enum ParticipantOp {
 }
 
 /// Optional body of join / leave / subscribe / unsubscribe.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParticipantBody {
     /// Merged into the participant's `extra` (a JSON object).
@@ -140,7 +141,7 @@ pub struct ParticipantBody {
 }
 
 /// `GET …/participants?after=&limit=&state=`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParticipantQuery {
     pub after: Option<String>,
@@ -156,7 +157,7 @@ pub struct ParticipantPage {
 }
 
 /// `POST …/ephemeral`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewEphemeral {
     #[serde(rename = "type")]

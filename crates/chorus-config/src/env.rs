@@ -8,6 +8,9 @@ pub const VARS: &[(&str, &str)] = &[
     ("CHORUS_LISTEN", "HTTP/WebSocket listen address (--listen)"),
     ("CHORUS_LOG_FORMAT", "log format: text or json"),
     ("RUST_LOG", "log filter, e.g. info,chorus_node=debug"),
+    ("CHORUS_JWT_SECRET", "HS256 secret of user JWTs (cluster nodes; --jwt-secret)"),
+    ("CHORUS_API_KEY", "the app's API key (cluster nodes; --api-key)"),
+    ("CHORUS_PEERS", "cluster voters: id=host:port,... (--peers)"),
 ];
 
 pub const CONFIG: &str = "CHORUS_CONFIG";
@@ -15,3 +18,6 @@ pub const DATA: &str = "CHORUS_DATA";
 pub const LISTEN: &str = "CHORUS_LISTEN";
 pub const LOG_FORMAT: &str = "CHORUS_LOG_FORMAT";
 pub const RUST_LOG: &str = "RUST_LOG";
+pub const JWT_SECRET: &str = "CHORUS_JWT_SECRET";
+pub const API_KEY: &str = "CHORUS_API_KEY";
+pub const PEERS: &str = "CHORUS_PEERS";

@@ -7,6 +7,12 @@
 //! the next entry (group commit at the stream; openraft 0.9 appends one batch per fsync per
 //! shard, so more entries in flight would only queue). Waiting also makes every write a
 //! barrier: an access or state change is in force for the next turn.
+//!
+//! In a cluster, an actor starts only where the router found the shard's leader. Before its
+//! first turn it passes a read barrier (`ensure_linearizable`), so the state it checks access
+//! against includes everything the previous leader committed. When a proposal fails with
+//! `not_leader`, the actor stops: if this node leads again later, a fresh actor repeats the
+//! barrier.
 
 use std::sync::Arc;
 
@@ -39,6 +45,10 @@ pub struct StreamActor {
     /// while the epoch is unchanged: only non-post commands change access, and each of them
     /// bumps the epoch when it applies, before its caller hears back.
     cached: Option<(u64, Arc<AccessCtx>)>,
+    /// Set once the read barrier of this actor's leadership has passed.
+    caught_up: bool,
+    /// Set when a proposal found this node deposed: the actor retires.
+    deposed: bool,
 }
 
 /// Callers of one proposed entry, in envelope order.
@@ -46,7 +56,7 @@ type Waiters = Vec<(oneshot::Sender<Reply>, Access)>;
 
 impl StreamActor {
     pub fn new(node: NodeRef, key: StreamKey, rx: mpsc::Receiver<ActorRequest>) -> Self {
-        StreamActor { node, key, rx, cached: None }
+        StreamActor { node, key, rx, cached: None, caught_up: false, deposed: false }
     }
 
     pub async fn run(mut self) {
@@ -78,6 +88,9 @@ impl StreamActor {
             // A request for a stream that does not exist (a typo, a scan of names) should not
             // keep an actor alive for the idle period.
             let missing = self.cached.as_ref().is_some_and(|(_, ctx)| ctx.stream().is_none());
+            if self.deposed && node.actors.retire(&self.key, &mut self.rx) {
+                break;
+            }
             if missing
                 && !self.key.name.is_type_rule()
                 && node.actors.retire(&self.key, &mut self.rx)
@@ -107,7 +120,29 @@ impl StreamActor {
         Ok(ctx)
     }
 
+    /// Waits until this replica has applied everything committed before this leadership.
+    async fn catch_up(&mut self, node: &Arc<crate::node::Inner>) -> Result<(), ServiceError> {
+        if self.caught_up {
+            return Ok(());
+        }
+        let shard = shard_of(&self.key, node.shard_count);
+        let raft = &node.groups[usize::from(shard.0)].raft;
+        raft.ensure_linearizable().await.map_err(|e| {
+            tracing::debug!(stream = %self.key, error = %e, "actor read barrier failed");
+            err(ErrorCode::NotLeader, "this node does not lead the stream's shard")
+        })?;
+        self.caught_up = true;
+        Ok(())
+    }
+
     async fn turn(&mut self, node: &Arc<crate::node::Inner>, batch: Vec<ActorRequest>) {
+        if let Err(e) = self.catch_up(node).await {
+            self.deposed = true;
+            for req in batch {
+                let _ = req.reply.send(Err(e.clone()));
+            }
+            return;
+        }
         let ctx = match self.context(node).await {
             Ok(ctx) => ctx,
             Err(e) => {
@@ -152,9 +187,13 @@ impl StreamActor {
                     for (reply, _) in waiters {
                         let _ = reply.send(Err(e.clone()));
                     }
+                    return e.error.code == ErrorCode::NotLeader;
                 }
             }
+            false
         };
-        wait.await;
+        if wait.await {
+            self.deposed = true;
+        }
     }
 }

@@ -9,6 +9,10 @@ pub enum NodeError {
     Storage(#[from] chorus_storage::StorageError),
     #[error("shard groups: {0}")]
     Start(#[from] chorus_raft::StartError),
+    #[error("cluster config: {0}")]
+    Config(String),
+    #[error("serving peers: {0}")]
+    Serve(String),
 }
 
 /// A storage failure on a request path: the client sees `internal`, the log has the cause.

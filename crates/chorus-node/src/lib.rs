@@ -20,12 +20,15 @@
 //! - `proposer`: one task per shard merging the actors' entries into one Raft entry.
 //! - `hub`: committed messages and ephemerals to local listeners.
 //! - `listen`: backlog-then-live delivery without gaps or duplicates.
-//! - `service`: the `StreamService` implementation.
+//! - `service`: the `StreamService` implementation over this node's shards.
+//! - [`cluster`]: the gRPC services a cluster member offers its peers, and the [`cluster::Router`]
+//!   that runs each operation on the stream's shard leader.
 
 mod access_ctx;
 mod actor;
 mod actors;
 mod authorize;
+pub mod cluster;
 mod error;
 mod hub;
 mod listen;
@@ -35,4 +38,4 @@ mod proposer;
 mod service;
 
 pub use error::NodeError;
-pub use node::{ActorSettings, Node, NodeConfig};
+pub use node::{ActorSettings, ClusterSpec, Node, NodeConfig};

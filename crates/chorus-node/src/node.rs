@@ -1,10 +1,12 @@
 //! Starting, serving and stopping a node.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_raft::{ShardGroup, start_groups};
+use chorus_raft::grpc::{GroupTable, GrpcNetwork, PeerPool};
+use chorus_raft::{GroupHost, ShardGroup, start_groups};
 use chorus_storage::Db;
 use chorus_streams::validate::Limits;
 use chorus_types::{ShardId, StreamKey, shard::shard_of};
@@ -50,6 +52,34 @@ pub struct NodeConfig {
     pub limits: Limits,
     pub actors: ActorSettings,
     pub raft: openraft::Config,
+    /// `None`: single node (every shard a one-voter group). `Some`: a cluster member.
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// The voters of a cluster, fixed at its first start.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Node id → the address its peers reach it at (gRPC: Raft, owner calls, admin).
+    pub peers: BTreeMap<u64, String>,
+}
+
+impl ClusterSpec {
+    /// Checks the member set: 3 voters (a shard must survive one failure) including `me`.
+    pub fn validate(&self, me: u64) -> Result<(), String> {
+        if !self.peers.contains_key(&me) {
+            return Err(format!("--peers must include this node ({me})"));
+        }
+        if self.peers.len() != 3 {
+            return Err(format!(
+                "a cluster has exactly 3 voters per shard; --peers lists {}",
+                self.peers.len()
+            ));
+        }
+        if self.peers.contains_key(&0) {
+            return Err("node ids start at 1".into());
+        }
+        Ok(())
+    }
 }
 
 /// A running node. Cheap to clone.
@@ -68,6 +98,8 @@ pub(crate) struct Inner {
     pub(crate) actors: ActorRegistry,
     /// One per shard, indexed by shard id; taken at shutdown.
     pub(crate) proposers: Vec<ShardProposer>,
+    /// The groups by id, as the peer service routes to them.
+    pub(crate) table: Arc<GroupTable>,
 }
 
 impl Node {
@@ -90,15 +122,29 @@ impl Node {
         }
         tracing::info!(shards = shard_count, dir = %config.data_dir.display(), "storage opened");
         let hub = Arc::new(Hub::default());
-        let groups = start_groups(
-            config.node_id,
-            config.advertise.clone(),
-            shard_count,
-            &db,
-            config.raft.clone(),
-            hub.clone(),
-        )
-        .await?;
+        let groups = match &config.cluster {
+            None => {
+                start_groups(
+                    config.node_id,
+                    config.advertise.clone(),
+                    shard_count,
+                    &db,
+                    config.raft.clone(),
+                    hub.clone(),
+                )
+                .await?
+            }
+            Some(cluster) => {
+                cluster
+                    .validate(config.node_id)
+                    .map_err(|m| NodeError::Config(m.to_string()))?;
+                start_cluster_groups(&config, cluster, shard_count, &db, hub.clone()).await?
+            }
+        };
+        let table = Arc::new(GroupTable::default());
+        for g in &groups {
+            table.insert(g.shard.0, g.raft.clone());
+        }
         tracing::info!(groups = groups.len(), "shard groups started");
         let actors = ActorRegistry::new(config.actors.clone());
         let proposers = groups
@@ -106,8 +152,39 @@ impl Node {
             .map(|g| ShardProposer::start(g.shard, g.raft.clone(), config.actors.request_timeout))
             .collect();
         Ok(Node {
-            inner: Arc::new(Inner { config, db, shard_count, groups, hub, actors, proposers }),
+            inner: Arc::new(Inner {
+                config,
+                db,
+                shard_count,
+                groups,
+                hub,
+                actors,
+                proposers,
+                table,
+            }),
         })
+    }
+
+    /// The groups by id, for the peer gRPC service.
+    pub fn group_table(&self) -> Arc<GroupTable> {
+        self.inner.table.clone()
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.inner.config.node_id
+    }
+
+    pub fn cluster(&self) -> Option<&ClusterSpec> {
+        self.inner.config.cluster.as_ref()
+    }
+
+    /// The Raft handle of `shard`.
+    pub fn raft(&self, shard: ShardId) -> Option<&chorus_raft::Raft> {
+        self.inner.groups.get(usize::from(shard.0)).map(|g| &g.raft)
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
     }
 
     pub fn shard_count(&self) -> u16 {
@@ -155,4 +232,32 @@ impl Node {
         }
         tracing::info!("node stopped");
     }
+}
+
+/// Starts this node's replica of every shard. The lowest node id initialises a group that has
+/// no state yet, with all three voters; the others wait to hear from it. (Every shard has a
+/// replica on each of the three nodes.)
+async fn start_cluster_groups(
+    config: &NodeConfig,
+    cluster: &ClusterSpec,
+    shard_count: u16,
+    db: &Db,
+    hub: Arc<Hub>,
+) -> Result<Vec<ShardGroup>, NodeError> {
+    let me = config.node_id;
+    let host = GroupHost::start(me, db, config.raft.clone(), hub)?;
+    let pool = PeerPool::new(me);
+    let members: BTreeMap<u64, openraft::BasicNode> = cluster
+        .peers
+        .iter()
+        .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }))
+        .collect();
+    let initialiser = cluster.peers.keys().next().copied() == Some(me);
+    let mut groups = Vec::with_capacity(usize::from(shard_count));
+    for s in 0..shard_count {
+        let init = initialiser.then(|| members.clone());
+        let network = GrpcNetwork::new(s, pool.clone());
+        groups.push(host.group(ShardId(s), network, init).await?);
+    }
+    Ok(groups)
 }

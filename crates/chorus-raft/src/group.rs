@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chorus_storage::{Applier, ApplyObserver, Db, LogStore, LogWriter, StateMachine};
+use chorus_storage::{Applier, ApplyObserver, Db, LogStore, LogWriter, StateMachine, TypeConfig};
 use chorus_types::ShardId;
 use openraft::BasicNode;
 use openraft::error::{InitializeError, RaftError};
+use openraft::network::RaftNetworkFactory;
 
 use crate::Raft;
 use crate::network::LocalOnly;
@@ -28,6 +29,72 @@ pub struct ShardGroup {
     pub raft: Raft,
 }
 
+/// What every group of a node shares: the DB, the group-commit log writer, the applier.
+#[derive(Clone)]
+pub struct GroupHost {
+    node_id: u64,
+    db: Db,
+    writer: LogWriter,
+    applier: Applier,
+    config: Arc<openraft::Config>,
+    observer: Arc<dyn ApplyObserver>,
+}
+
+impl GroupHost {
+    pub fn start(
+        node_id: u64,
+        db: &Db,
+        config: openraft::Config,
+        observer: Arc<dyn ApplyObserver>,
+    ) -> Result<GroupHost, StartError> {
+        Ok(GroupHost {
+            node_id,
+            db: db.clone(),
+            writer: LogWriter::start(db.clone())?,
+            applier: Applier::start(db.clone())?,
+            config: Arc::new(config.validate()?),
+            observer,
+        })
+    }
+
+    /// Starts (or recovers) one shard's group. When the group has no state yet and `init` is
+    /// given, it is initialised with those voters; otherwise a new replica waits to hear from
+    /// its leader.
+    pub async fn group<N>(
+        &self,
+        shard: ShardId,
+        network: N,
+        init: Option<BTreeMap<u64, BasicNode>>,
+    ) -> Result<ShardGroup, StartError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
+        let fail = |e: &dyn std::fmt::Display| StartError::Raft { shard, message: e.to_string() };
+        let log = LogStore::new(self.db.clone(), shard, self.writer.clone());
+        let sm = StateMachine::open(
+            self.db.clone(),
+            shard,
+            self.applier.clone(),
+            Some(self.observer.clone()),
+        )
+        .await?;
+        let raft = Raft::new(self.node_id, self.config.clone(), network, log, sm)
+            .await
+            .map_err(|e| fail(&e))?;
+        if raft.is_initialized().await.map_err(|e| fail(&e))? {
+            tracing::debug!(%shard, "shard recovered");
+        } else if let Some(members) = init {
+            match raft.initialize(members).await {
+                Ok(()) => tracing::debug!(%shard, "shard initialised"),
+                // Another voter initialised it first: it will reach us.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(fail(&e)),
+            }
+        }
+        Ok(ShardGroup { shard, raft })
+    }
+}
+
 /// Starts (or restarts from RocksDB) every shard group of a single-voter node. A fresh group
 /// is initialised with this node as its only voter; a restarted one recovers its log, vote and
 /// applied state and elects itself.
@@ -39,34 +106,11 @@ pub async fn start_groups(
     config: openraft::Config,
     observer: Arc<dyn ApplyObserver>,
 ) -> Result<Vec<ShardGroup>, StartError> {
-    let config = Arc::new(config.validate()?);
-    let writer = LogWriter::start(db.clone())?;
-    let applier = Applier::start(db.clone())?;
+    let host = GroupHost::start(node_id, db, config, observer)?;
     let mut groups = Vec::with_capacity(usize::from(shard_count));
     for s in 0..shard_count {
-        let shard = ShardId(s);
-        let log = LogStore::new(db.clone(), shard, writer.clone());
-        let sm =
-            StateMachine::open(db.clone(), shard, applier.clone(), Some(observer.clone())).await?;
-        let raft = Raft::new(node_id, config.clone(), LocalOnly, log, sm)
-            .await
-            .map_err(|e| StartError::Raft { shard, message: e.to_string() })?;
-        let initialized = raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft { shard, message: e.to_string() })?;
-        if initialized {
-            tracing::debug!(%shard, "shard recovered");
-        } else {
-            let members = BTreeMap::from([(node_id, BasicNode { addr: address.clone() })]);
-            match raft.initialize(members).await {
-                Ok(()) => tracing::debug!(%shard, "shard initialised"),
-                // A concurrent initialisation (impossible with one voter) is still fine.
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(StartError::Raft { shard, message: e.to_string() }),
-            }
-        }
-        groups.push(ShardGroup { shard, raft });
+        let members = BTreeMap::from([(node_id, BasicNode { addr: address.clone() })]);
+        groups.push(host.group(ShardId(s), LocalOnly, Some(members)).await?);
     }
     Ok(groups)
 }

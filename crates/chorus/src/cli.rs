@@ -17,6 +17,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a node and an edge in one process (embedded RocksDB, all shards single-voter).
     Dev(DevArgs),
+    /// Run a storage node of a cluster (HTTP/WebSocket API plus gRPC to its peers).
+    Node(NodeArgs),
+    /// Inspect a running cluster.
+    Admin(AdminArgs),
     /// Print a JWT signed with a data dir's dev secret.
     Token(TokenArgs),
     /// Post a message to a stream.
@@ -39,6 +43,57 @@ pub struct DevArgs {
     /// Shard count of a new data dir [default: 64].
     #[arg(long)]
     pub shards: Option<u16>,
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// This node's id (1, 2, 3 …), unique in the cluster and never reused.
+    #[arg(long)]
+    pub id: u64,
+    /// Data directory.
+    #[arg(long, env = env::DATA)]
+    pub data: PathBuf,
+    /// HTTP/WebSocket API listen address (also /metrics, /healthz, /readyz).
+    #[arg(long, env = env::LISTEN)]
+    pub listen: SocketAddr,
+    /// gRPC listen address for peers (Raft, forwarded operations, admin).
+    #[arg(long)]
+    pub peer_listen: SocketAddr,
+    /// The cluster's voters, `id=host:port` of each node's peer address, comma-separated;
+    /// must include this node. The lowest id initialises a new cluster.
+    #[arg(long, env = env::PEERS, value_delimiter = ',', required = true)]
+    pub peers: Vec<String>,
+    /// Config file (TOML, `version = 1`).
+    #[arg(long, env = env::CONFIG)]
+    pub config: Option<PathBuf>,
+    /// Shard count of a new cluster [default: 64]; every node must use the same.
+    #[arg(long)]
+    pub shards: Option<u16>,
+    /// HS256 secret that signs user JWTs (the same on every node).
+    #[arg(long, env = env::JWT_SECRET, hide_env_values = true)]
+    pub jwt_secret: String,
+    /// The app's API key (the same on every node).
+    #[arg(long, env = env::API_KEY, hide_env_values = true)]
+    pub api_key: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// A node's peer (gRPC) address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub node: String,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Nodes, shards, their leaders, terms, commit indexes and follower lag.
+    Status {
+        /// One line per shard instead of a summary.
+        #[arg(long)]
+        shards: bool,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -11,15 +11,26 @@ use chorus_node::{ActorSettings, Node, NodeConfig};
 use crate::cli::DevArgs;
 use crate::{logging, secrets, token};
 
-fn raft_config(c: &Config) -> openraft::Config {
+pub(crate) fn raft_config(c: &Config) -> openraft::Config {
     openraft::Config {
         cluster_name: "chorus".into(),
         heartbeat_interval: c.raft.heartbeat_ms,
         election_timeout_min: c.raft.election_min_ms,
         election_timeout_max: c.raft.election_max_ms,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.raft.snapshot_every_logs),
-        max_in_snapshot_log_to_keep: 1000,
+        // Entries kept behind a snapshot for followers that lag a little; beyond that they get
+        // the snapshot.
+        max_in_snapshot_log_to_keep: c.raft.snapshot_every_logs.min(1000),
         ..Default::default()
+    }
+}
+
+pub(crate) fn actor_settings(config: &Config) -> ActorSettings {
+    ActorSettings {
+        mailbox: config.actors.mailbox,
+        max_batch: config.actors.max_batch,
+        idle: Duration::from_millis(config.actors.idle_ms),
+        request_timeout: Duration::from_millis(config.actors.request_timeout_ms),
     }
 }
 
@@ -44,7 +55,7 @@ fn load_config(args: &DevArgs) -> anyhow::Result<Config> {
     Ok(config.validate()?)
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
@@ -82,13 +93,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir: config.data_dir.clone(),
         advertise: addr.to_string(),
         limits: config.limits.clone(),
-        actors: ActorSettings {
-            mailbox: config.actors.mailbox,
-            max_batch: config.actors.max_batch,
-            idle: Duration::from_millis(config.actors.idle_ms),
-            request_timeout: Duration::from_millis(config.actors.request_timeout_ms),
-        },
+        actors: actor_settings(&config),
         raft: raft_config(&config),
+        cluster: None,
     })
     .await
     .context("starting the node")?;

@@ -1,14 +1,16 @@
 //! `chorus`: the one binary. `chorus dev` runs a node and an edge in one process; `chorus
-//! token` mints a JWT with a data dir's dev secret; `chorus post` and `chorus tail` are small
+//! node` runs a storage node of a cluster and `chorus admin` inspects one; `chorus token` mints a JWT with a data dir's dev secret; `chorus post` and `chorus tail` are small
 //! clients in the spirit of the `nats` CLI.
 //!
 //! This crate is wiring only: configuration, logging, secrets and the CLI. Everything else
 //! lives in the library crates.
 
+mod admin;
 mod cli;
 mod client;
 mod dev;
 mod logging;
+mod node;
 mod secrets;
 mod token;
 
@@ -36,6 +38,8 @@ fn run() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             cli::Command::Dev(args) => dev::run(args).await,
+            cli::Command::Node(args) => node::run(args).await,
+            cli::Command::Admin(args) => admin::run(args).await,
             cli::Command::Token(args) => token::run(args),
             cli::Command::Post(args) => client::post(args).await,
             cli::Command::Tail(args) => client::tail(args).await,

@@ -111,6 +111,13 @@ impl Drop for Server {
     }
 }
 
+pub mod cluster;
+
+/// Status code of a plain GET, for readiness polling.
+pub fn plain_http_get(url: &str) -> std::io::Result<u16> {
+    plain_http::blocking_get(url)
+}
+
 mod plain_http {
     /// A tiny blocking GET for readiness polling, without pulling a blocking HTTP client.
     pub fn blocking_get(url: &str) -> std::io::Result<u16> {
@@ -151,7 +158,37 @@ pub struct Api {
 
 impl Api {
     pub fn new(server: &Server, token: String) -> Api {
-        Api { base: server.url(""), token, as_user: None, client: ::reqwest::Client::new() }
+        Api::at(server.url(""), token, None)
+    }
+
+    pub fn at(base: String, token: String, as_user: Option<String>) -> Api {
+        let client = ::reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("http client");
+        Api { base, token, as_user, client }
+    }
+
+    /// Like [`Api::call`], but a transport failure is an `Err` instead of a panic.
+    pub async fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        let method = ::reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req =
+            self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token);
+        if let Some(u) = &self.as_user {
+            req = req.header("X-Chorus-As-User", u);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -191,7 +228,12 @@ pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub async fn ws_connect(server: &Server, token: &str) -> Ws {
-    let mut req = format!("ws://{}/v1/ws", server.addr).into_client_request().unwrap();
+    ws_connect_addr(&server.addr, token).await
+}
+
+/// A WebSocket session with the node at `addr` (`host:port`).
+pub async fn ws_connect_addr(addr: &str, token: &str) -> Ws {
+    let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
     req.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
     tokio_tungstenite::connect_async(req).await.expect("ws connect").0
 }

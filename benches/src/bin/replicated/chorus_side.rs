@@ -1,0 +1,331 @@
+//! The Chorus side: three `chorus node` processes on loopback, clients over WebSocket (W1) and
+//! HTTP (W3), every post acknowledged only after a quorum fsynced it.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chorus_proto::pb;
+use chorus_proto::pb::admin_client::AdminClient;
+use chorus_types::shard::shard_of;
+use chorus_types::{PublisherId, StreamKey, StreamName};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::Args;
+use crate::procs::{Proc, free_port};
+use crate::stats::{Failover, Window};
+
+const API_KEY: &str = "chorus_bench_api_key_0123456789abcdef";
+const SHARDS: u16 = 64;
+
+struct Cluster {
+    procs: Vec<Proc>,
+    api: Vec<String>,
+    peer: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(args: &Args) -> anyhow::Result<Cluster> {
+        let bin = match &args.chorus {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?.with_file_name("chorus"),
+        };
+        let dir = tempfile::Builder::new().prefix("chorus-bench").tempdir_in(".")?;
+        let api: Vec<String> =
+            (0..3).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<Result<_, _>>()?;
+        let peer: Vec<String> =
+            (0..3).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<Result<_, _>>()?;
+        let peers: Vec<String> = peer.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+        let mut procs = Vec::new();
+        for i in 0..3 {
+            procs.push(Proc::spawn(
+                Command::new(&bin)
+                    .args(["node", "--id", &(i + 1).to_string(), "--listen", &api[i]])
+                    .args(["--peer-listen", &peer[i], "--peers", &peers.join(",")])
+                    .args(["--shards", &SHARDS.to_string()])
+                    .arg("--data")
+                    .arg(dir.path().join(format!("n{}", i + 1)))
+                    .env("CHORUS_JWT_SECRET", "bench-jwt-secret-0123456789abcdef")
+                    .env("CHORUS_API_KEY", API_KEY)
+                    .env("RUST_LOG", "error"),
+            )?);
+        }
+        let cluster = Cluster { procs, api, peer, _dir: dir };
+        for a in &cluster.api {
+            wait_ready(a).await?;
+        }
+        Ok(cluster)
+    }
+
+    async fn leader_of(&self, ask: usize, shard: u16) -> anyhow::Result<u64> {
+        let mut c = AdminClient::connect(format!("http://{}", self.peer[ask])).await?;
+        let st = c.status(pb::StatusRequest {}).await?.into_inner();
+        Ok(st.groups.iter().find(|g| g.group == u32::from(shard)).map_or(0, |g| g.leader))
+    }
+}
+
+async fn wait_ready(addr: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("chorus node {addr} not ready")
+}
+
+fn shard(name: &str) -> anyhow::Result<u16> {
+    let key = StreamKey::new(PublisherId::new("bench")?, StreamName::new(name)?);
+    Ok(shard_of(&key, SHARDS).0)
+}
+
+async fn create(client: &reqwest::Client, addr: &str, name: &str) -> anyhow::Result<()> {
+    let r = client
+        .post(format!("http://{addr}/v1/streams"))
+        .bearer_auth(API_KEY)
+        .json(&json!({"publisherId": "bench", "type": "Bench/room", "name": name}))
+        .send()
+        .await?;
+    if !(r.status().is_success() || r.status().as_u16() == 409) {
+        bail!("creating {name}: {}", r.status());
+    }
+    Ok(())
+}
+
+/// One WebSocket keeping `depth` posts in flight until the window ends.
+async fn connection(
+    addr: String,
+    streams: Arc<Vec<String>>,
+    first: usize,
+    depth: usize,
+    body: Arc<String>,
+    window: Arc<Window>,
+) -> anyhow::Result<()> {
+    let mut req = format!("ws://{addr}/v1/ws").into_client_request()?;
+    req.headers_mut().insert("Authorization", format!("Bearer {API_KEY}").parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    let (mut tx, mut rx) = ws.split();
+    let mut pending: HashMap<u64, Instant> = HashMap::new();
+    let mut next = 0u64;
+    let mut cursor = first;
+    let frame = |id: u64, stream: &str| {
+        json!({"id": id, "op": "post", "stream": {"publisherId": "bench", "name": stream},
+               "type": "Chat/message", "content": body.as_str()})
+        .to_string()
+    };
+    for _ in 0..depth {
+        tx.send(Message::text(frame(next, &streams[cursor % streams.len()]))).await?;
+        pending.insert(next, Instant::now());
+        next += 1;
+        cursor += 1;
+    }
+    while !pending.is_empty() {
+        let Some(msg) = rx.next().await else { bail!("socket closed") };
+        let Message::Text(text) = msg? else { continue };
+        let v: Value = serde_json::from_str(&text)?;
+        let Some(id) = v["re"].as_u64() else { continue };
+        let Some(sent) = pending.remove(&id) else { continue };
+        let now = Instant::now();
+        if v.get("ok").is_some() {
+            window.record(sent, now);
+        } else {
+            window.error();
+        }
+        if now < window.end {
+            tx.send(Message::text(frame(next, &streams[cursor % streams.len()]))).await?;
+            pending.insert(next, Instant::now());
+            next += 1;
+            cursor += 1;
+        }
+    }
+    Ok(())
+}
+
+async fn w1(cluster: &Cluster, args: &Args, in_flight: usize) -> anyhow::Result<String> {
+    let streams: Arc<Vec<String>> =
+        Arc::new((0..args.streams.max(1)).map(|i| format!("Bench/room/{i}")).collect());
+    let window = Arc::new(Window::new(Duration::from_secs(2), Duration::from_secs(args.seconds))?);
+    let body = Arc::new("x".repeat(args.size));
+    // One connection per 16 in flight, spread over the three nodes (clients reach any node;
+    // each node forwards to the shard's leader).
+    let connections = in_flight.div_ceil(16).max(1);
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let depth = in_flight / connections + usize::from(c < in_flight % connections);
+        let addr = cluster.api[c % cluster.api.len()].clone();
+        tasks.push(tokio::spawn(connection(
+            addr,
+            streams.clone(),
+            c * 7,
+            depth,
+            body.clone(),
+            window.clone(),
+        )));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(window.summary(&format!("chorus  W1 in_flight={in_flight:<3}")))
+}
+
+/// Posts `id` to `stream` until acknowledged, moving to the next node on any failure.
+async fn post_until_acked(
+    client: reqwest::Client,
+    nodes: Arc<Vec<String>>,
+    start: usize,
+    stream: String,
+    id: String,
+    body: Arc<String>,
+    failover: Arc<Failover>,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let path = format!("/v1/streams/bench/{}/messages", stream.replace('/', "%2F"));
+    let mut n = start;
+    while Instant::now() < deadline {
+        let url = format!("http://{}{path}", nodes[n % nodes.len()]);
+        let r = client
+            .post(url)
+            .bearer_auth(API_KEY)
+            .timeout(Duration::from_secs(5))
+            .json(&json!({"type": "Chat/message", "content": body.as_str(), "clientMsgId": id}))
+            .send()
+            .await;
+        if let Ok(r) = r
+            && r.status().is_success()
+        {
+            failover.ack(id, Instant::now());
+            return;
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    failover.unknown.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+async fn w3(mut cluster: Cluster, args: &Args) -> anyhow::Result<String> {
+    let client = reqwest::Client::new();
+    // Streams whose shards the victim leads, so every post feels the failover.
+    let victim = cluster.leader_of(0, shard("W3/room/0")?).await?;
+    let mut streams = Vec::new();
+    let mut i = 0;
+    while streams.len() < 8 && i < 10_000 {
+        let name = format!("W3/room/{i}");
+        if cluster.leader_of(0, shard(&name)?).await? == victim {
+            create(&client, &cluster.api[0], &name).await?;
+            streams.push(name);
+        }
+        i += 1;
+    }
+    let victim_idx = usize::try_from(victim)?.checked_sub(1).context("no leader")?;
+    let nodes = Arc::new(cluster.api.clone());
+    let failover = Arc::new(Failover::default());
+    let body = Arc::new("x".repeat(args.size));
+    let start = Instant::now();
+    let end = start + Duration::from_secs(args.w3_seconds);
+    let kill_at = start + Duration::from_secs(args.w3_seconds / 3);
+    let interval = Duration::from_secs_f64(1.0 / args.w3_rate.max(1) as f64);
+    let mut tasks = Vec::new();
+    let mut seq = 0usize;
+    let mut killed_at = None;
+    let mut tick = tokio::time::interval(interval);
+    while Instant::now() < end {
+        tick.tick().await;
+        if killed_at.is_none() && Instant::now() >= kill_at {
+            cluster.procs[victim_idx].kill();
+            killed_at = Some(Instant::now());
+        }
+        let stream = streams[seq % streams.len()].clone();
+        tasks.push(tokio::spawn(post_until_acked(
+            client.clone(),
+            nodes.clone(),
+            seq,
+            stream,
+            format!("w3-{seq}"),
+            body.clone(),
+            failover.clone(),
+        )));
+        seq += 1;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let gap = failover.longest_gap(start + Duration::from_secs(1), end);
+    // Read every stream back from a survivor.
+    let reader = (0..3).find(|i| *i != victim_idx).context("a survivor")?;
+    let mut stored = Vec::new();
+    for s in &streams {
+        let mut min = 1u64;
+        loop {
+            let url = format!(
+                "http://{}/v1/streams/bench/{}/messages?min={min}&limit=1000",
+                cluster.api[reader],
+                s.replace('/', "%2F")
+            );
+            let v: Value = client.get(url).bearer_auth(API_KEY).send().await?.json().await?;
+            let page = v["messages"].as_array().cloned().unwrap_or_default();
+            for m in &page {
+                if let Some(id) = m["clientMsgId"].as_str() {
+                    stored.push(id.to_owned());
+                }
+                min = m["ordinal"].as_u64().unwrap_or(min) + 1;
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+    }
+    let (missing, duplicated) = failover.verdict(&stored);
+    Ok(format!(
+        "chorus  W3 rate={}/s: sent {seq}, acked {}, unknown {}; longest gap with no ack {:.0} ms (leader node {victim} SIGKILLed); acked-but-missing {missing}, duplicated {duplicated}",
+        args.w3_rate,
+        failover.acked_ids().len(),
+        failover.unknown.load(std::sync::atomic::Ordering::Relaxed),
+        gap.as_secs_f64() * 1000.0,
+    ))
+}
+
+/// CPU used by the idle cluster (64 shards × 3 replicas, heartbeats only).
+async fn idle_cpu(cluster: &Cluster, label: &str, over: Duration) -> String {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before: Vec<f64> = cluster.procs.iter().map(|p| p.cpu_seconds().unwrap_or(0.0)).collect();
+    tokio::time::sleep(over).await;
+    let after: Vec<f64> = cluster.procs.iter().map(|p| p.cpu_seconds().unwrap_or(0.0)).collect();
+    let per: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| format!("{:.1}%", (a - b) / over.as_secs_f64() * 100.0))
+        .collect();
+    format!("{label} idle CPU per node ({SHARDS} shards x 3 replicas, no traffic): {}", per.join(" "))
+}
+
+pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let cluster = Cluster::start(args).await.context("starting the chorus cluster")?;
+    let line = idle_cpu(&cluster, "chorus ", Duration::from_secs(10)).await;
+    println!("{line}");
+    out.push(line);
+    let client = reqwest::Client::new();
+    for i in 0..args.streams.max(1) {
+        create(&client, &cluster.api[i % 3], &format!("Bench/room/{i}")).await?;
+    }
+    for &n in &args.in_flight {
+        let line = w1(&cluster, args, n).await?;
+        println!("{line}");
+        out.push(line);
+    }
+    if !args.no_w3 {
+        let line = w3(cluster, args).await?;
+        println!("{line}");
+        out.push(line);
+    }
+    Ok(out)
+}

@@ -1,0 +1,45 @@
+//! Child processes of a run: started with piped output, killed on drop.
+
+use std::process::{Child, Command, Stdio};
+
+pub struct Proc {
+    pub child: Option<Child>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> anyhow::Result<Proc> {
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        Ok(Proc { child: Some(child) })
+    }
+
+    /// CPU time (user + system) the process has used so far, from `/proc/<pid>/stat`.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command (which may hold spaces) start after the last ')'.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        Some((utime + stime) / 100.0)
+    }
+
+    /// SIGKILL: the process gets no chance to flush or hand over.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

@@ -1,0 +1,265 @@
+//! One stream operation as a value: what the router sends to a shard's leader (over
+//! `Owner.Call`, as JSON) or runs in place when this node leads, and what comes back.
+//!
+//! Routing every operation through these two types means the local and the forwarded path
+//! run the very same code on the leader ([`execute`]).
+
+use chorus_api::{
+    Caller, CreateStream, HistoryQuery, NewEphemeral, NewPost, ParticipantBody, ParticipantOp,
+    ParticipantPage, ParticipantQuery, Posted, Principal, ServiceError, StreamService, StreamView,
+    UpdateStream,
+};
+use chorus_types::{
+    AccessRow, ApiError, MessageRecord, ParticipantRecord, StreamKey, StreamRecord, UserId,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::node::Node;
+
+/// [`Caller`] on the wire. The session id stays with the caller's edge: ephemerals are
+/// filtered there, so it is carried only to keep the sender from getting its own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireCaller {
+    /// `None`: the app itself (API key without a user).
+    pub user: Option<UserId>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub session: Option<u64>,
+}
+
+impl From<&Caller> for WireCaller {
+    fn from(c: &Caller) -> Self {
+        match &c.principal {
+            Principal::App => WireCaller { user: None, roles: Vec::new(), session: c.session },
+            Principal::User { id, roles } => {
+                WireCaller { user: Some(id.clone()), roles: roles.clone(), session: c.session }
+            }
+        }
+    }
+}
+
+impl From<WireCaller> for Caller {
+    fn from(w: WireCaller) -> Self {
+        let principal = match w.user {
+            None => Principal::App,
+            Some(id) => Principal::User { id, roles: w.roles },
+        };
+        Caller { principal, session: w.session }
+    }
+}
+
+/// A [`StreamView`] on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireView {
+    pub record: StreamRecord,
+    pub read_level: i32,
+}
+
+impl From<StreamView> for WireView {
+    fn from(v: StreamView) -> Self {
+        WireView { record: v.record, read_level: v.read_level }
+    }
+}
+
+impl From<WireView> for StreamView {
+    fn from(v: WireView) -> Self {
+        StreamView { record: v.record, read_level: v.read_level }
+    }
+}
+
+/// Every operation of [`StreamService`] except `listen` (which streams: `Owner.Listen`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OwnerCall {
+    Create { req: CreateStream },
+    Fetch { key: StreamKey },
+    BatchGet { keys: Vec<StreamKey> },
+    Update { key: StreamKey, req: UpdateStream },
+    Close { key: StreamKey },
+    Post { key: StreamKey, req: NewPost },
+    Messages { key: StreamKey, query: HistoryQuery },
+    Participate { key: StreamKey, op: ParticipantOp, body: ParticipantBody },
+    Participants { key: StreamKey, query: ParticipantQuery },
+    Access { key: StreamKey },
+    SetAccess { key: StreamKey, rows: Vec<AccessRow> },
+    Ephemeral { key: StreamKey, req: NewEphemeral },
+}
+
+impl OwnerCall {
+    /// Whether running it twice has the effect of running it once, so the router may retry it
+    /// when it cannot tell whether the first attempt took effect. A post is safe only with a
+    /// `clientMsgId` (the leader's dedupe table answers the retry with the first ordinal).
+    pub fn is_idempotent(&self) -> bool {
+        match self {
+            OwnerCall::Create { .. } | OwnerCall::Ephemeral { .. } => false,
+            OwnerCall::Post { req, .. } => req.client_msg_id.is_some(),
+            OwnerCall::Fetch { .. }
+            | OwnerCall::BatchGet { .. }
+            | OwnerCall::Update { .. }
+            | OwnerCall::Close { .. }
+            | OwnerCall::Messages { .. }
+            | OwnerCall::Participate { .. }
+            | OwnerCall::Participants { .. }
+            | OwnerCall::Access { .. }
+            | OwnerCall::SetAccess { .. } => true,
+        }
+    }
+}
+
+/// An [`OwnerCall`] with its caller: the body of `Owner.Call`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CallEnvelope {
+    pub caller: WireCaller,
+    pub call: OwnerCall,
+}
+
+/// The result of an [`OwnerCall`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OwnerReply {
+    View(WireView),
+    Views(Vec<Option<WireView>>),
+    Posted { message: MessageRecord, duplicate: bool },
+    Messages(Vec<MessageRecord>),
+    Participant(ParticipantRecord),
+    Page { participants: Vec<ParticipantRecord>, next: Option<String> },
+    Access(Vec<AccessRow>),
+    Done,
+    Error { error: ApiError, stream: Option<WireView> },
+}
+
+impl From<ServiceError> for OwnerReply {
+    fn from(e: ServiceError) -> Self {
+        OwnerReply::Error { error: e.error, stream: e.stream.map(|s| WireView::from(*s)) }
+    }
+}
+
+impl OwnerReply {
+    /// The error this reply carries, if it is one.
+    pub fn error(&self) -> Option<&ApiError> {
+        match self {
+            OwnerReply::Error { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    fn unexpected() -> ServiceError {
+        ApiError::internal("unexpected reply from the stream's owner").into()
+    }
+
+    /// The service error this reply carries, or `Ok(self)`.
+    fn ok(self) -> Result<OwnerReply, ServiceError> {
+        match self {
+            OwnerReply::Error { error, stream } => {
+                Err(ServiceError { error, stream: stream.map(|s| Box::new(s.into())) })
+            }
+            other => Ok(other),
+        }
+    }
+
+    pub fn into_view(self) -> Result<StreamView, ServiceError> {
+        match self.ok()? {
+            OwnerReply::View(v) => Ok(v.into()),
+            _ => Err(Self::unexpected()),
+        }
+    }
+
+    pub fn into_views(self) -> Result<Vec<Option<StreamView>>, ServiceError> {
+        match self.ok()? {
+            OwnerReply::Views(v) => Ok(v.into_iter().map(|o| o.map(Into::into)).collect()),
+            _ => Err(Self::unexpected()),
+        }
+    }
+
+    pub fn into_posted(self) -> Result<Posted, ServiceError> {
+        match self.ok()? {
+            OwnerReply::Posted { message, duplicate } => Ok(Posted { message, duplicate }),
+            _ => Err(Self::unexpected()),
+        }
+    }
+
+    pub fn into_messages(self) -> Result<Vec<MessageRecord>, ServiceError> {
+        match self.ok()? {
+            OwnerReply::Messages(m) => Ok(m),
+            _ => Err(Self::unexpected()),
+        }
+    }
+
+    pub fn into_participant(self) -> Result<ParticipantRecord, ServiceError> {
+        match self.ok()? {
+            OwnerReply::Participant(p) => Ok(p),
+            _ => Err(Self::unexpected()),
+        }
+    }
+
+    pub fn into_page(self) -> Result<ParticipantPage, ServiceError> {
+        match self.ok()? {
+            OwnerReply::Page { participants, next } => Ok(ParticipantPage { participants, next }),
+            _ => Err(Self::unexpected()),
+        }
+    }
+
+    pub fn into_access(self) -> Result<Vec<AccessRow>, ServiceError> {
+        match self.ok()? {
+            OwnerReply::Access(rows) => Ok(rows),
+            _ => Err(Self::unexpected()),
+        }
+    }
+
+    pub fn into_done(self) -> Result<(), ServiceError> {
+        match self.ok()? {
+            OwnerReply::Done => Ok(()),
+            _ => Err(Self::unexpected()),
+        }
+    }
+}
+
+fn reply<T>(r: Result<T, ServiceError>, f: impl FnOnce(T) -> OwnerReply) -> OwnerReply {
+    match r {
+        Ok(v) => f(v),
+        Err(e) => e.into(),
+    }
+}
+
+/// Runs `call` on this node (its leader side).
+pub async fn execute(node: &Node, caller: &Caller, call: OwnerCall) -> OwnerReply {
+    match call {
+        OwnerCall::Create { req } => reply(node.create(caller, req).await, |v| {
+            OwnerReply::View(v.into())
+        }),
+        OwnerCall::Fetch { key } => {
+            reply(node.fetch(caller, &key).await, |v| OwnerReply::View(v.into()))
+        }
+        OwnerCall::BatchGet { keys } => reply(node.batch_get(caller, keys).await, |v| {
+            OwnerReply::Views(v.into_iter().map(|o| o.map(Into::into)).collect())
+        }),
+        OwnerCall::Update { key, req } => {
+            reply(node.update(caller, &key, req).await, |v| OwnerReply::View(v.into()))
+        }
+        OwnerCall::Close { key } => {
+            reply(node.close(caller, &key).await, |v| OwnerReply::View(v.into()))
+        }
+        OwnerCall::Post { key, req } => reply(node.post(caller, &key, req).await, |p| {
+            OwnerReply::Posted { message: p.message, duplicate: p.duplicate }
+        }),
+        OwnerCall::Messages { key, query } => {
+            reply(node.messages(caller, &key, query).await, OwnerReply::Messages)
+        }
+        OwnerCall::Participate { key, op, body } => {
+            reply(node.participate(caller, &key, op, body).await, OwnerReply::Participant)
+        }
+        OwnerCall::Participants { key, query } => {
+            reply(node.participants(caller, &key, query).await, |p| OwnerReply::Page {
+                participants: p.participants,
+                next: p.next,
+            })
+        }
+        OwnerCall::Access { key } => reply(node.access(caller, &key).await, OwnerReply::Access),
+        OwnerCall::SetAccess { key, rows } => {
+            reply(node.set_access(caller, &key, rows).await, OwnerReply::Access)
+        }
+        OwnerCall::Ephemeral { key, req } => {
+            reply(node.ephemeral(caller, &key, req).await, |()| OwnerReply::Done)
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! A node as a cluster member: the gRPC services it offers its peers (`Peer` for Raft,
+//! `Owner` for forwarded stream operations, `Admin`), and the [`Router`] that the node's own
+//! HTTP/WebSocket API calls so each operation runs on the stream's shard leader.
+
+mod admin;
+mod call;
+mod owner;
+mod relay;
+mod router;
+
+use chorus_proto::pb::admin_server::AdminServer;
+use chorus_proto::pb::owner_server::OwnerServer;
+use chorus_proto::pb::peer_server::PeerServer;
+use chorus_raft::grpc::PeerService;
+use chorus_raft::grpc::peers::MAX_MESSAGE;
+use tokio::net::TcpListener;
+
+pub use call::{OwnerCall, OwnerReply};
+pub use router::Router;
+
+use crate::error::NodeError;
+use crate::node::Node;
+
+/// Serves `Peer`, `Owner` and `Admin` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Node,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    let peer = PeerServer::new(PeerService::new(node.group_table()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let owner = OwnerServer::new(owner::OwnerService::new(node.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let admin = AdminServer::new(admin::AdminService::new(node));
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(peer)
+        .add_service(owner)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(|e| NodeError::Serve(e.to_string()))
+}

@@ -1,0 +1,218 @@
+//! `listen` in a cluster: opened on the shard's leader, and carried across leader changes.
+//!
+//! When this node leads the shard, the listen is the node's own (its hub keeps receiving
+//! committed messages even if it later becomes a follower, since every replica applies the
+//! log). Otherwise the leader streams the listen over `Owner.Listen`, and a relay task here
+//! passes its events on while remembering the last ordinal. If that stream breaks (the leader
+//! died or stepped down), the relay opens the listen again, on whichever node leads now, with
+//! `since` = that ordinal: the session sees a short pause, then the next ordinal — no gap, no
+//! duplicate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_api::{Caller, EventStream, ListenEvent, Listening, Relayed, ServiceError, StreamService};
+use chorus_proto::pb;
+use chorus_types::{ErrorCode, StreamKey};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::call::WireCaller;
+use super::owner::{ListenCall, ListenItem};
+use super::router::{Failure, Router, Target};
+use crate::error::err;
+use crate::hub::delivered;
+
+/// Events buffered between the leader's stream and the session.
+const QUEUE: usize = 256;
+
+/// Opens the listen on `target`.
+async fn open(
+    router: &Router,
+    target: Target,
+    caller: &Caller,
+    key: &StreamKey,
+    since: Option<u64>,
+) -> Result<Listening, Failure> {
+    let id = match target {
+        Target::Local => {
+            return router.node.listen(caller, key, since).await.map_err(|e| {
+                if e.error.code == ErrorCode::NotLeader { Failure::NotRun(e) } else { fatal(e) }
+            });
+        }
+        Target::Remote(id) => id,
+    };
+    let mut client = router.owner_client(id).map_err(Failure::NotRun)?;
+    let mut wire = WireCaller::from(caller);
+    wire.session = router.tag_session(caller.session);
+    let body = serde_json::to_vec(&ListenCall { caller: wire, key: key.clone(), since })
+        .map_err(|e| fatal(err(ErrorCode::Internal, &e.to_string())))?;
+    let unreachable = || Failure::NotRun(err(ErrorCode::Unavailable, "stream owner unreachable"));
+    let mut stream = client
+        .listen(pb::OwnerRequest { call: body })
+        .await
+        .map_err(|_| unreachable())?
+        .into_inner();
+    let first = match stream.message().await {
+        Ok(Some(ev)) => serde_json::from_slice::<ListenItem>(&ev.event)
+            .map_err(|e| fatal(err(ErrorCode::Internal, &e.to_string())))?,
+        _ => return Err(unreachable()),
+    };
+    let (recovered, message_count) = match first {
+        ListenItem::Started { recovered, message_count } => (recovered, message_count),
+        ListenItem::Failed { error } if error.code == ErrorCode::NotLeader => {
+            return Err(Failure::NotRun(error.into()));
+        }
+        ListenItem::Failed { error } => return Err(fatal(error.into())),
+        _ => return Err(fatal(err(ErrorCode::Internal, "listen stream began without a reply"))),
+    };
+    let me = router.me;
+    let events = stream
+        .take_while(|r| std::future::ready(r.is_ok()))
+        .filter_map(move |r| {
+            let ev = r.ok().and_then(|ev| serde_json::from_slice::<ListenItem>(&ev.event).ok());
+            std::future::ready(ev.and_then(|item| to_event(me, item)))
+        });
+    Ok(Listening { recovered, message_count, events: Box::pin(events) })
+}
+
+/// An error the caller must see (forbidden, not found, …): retrying cannot help.
+fn fatal(e: ServiceError) -> Failure {
+    Failure::Unknown(e)
+}
+
+fn to_event(me: u64, item: ListenItem) -> Option<ListenEvent> {
+    match item {
+        ListenItem::Message { message } => Some(ListenEvent::Message(delivered(message))),
+        ListenItem::Ephemeral { origin, frame } => {
+            let origin = origin
+                .filter(|o| o >> 40 == me)
+                .map(|o| o & ((1 << 40) - 1));
+            Some(ListenEvent::Ephemeral(Arc::new(Relayed { origin, frame: frame.into() })))
+        }
+        ListenItem::Resync { from } => Some(ListenEvent::Resync { from }),
+        ListenItem::Started { .. } | ListenItem::Failed { .. } => None,
+    }
+}
+
+/// Opens the listen on the current leader, retrying through elections until the deadline.
+async fn open_on_leader(
+    router: &Router,
+    caller: &Caller,
+    key: &StreamKey,
+    since: Option<u64>,
+    deadline: Instant,
+) -> Result<(Target, Listening), ServiceError> {
+    let shard = router.node.shard_of(key);
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let target = router.target(shard, deadline).await?;
+        match open(router, target, caller, key, since).await {
+            Ok(l) => return Ok((target, l)),
+            Err(Failure::Unknown(e)) => return Err(e),
+            Err(Failure::NotRun(e)) => {
+                if Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+pub(crate) async fn listen(
+    router: &Router,
+    caller: &Caller,
+    key: &StreamKey,
+    since: Option<u64>,
+) -> Result<Listening, ServiceError> {
+    let deadline = Instant::now() + router.timeout;
+    let (target, first) = open_on_leader(router, caller, key, since, deadline).await?;
+    if target == Target::Local {
+        return Ok(first);
+    }
+    let last = match since {
+        Some(s) if first.recovered => s,
+        _ => first.message_count,
+    };
+    let router_arc =
+        router.self_arc().ok_or_else(|| err(ErrorCode::Unavailable, "node is stopping"))?;
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let relay = Relay {
+        router: router_arc,
+        caller: caller.clone(),
+        key: key.clone(),
+        last,
+        tx,
+    };
+    tokio::spawn(relay.run(first.events));
+    let events: EventStream = Box::pin(tokio_stream_from(rx));
+    Ok(Listening { recovered: first.recovered, message_count: first.message_count, events })
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<ListenEvent>) -> impl futures_core::Stream<Item = ListenEvent> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+struct Relay {
+    router: Arc<Router>,
+    caller: Caller,
+    key: StreamKey,
+    /// The last ordinal passed on.
+    last: u64,
+    tx: mpsc::Sender<ListenEvent>,
+}
+
+impl Relay {
+    async fn run(mut self, mut events: EventStream) {
+        loop {
+            loop {
+                // A session that goes away ends the relay even while the stream is quiet.
+                let ev = tokio::select! {
+                    ev = events.next() => ev,
+                    () = self.tx.closed() => return,
+                };
+                let Some(ev) = ev else { break };
+                let end = matches!(ev, ListenEvent::Resync { .. });
+                if let ListenEvent::Message(d) = &ev {
+                    if d.record.ordinal <= self.last {
+                        continue;
+                    }
+                    self.last = d.record.ordinal;
+                }
+                if self.tx.send(ev).await.is_err() || end {
+                    return;
+                }
+            }
+            // The leader's stream ended: it failed or stepped down. Listen again from `last`.
+            let mut pause = Duration::from_millis(50);
+            events = loop {
+                if self.tx.is_closed() {
+                    return;
+                }
+                let deadline = Instant::now() + self.router.timeout;
+                let r = &self.router;
+                match open_on_leader(r, &self.caller, &self.key, Some(self.last), deadline).await {
+                    Ok((_, l)) if l.recovered => break l.events,
+                    Ok((_, l)) => {
+                        // The stream has fewer messages than we delivered: cannot resume.
+                        tracing::warn!(stream = %self.key, last = self.last, count = l.message_count, "listen cannot resume");
+                        let _ = self.tx.send(ListenEvent::Resync { from: self.last + 1 }).await;
+                        return;
+                    }
+                    Err(e) if e.error.code == ErrorCode::Unavailable || e.error.code == ErrorCode::NotLeader => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    }
+                    Err(e) => {
+                        tracing::debug!(stream = %self.key, error = %e.error, "listen relay ends");
+                        let _ = self.tx.send(ListenEvent::Resync { from: self.last + 1 }).await;
+                        return;
+                    }
+                }
+            };
+        }
+    }
+}

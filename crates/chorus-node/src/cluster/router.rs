@@ -1,0 +1,405 @@
+//! [`StreamService`] for a cluster member: each operation runs where the stream's shard is
+//! led, here or on a peer (`Owner.Call`), and leader changes show only as a short delay.
+//!
+//! The router asks the local replica of the shard who leads it (every node holds every
+//! shard). While a shard has no leader (an election), it waits for one. When the leader
+//! answers `not_leader` or cannot be reached, the router retries on the new leader until the
+//! request deadline — but only operations that are safe to repeat ([`OwnerCall::is_idempotent`]:
+//! reads, participant and field changes, posts with a `clientMsgId`). An operation that is not
+//! safe to repeat and whose fate is unknown answers `timeout` (outcome unknown), never a guess.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use chorus_api::{
+    Caller, CreateStream, HistoryQuery, Listening, NewEphemeral, NewPost, ParticipantBody,
+    ParticipantOp, ParticipantPage, ParticipantQuery, Posted, Principal, ServiceError,
+    StreamService, StreamView, UpdateStream,
+};
+use chorus_proto::pb;
+use chorus_proto::pb::owner_client::OwnerClient;
+use chorus_raft::grpc::peers::{MAX_MESSAGE, endpoint};
+use chorus_types::{
+    AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, PublisherId, ShardId,
+    StreamKey, StreamName,
+};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller, execute};
+use super::relay;
+use crate::error::err;
+use crate::node::Node;
+
+/// Bits of a forwarded session id that hold the session; the node id sits above them, so a
+/// session id is unique across the cluster when it travels.
+const SESSION_BITS: u32 = 40;
+
+/// Where an operation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    Local,
+    Remote(u64),
+}
+
+/// How a forwarded call failed.
+pub(crate) enum Failure {
+    /// Not sent or surely not run (connection refused, no leader known).
+    NotRun(ServiceError),
+    /// Sent; the outcome is unknown.
+    Unknown(ServiceError),
+}
+
+pub struct Router {
+    pub(crate) node: Node,
+    pub(crate) me: u64,
+    peers: HashMap<u64, String>,
+    clients: Mutex<HashMap<u64, OwnerClient<Channel>>>,
+    pub(crate) timeout: Duration,
+    this: Weak<Router>,
+}
+
+impl Router {
+    /// A router for `node`, which must be a cluster member.
+    pub fn new(node: Node) -> Arc<Router> {
+        let peers = node.cluster().map(|c| c.peers.clone().into_iter().collect()).unwrap_or_default();
+        let timeout = node.inner.config.actors.request_timeout;
+        Arc::new_cyclic(|this| Router {
+            me: node.node_id(),
+            node,
+            peers,
+            clients: Mutex::default(),
+            timeout,
+            this: this.clone(),
+        })
+    }
+
+    /// This router as a shared handle (it always lives in an `Arc`).
+    pub(crate) fn self_arc(&self) -> Option<Arc<Router>> {
+        self.this.upgrade()
+    }
+
+    /// A session id as it travels to other nodes.
+    pub(crate) fn tag_session(&self, session: Option<u64>) -> Option<u64> {
+        session.map(|s| (self.me << SESSION_BITS) | (s & ((1 << SESSION_BITS) - 1)))
+    }
+
+    /// The local session id of a tagged one, when it belongs to this node.
+    pub(crate) fn untag_session(&self, origin: Option<u64>) -> Option<u64> {
+        origin.filter(|o| o >> SESSION_BITS == self.me).map(|o| o & ((1 << SESSION_BITS) - 1))
+    }
+
+    pub(crate) fn owner_client(&self, id: u64) -> Result<OwnerClient<Channel>, ServiceError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&id) {
+            return Ok(c.clone());
+        }
+        let addr = self
+            .peers
+            .get(&id)
+            .ok_or_else(|| err(ErrorCode::Unavailable, "the shard's leader is not a known node"))?;
+        let channel = endpoint(addr)
+            .map_err(|e| err(ErrorCode::Internal, &e.to_string()))?
+            .connect_lazy();
+        let client = OwnerClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        clients.insert(id, client.clone());
+        Ok(client)
+    }
+
+    /// The node that leads `shard` now, waiting (until `deadline`) through an election.
+    pub(crate) async fn target(
+        &self,
+        shard: ShardId,
+        deadline: Instant,
+    ) -> Result<Target, ServiceError> {
+        let raft = self
+            .node
+            .raft(shard)
+            .ok_or_else(|| err(ErrorCode::Internal, "no replica of the shard on this node"))?;
+        let mut rx = raft.metrics();
+        loop {
+            if let Some(leader) = rx.borrow_and_update().current_leader {
+                return Ok(if leader == self.me { Target::Local } else { Target::Remote(leader) });
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(err(ErrorCode::Unavailable, "shard group stopped")),
+                Err(_) => {
+                    return Err(err(ErrorCode::Unavailable, "the stream's shard has no leader"));
+                }
+            }
+        }
+    }
+
+    /// Waits a little before the next attempt: until the shard's leader changes from
+    /// `previous`, or `pause` passes.
+    async fn settle(&self, shard: ShardId, previous: Target, pause: Duration, deadline: Instant) {
+        let until = deadline.min(Instant::now() + pause);
+        let Some(raft) = self.node.raft(shard) else { return };
+        let mut rx = raft.metrics();
+        loop {
+            let now = rx.borrow_and_update().current_leader;
+            let moved = match (previous, now) {
+                (_, None) => false,
+                (Target::Local, Some(l)) => l != self.me,
+                (Target::Remote(p), Some(l)) => l != p,
+            };
+            if moved || tokio::time::timeout_at(until, rx.changed()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        id: u64,
+        caller: &Caller,
+        call: OwnerCall,
+    ) -> Result<OwnerReply, Failure> {
+        let mut client = self.owner_client(id).map_err(Failure::NotRun)?;
+        let mut wire = WireCaller::from(caller);
+        wire.session = self.tag_session(caller.session);
+        let body = serde_json::to_vec(&CallEnvelope { caller: wire, call })
+            .map_err(|e| Failure::NotRun(err(ErrorCode::Internal, &e.to_string())))?;
+        match client.call(pb::OwnerRequest { call: body }).await {
+            Ok(resp) => serde_json::from_slice(&resp.into_inner().reply)
+                .map_err(|e| Failure::Unknown(err(ErrorCode::Internal, &e.to_string()))),
+            Err(status) => {
+                tracing::debug!(node = id, %status, "owner call failed");
+                let e = err(ErrorCode::Unavailable, "the stream's owner could not be reached");
+                Err(if is_connect_failure(&status) { Failure::NotRun(e) } else { Failure::Unknown(e) })
+            }
+        }
+    }
+
+    /// Runs `call` on the leader of `key`'s shard, following leader changes.
+    pub(crate) async fn dispatch(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        call: OwnerCall,
+    ) -> OwnerReply {
+        let shard = self.node.shard_of(key);
+        let deadline = Instant::now() + self.timeout;
+        let retry_unknown = call.is_idempotent();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let target = match self.target(shard, deadline).await {
+                Ok(t) => t,
+                Err(e) => return e.into(),
+            };
+            let outcome = match target {
+                Target::Local => Ok(execute(&self.node, caller, call.clone()).await),
+                Target::Remote(id) => self.forward(id, caller, call.clone()).await,
+            };
+            let last = match outcome {
+                Ok(reply) => match reply.error() {
+                    // A deposed leader: the request may have been appended before it stepped
+                    // down, so only a call that is safe to repeat goes again.
+                    Some(e) if e.code == ErrorCode::NotLeader && retry_unknown => reply,
+                    Some(e) if e.code == ErrorCode::NotLeader => {
+                        return unknown_outcome("the shard's leader changed");
+                    }
+                    _ => return reply,
+                },
+                Err(Failure::NotRun(e)) => e.into(),
+                Err(Failure::Unknown(e)) if retry_unknown => e.into(),
+                Err(Failure::Unknown(_)) => {
+                    return unknown_outcome("lost the connection to the stream's owner");
+                }
+            };
+            if Instant::now() >= deadline {
+                return last;
+            }
+            self.settle(shard, target, pause, deadline).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+fn unknown_outcome(why: &str) -> OwnerReply {
+    OwnerReply::from(ServiceError::from(ApiError::new(
+        ErrorCode::Timeout,
+        format!("{why}; outcome unknown (retry with a clientMsgId to make retries safe)"),
+    )))
+}
+
+/// A call that failed before it reached the peer (connect refused or timed out).
+fn is_connect_failure(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    if status.code() != tonic::Code::Unavailable {
+        return false;
+    }
+    let mut source = status.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if text.contains("tcp connect error") || text.contains("Connection refused") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The key a create will have, so it can be routed: the publisher as the leader will resolve
+/// it, and a generated name fixed here.
+fn create_key(caller: &Caller, req: &mut CreateStream) -> Result<StreamKey, ServiceError> {
+    let publisher = match (&caller.principal, &req.publisher_id) {
+        (_, Some(p)) => p.clone(),
+        (Principal::User { id, .. }, None) => PublisherId::from(id.clone()),
+        (Principal::App, None) => {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                "publisherId is required when the app creates a stream",
+            ));
+        }
+    };
+    let name = match &req.name {
+        Some(n) => n.clone(),
+        None => {
+            let n = StreamName::new(format!("{}/{}", req.stream_type, ulid::Ulid::new()))?;
+            req.name = Some(n.clone());
+            n
+        }
+    };
+    Ok(StreamKey::new(publisher, name))
+}
+
+#[async_trait::async_trait]
+impl StreamService for Router {
+    async fn create(
+        &self,
+        caller: &Caller,
+        mut req: CreateStream,
+    ) -> Result<StreamView, ServiceError> {
+        let key = create_key(caller, &mut req)?;
+        self.dispatch(caller, &key, OwnerCall::Create { req }).await.into_view()
+    }
+
+    async fn fetch(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::Fetch { key: key.clone() }).await.into_view()
+    }
+
+    async fn batch_get(
+        &self,
+        caller: &Caller,
+        keys: Vec<StreamKey>,
+    ) -> Result<Vec<Option<StreamView>>, ServiceError> {
+        if keys.len() as u64 > chorus_api::MAX_LIMIT {
+            return Err(err(ErrorCode::TooLarge, "at most 1000 streams per batch"));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for key in &keys {
+            match self.fetch(caller, key).await {
+                Ok(v) => out.push(Some(v)),
+                Err(e) if e.error.code == ErrorCode::NotFound => out.push(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn update(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: UpdateStream,
+    ) -> Result<StreamView, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::Update { key: key.clone(), req }).await.into_view()
+    }
+
+    async fn close(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::Close { key: key.clone() }).await.into_view()
+    }
+
+    async fn post(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: NewPost,
+    ) -> Result<Posted, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::Post { key: key.clone(), req }).await.into_posted()
+    }
+
+    async fn messages(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        query: HistoryQuery,
+    ) -> Result<Vec<MessageRecord>, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::Messages { key: key.clone(), query })
+            .await
+            .into_messages()
+    }
+
+    async fn participate(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        op: ParticipantOp,
+        body: ParticipantBody,
+    ) -> Result<ParticipantRecord, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::Participate { key: key.clone(), op, body })
+            .await
+            .into_participant()
+    }
+
+    async fn participants(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        query: ParticipantQuery,
+    ) -> Result<ParticipantPage, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::Participants { key: key.clone(), query })
+            .await
+            .into_page()
+    }
+
+    async fn access(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<Vec<AccessRow>, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::Access { key: key.clone() }).await.into_access()
+    }
+
+    async fn set_access(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        rows: Vec<AccessRow>,
+    ) -> Result<Vec<AccessRow>, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::SetAccess { key: key.clone(), rows })
+            .await
+            .into_access()
+    }
+
+    async fn ephemeral(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: NewEphemeral,
+    ) -> Result<(), ServiceError> {
+        self.dispatch(caller, key, OwnerCall::Ephemeral { key: key.clone(), req }).await.into_done()
+    }
+
+    async fn readiness(&self) -> Result<(), ApiError> {
+        if self.node.is_ready() {
+            Ok(())
+        } else {
+            Err(ApiError::new(ErrorCode::Unavailable, "a shard has no leader"))
+        }
+    }
+
+    async fn listen(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        since: Option<u64>,
+    ) -> Result<Listening, ServiceError> {
+        relay::listen(self, caller, key, since).await
+    }
+}

@@ -1,0 +1,11 @@
+//! Raft between nodes over gRPC (`proto/chorus/v1/peer.proto`): the client side
+//! ([`network::GrpcNetwork`] on [`peers::PeerPool`]) and the server side
+//! ([`service::PeerService`] routing to a [`service::GroupTable`]).
+
+pub mod network;
+pub mod peers;
+pub mod service;
+
+pub use network::GrpcNetwork;
+pub use peers::{PeerConn, PeerError, PeerPool};
+pub use service::{GroupTable, PeerService};

@@ -1,0 +1,168 @@
+//! openraft's `RaftNetwork` over the peer connections: every group of this node shares one
+//! [`PeerPool`]; a call names its group so the receiver can route it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_proto::pb;
+use chorus_storage::TypeConfig;
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::peers::{PeerConn, PeerError, PeerPool};
+
+type NodeId = u64;
+type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
+
+/// The network factory of one group.
+#[derive(Clone)]
+pub struct GrpcNetwork {
+    group: u16,
+    pool: Arc<PeerPool>,
+}
+
+impl GrpcNetwork {
+    pub fn new(group: u16, pool: Arc<PeerPool>) -> Self {
+        GrpcNetwork { group, pool }
+    }
+}
+
+/// One group's view of one peer.
+pub struct GrpcConn {
+    group: u16,
+    target: NodeId,
+    peer: Result<PeerConn, String>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = GrpcConn;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConn {
+        let peer = self.pool.get(&node.addr).map_err(|e| e.to_string());
+        GrpcConn { group: self.group, target, peer }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Msg(String);
+
+fn unreachable<E: std::error::Error>(m: impl Into<String>) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&Msg(m.into())))
+}
+
+fn network<E: std::error::Error>(m: impl Into<String>) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&Msg(m.into())))
+}
+
+fn peer_failure<E: std::error::Error>(e: PeerError) -> RPCError<NodeId, BasicNode, E> {
+    match e {
+        PeerError::Unreachable { .. } | PeerError::Address { .. } => unreachable(e.to_string()),
+        PeerError::Failed { .. } => network(e.to_string()),
+    }
+}
+
+impl GrpcConn {
+    fn peer<E: std::error::Error>(&self) -> Result<&PeerConn, RPCError<NodeId, BasicNode, E>> {
+        self.peer.as_ref().map_err(|m| unreachable(m.clone()))
+    }
+
+    fn timeout<E: std::error::Error>(
+        &self,
+        action: RPCTypes,
+        ttl: Duration,
+    ) -> RPCError<NodeId, BasicNode, E> {
+        RPCError::Timeout(Timeout { action, id: 0, target: self.target, timeout: ttl })
+    }
+
+    async fn batched<Req, Resp, E>(
+        &self,
+        kind: pb::RaftKind,
+        action: RPCTypes,
+        req: &Req,
+        urgent: bool,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let peer = self.peer()?;
+        let payload = serde_json::to_vec(req).map_err(|e| network(e.to_string()))?;
+        let call = pb::RaftCall { group: u32::from(self.group), kind: kind as i32, payload };
+        let ttl = option.hard_ttl();
+        let reply = match tokio::time::timeout(ttl, peer.call(call, urgent)).await {
+            Ok(r) => r.map_err(peer_failure)?,
+            Err(_) => return Err(self.timeout(action, ttl)),
+        };
+        decode(self.target, &reply)
+    }
+}
+
+/// A reply's payload: `Result<Resp, RaftError<E>>` as JSON, or a routing error.
+fn decode<Resp, E>(target: NodeId, reply: &pb::RaftReply) -> Result<Resp, RpcErr<E>>
+where
+    Resp: DeserializeOwned,
+    E: std::error::Error + DeserializeOwned,
+{
+    if !reply.error.is_empty() {
+        // The peer has no such group (yet): as good as unreachable for this group.
+        return Err(unreachable(reply.error.clone()));
+    }
+    let result: Result<Resp, RaftError<NodeId, E>> =
+        serde_json::from_slice(&reply.payload).map_err(|e| network(e.to_string()))?;
+    result.map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+}
+
+impl RaftNetwork<TypeConfig> for GrpcConn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let urgent = !rpc.entries.is_empty();
+        self.batched(pb::RaftKind::Append, RPCTypes::AppendEntries, &rpc, urgent, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.batched(pb::RaftKind::Vote, RPCTypes::Vote, &rpc, true, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let mut client = self.peer()?.client();
+        let data = std::mem::take(&mut rpc.data);
+        let meta = serde_json::to_vec(&rpc).map_err(|e| network(e.to_string()))?;
+        let chunk = pb::SnapshotChunk { group: u32::from(self.group), meta, data };
+        let ttl = option.hard_ttl();
+        let reply = match tokio::time::timeout(ttl, client.install_snapshot(chunk)).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => {
+                let addr = self.peer.as_ref().map(|p| p.addr().to_owned()).unwrap_or_default();
+                return Err(peer_failure(PeerError::from_status(&addr, &status)));
+            }
+            Err(_) => return Err(self.timeout(RPCTypes::InstallSnapshot, ttl)),
+        };
+        decode(self.target, &reply)
+    }
+}

@@ -1,0 +1,198 @@
+//! One HTTP/2 connection per peer node, shared by every group, with Raft calls coalesced.
+//!
+//! Each peer has one batcher task. Calls queued while earlier batches are in flight leave
+//! together in one `Peer.Batch` RPC, so the heartbeats of 64 idle shards cost one round trip,
+//! and a busy shard's appends share the round trip of whatever else is going to that peer.
+//! Replies come back in call order.
+//!
+//! A batch that holds only heartbeats (appends without entries) lingers up to [`LINGER`] for
+//! company; anything carrying entries or a vote leaves at once. Idle groups' heartbeats thus
+//! share round trips without delaying a single write.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chorus_proto::pb;
+use chorus_proto::pb::peer_client::PeerClient;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+
+/// Most calls in one batch.
+const MAX_BATCH: usize = 256;
+/// Batches in flight to one peer at a time; more calls wait and coalesce.
+const IN_FLIGHT: usize = 8;
+/// How long a heartbeat-only batch waits for more calls. Far below any election timeout, and
+/// short because openraft's read barrier (`ensure_linearizable`) is itself a round of
+/// heartbeats: every linearizable read pays at most this much extra.
+const LINGER: Duration = Duration::from_millis(3);
+/// Largest gRPC message either way (Raft appends of big batches, snapshot chunks).
+pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+/// Why a call to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// Nothing was sent: the connection could not be made.
+    #[error("peer {addr} unreachable: {message}")]
+    Unreachable { addr: String, message: String },
+    /// The call failed in transit or on the peer; it may or may not have been handled.
+    #[error("call to peer {addr} failed: {message}")]
+    Failed { addr: String, message: String },
+    #[error("bad peer address {addr}: {message}")]
+    Address { addr: String, message: String },
+}
+
+impl PeerError {
+    pub fn from_status(addr: &str, status: &tonic::Status) -> PeerError {
+        let message = status.message().to_owned();
+        let addr = addr.to_owned();
+        // tonic reports a failed connect as `unavailable` with the transport error as source.
+        if status.code() == tonic::Code::Unavailable {
+            PeerError::Unreachable { addr, message }
+        } else {
+            PeerError::Failed { addr, message }
+        }
+    }
+}
+
+type Reply = Result<pb::RaftReply, PeerError>;
+
+struct Queued {
+    call: pb::RaftCall,
+    /// False for heartbeats, which may wait [`LINGER`] to travel with others.
+    urgent: bool,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// A connection to one peer: the batching queue plus a client for direct calls (snapshots).
+#[derive(Clone)]
+pub struct PeerConn {
+    addr: String,
+    tx: mpsc::UnboundedSender<Queued>,
+    client: PeerClient<Channel>,
+}
+
+impl PeerConn {
+    /// Sends one Raft call through the batcher; `urgent` is false only for heartbeats.
+    pub async fn call(&self, call: pb::RaftCall, urgent: bool) -> Reply {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Queued { call, urgent, reply }).is_err() {
+            return Err(PeerError::Unreachable {
+                addr: self.addr.clone(),
+                message: "peer connection closed".into(),
+            });
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(PeerError::Failed { addr: self.addr.clone(), message: "batch dropped".into() })
+        })
+    }
+
+    /// A direct unary client on the same connection.
+    pub fn client(&self) -> PeerClient<Channel> {
+        self.client.clone()
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+}
+
+/// The connections of this node to its peers, by address.
+pub struct PeerPool {
+    me: u64,
+    conns: Mutex<HashMap<String, PeerConn>>,
+}
+
+impl PeerPool {
+    pub fn new(me: u64) -> Arc<PeerPool> {
+        Arc::new(PeerPool { me, conns: Mutex::default() })
+    }
+
+    /// The connection to `addr` (`host:port`), made lazily on first use.
+    pub fn get(&self, addr: &str) -> Result<PeerConn, PeerError> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = conns.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = endpoint(addr)?.connect_lazy();
+        let client = PeerClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batcher(self.me, addr.to_owned(), client.clone(), rx));
+        let conn = PeerConn { addr: addr.to_owned(), tx, client };
+        conns.insert(addr.to_owned(), conn.clone());
+        Ok(conn)
+    }
+}
+
+/// An endpoint with the settings every inter-node connection uses.
+pub fn endpoint(addr: &str) -> Result<Endpoint, PeerError> {
+    let e = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| PeerError::Address { addr: addr.to_owned(), message: e.to_string() })?;
+    Ok(e.connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true))
+}
+
+async fn batcher(
+    me: u64,
+    addr: String,
+    client: PeerClient<Channel>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let mut urgent = batch[0].urgent;
+        let linger = tokio::time::Instant::now() + LINGER;
+        let mut open = true;
+        while open && !urgent && batch.len() < MAX_BATCH {
+            tokio::select! {
+                q = rx.recv() => match q {
+                    Some(q) => {
+                        urgent |= q.urgent;
+                        batch.push(q);
+                    }
+                    None => open = false,
+                },
+                () = tokio::time::sleep_until(linger) => break,
+            }
+        }
+        // Wait for a slot: calls that arrive meanwhile join this batch.
+        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(q) => batch.push(q),
+                Err(_) => break,
+            }
+        }
+        let mut client = client.clone();
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let (calls, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|q| (q.call, q.reply)).unzip();
+            let result = client.batch(pb::RaftBatch { from: me, calls }).await;
+            drop(permit);
+            match result {
+                Ok(resp) => {
+                    let mut got = resp.into_inner().replies.into_iter();
+                    for reply in replies {
+                        let r = got.next().ok_or_else(|| PeerError::Failed {
+                            addr: addr.clone(),
+                            message: "short batch reply".into(),
+                        });
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(status) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(PeerError::from_status(&addr, &status)));
+                    }
+                }
+            }
+        });
+    }
+}

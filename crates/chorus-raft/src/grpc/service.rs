@@ -1,0 +1,116 @@
+//! The receiving side of `Peer`: routes each call to the local group it names.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chorus_proto::pb;
+use chorus_proto::pb::peer_server::Peer;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use crate::Raft;
+
+/// The groups this node runs, by group id. Groups join as they start (and, with placement
+/// changes, as replicas move here).
+#[derive(Default)]
+pub struct GroupTable {
+    groups: RwLock<HashMap<u16, Raft>>,
+}
+
+impl GroupTable {
+    pub fn insert(&self, group: u16, raft: Raft) {
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group, raft);
+    }
+
+    pub fn remove(&self, group: u16) -> Option<Raft> {
+        self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&group)
+    }
+
+    pub fn get(&self, group: u16) -> Option<Raft> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
+    }
+
+    pub fn all(&self) -> Vec<(u16, Raft)> {
+        let g = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = g.iter().map(|(k, r)| (*k, r.clone())).collect();
+        v.sort_by_key(|(k, _)| *k);
+        v
+    }
+}
+
+/// The `Peer` gRPC service.
+pub struct PeerService {
+    groups: Arc<GroupTable>,
+}
+
+impl PeerService {
+    pub fn new(groups: Arc<GroupTable>) -> Self {
+        PeerService { groups }
+    }
+}
+
+fn reply<T: Serialize>(value: &T) -> pb::RaftReply {
+    match serde_json::to_vec(value) {
+        Ok(payload) => pb::RaftReply { payload, error: String::new() },
+        Err(e) => pb::RaftReply { payload: Vec::new(), error: format!("encoding reply: {e}") },
+    }
+}
+
+fn refuse(message: String) -> pb::RaftReply {
+    pb::RaftReply { payload: Vec::new(), error: message }
+}
+
+async fn handle(groups: &GroupTable, call: pb::RaftCall) -> pb::RaftReply {
+    let Ok(group) = u16::try_from(call.group) else {
+        return refuse(format!("no group {}", call.group));
+    };
+    let Some(raft) = groups.get(group) else {
+        return refuse(format!("group {group} does not run on this node"));
+    };
+    match pb::RaftKind::try_from(call.kind) {
+        Ok(pb::RaftKind::Append) => {
+            match serde_json::from_slice::<AppendEntriesRequest<chorus_storage::TypeConfig>>(
+                &call.payload,
+            ) {
+                Ok(req) => reply(&raft.append_entries(req).await),
+                Err(e) => refuse(format!("bad append: {e}")),
+            }
+        }
+        Ok(pb::RaftKind::Vote) => match serde_json::from_slice::<VoteRequest<u64>>(&call.payload) {
+            Ok(req) => reply(&raft.vote(req).await),
+            Err(e) => refuse(format!("bad vote: {e}")),
+        },
+        _ => refuse(format!("unknown call kind {}", call.kind)),
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn batch(
+        &self,
+        request: Request<pb::RaftBatch>,
+    ) -> Result<Response<pb::RaftBatchReply>, Status> {
+        let batch = request.into_inner();
+        let groups = &self.groups;
+        let replies =
+            futures_util::future::join_all(batch.calls.into_iter().map(|c| handle(groups, c)))
+                .await;
+        Ok(Response::new(pb::RaftBatchReply { replies }))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<pb::SnapshotChunk>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let chunk = request.into_inner();
+        let Some(raft) = u16::try_from(chunk.group).ok().and_then(|g| self.groups.get(g)) else {
+            return Ok(Response::new(refuse(format!("no group {} here", chunk.group))));
+        };
+        let mut req: InstallSnapshotRequest<chorus_storage::TypeConfig> =
+            serde_json::from_slice(&chunk.meta)
+                .map_err(|e| Status::invalid_argument(format!("bad snapshot chunk: {e}")))?;
+        req.data = chunk.data;
+        Ok(Response::new(reply(&raft.install_snapshot(req).await)))
+    }
+}

@@ -1,0 +1,128 @@
+//! `chorus node`: one storage node of a cluster. It serves the HTTP/WebSocket API (each
+//! operation routed to the stream's shard leader) and gRPC for its peers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chorus_config::Config;
+use chorus_edge::EdgeConfig;
+use chorus_node::cluster::{self, Router};
+use chorus_node::{ClusterSpec, Node, NodeConfig};
+
+use crate::cli::NodeArgs;
+use crate::dev::{actor_settings, raft_config, shutdown_signal};
+use crate::logging;
+
+/// Parses `id=host:port,…`.
+fn parse_peers(items: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut peers = BTreeMap::new();
+    for item in items.iter().filter(|i| !i.trim().is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .with_context(|| format!("--peers: expected id=host:port, got {item:?}"))?;
+        let id: u64 =
+            id.trim().parse().with_context(|| format!("--peers: bad node id in {item:?}"))?;
+        let addr = addr.trim();
+        if addr.is_empty() || !addr.contains(':') {
+            anyhow::bail!("--peers: expected host:port for node {id}, got {addr:?}");
+        }
+        if peers.insert(id, addr.to_owned()).is_some() {
+            anyhow::bail!("--peers: node {id} listed twice");
+        }
+    }
+    Ok(peers)
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    config.listen = args.listen;
+    config.data_dir = args.data.clone();
+    config.node_id = args.id;
+    if let Some(shards) = args.shards {
+        config.shards = shards;
+    }
+    let config = config.validate()?;
+    logging::init(config.log_format, &config.log_filter);
+    if args.jwt_secret.len() < 16 {
+        anyhow::bail!("--jwt-secret must be at least 16 bytes");
+    }
+    if args.api_key.len() < 16 {
+        anyhow::bail!("--api-key must be at least 16 bytes");
+    }
+    let peers = parse_peers(&args.peers)?;
+    let cluster = ClusterSpec { peers };
+    cluster.validate(args.id).map_err(anyhow::Error::msg)?;
+    let advertise = cluster.peers.get(&args.id).cloned().unwrap_or_default();
+
+    let api = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let peer_listener = tokio::net::TcpListener::bind(args.peer_listen)
+        .await
+        .with_context(|| format!("binding {}", args.peer_listen))?;
+    let node = Node::start(NodeConfig {
+        node_id: args.id,
+        shards: config.shards,
+        data_dir: config.data_dir.clone(),
+        advertise,
+        limits: config.limits.clone(),
+        actors: actor_settings(&config),
+        raft: raft_config(&config),
+        cluster: Some(cluster),
+    })
+    .await
+    .context("starting the node")?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut peer_stop = stop_rx.clone();
+    let peers = tokio::spawn(cluster::serve(node.clone(), peer_listener, async move {
+        let _ = peer_stop.wait_for(|s| *s).await;
+    }));
+    let router = chorus_edge::router(
+        Router::new(node.clone()),
+        EdgeConfig {
+            jwt_secret: args.jwt_secret.clone(),
+            api_key: args.api_key.clone(),
+            ..EdgeConfig::default()
+        },
+    );
+    println!(
+        "chorus node {} serving http://{} (peers on {}), {} shards",
+        args.id,
+        api.local_addr()?,
+        args.peer_listen,
+        node.shard_count()
+    );
+    let ready = node.clone();
+    tokio::spawn(async move {
+        if ready.wait_ready(Duration::from_secs(60)).await {
+            tracing::info!("every shard has a leader");
+        }
+    });
+    chorus_edge::serve(api, router, shutdown_signal()).await?;
+    let _ = stop_tx.send(true);
+    node.shutdown().await;
+    match peers.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "peer service ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "peer service task failed"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_peers;
+
+    #[test]
+    fn peers_parse_and_reject() {
+        let p = parse_peers(&["1=a:1".into(), "2=b:2".into(), "3=c:3".into()]).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[&2], "b:2");
+        assert!(parse_peers(&["1=a:1".into(), "1=b:2".into()]).is_err());
+        assert!(parse_peers(&["x=a:1".into()]).is_err());
+        assert!(parse_peers(&["1=nohost".into()]).is_err());
+    }
+}

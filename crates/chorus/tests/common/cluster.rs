@@ -1,0 +1,175 @@
+//! A cluster of real `chorus node` processes for tests: ephemeral ports, temp data dirs, real
+//! gRPC between them, SIGKILL and restart.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chorus_proto::pb;
+use chorus_proto::pb::admin_client::AdminClient;
+use serde_json::Value;
+
+use super::Api;
+
+pub const JWT_SECRET: &str = "cluster-test-secret-0123456789abcdef";
+pub const API_KEY: &str = "chorus_cluster_test_api_key_0123456789";
+
+pub struct Member {
+    pub id: u64,
+    pub api: String,
+    pub peer: String,
+    pub data: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+    config: PathBuf,
+    shards: u16,
+    _dir: tempfile::TempDir,
+}
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Cluster {
+    /// Starts `n` nodes with `shards` shards and the given extra config (TOML) and waits until
+    /// every shard has a leader.
+    pub fn start(n: usize, shards: u16, extra_config: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("chorus.toml");
+        std::fs::write(&config, format!("version = 1\n{extra_config}\n")).unwrap();
+        let members = (1..=n as u64)
+            .map(|id| Member {
+                id,
+                api: format!("127.0.0.1:{}", free_port()),
+                peer: format!("127.0.0.1:{}", free_port()),
+                data: dir.path().join(format!("node{id}")),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster { members, config, shards, _dir: dir };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        for i in 0..n {
+            cluster.wait_ready(i);
+        }
+        cluster
+    }
+
+    fn peers_arg(&self) -> String {
+        self.members.iter().map(|m| format!("{}={}", m.id, m.peer)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Starts member `i`'s process (again).
+    pub fn spawn(&mut self, i: usize) {
+        let peers = self.peers_arg();
+        let m = &mut self.members[i];
+        assert!(m.child.is_none(), "node {} already runs", m.id);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["node", "--id", &m.id.to_string(), "--listen", &m.api])
+            .args(["--peer-listen", &m.peer, "--peers", &peers])
+            .args(["--shards", &self.shards.to_string()])
+            .arg("--data")
+            .arg(&m.data)
+            .arg("--config")
+            .arg(&self.config)
+            .env("CHORUS_JWT_SECRET", JWT_SECRET)
+            .env("CHORUS_API_KEY", API_KEY)
+            .env("RUST_LOG", std::env::var("CHORUS_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start chorus node");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            let line = lines.next().expect("node exited before serving").expect("read stdout");
+            if line.starts_with("chorus node ") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        m.child = Some(child);
+    }
+
+    /// SIGKILL member `i`: no shutdown, no flush.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            c.kill().expect("kill");
+            c.wait().expect("wait");
+        }
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.members[i].child.is_some()
+    }
+
+    /// Waits until member `i` answers `/readyz` with 200 (every shard has a leader).
+    pub fn wait_ready(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("http://{}/readyz", self.members[i].api);
+        loop {
+            if let Ok(200) = super::plain_http_get(&url) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {} not ready in time", self.members[i].id);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// An HTTP client of member `i`, acting as `user` with the API key.
+    pub fn api(&self, i: usize, user: Option<&str>) -> Api {
+        Api::at(format!("http://{}", self.members[i].api), API_KEY.into(), user.map(Into::into))
+    }
+
+    pub async fn admin(&self, i: usize) -> AdminClient<tonic::transport::Channel> {
+        AdminClient::connect(format!("http://{}", self.members[i].peer)).await.expect("admin")
+    }
+
+    pub async fn status(&self, i: usize) -> pb::StatusReply {
+        self.admin(i).await.status(pb::StatusRequest {}).await.expect("status").into_inner()
+    }
+
+    /// Member `i`'s own copy of a stream's messages (no leader involved).
+    pub async fn local_messages(&self, i: usize, publisher: &str, name: &str) -> (u64, Vec<Value>) {
+        let reply = self
+            .admin(i)
+            .await
+            .local_messages(pb::LocalMessagesRequest {
+                publisher_id: publisher.into(),
+                name: name.into(),
+            })
+            .await
+            .expect("local messages")
+            .into_inner();
+        let messages =
+            reply.messages.iter().map(|m| serde_json::from_slice(m).unwrap()).collect();
+        (reply.message_count, messages)
+    }
+
+    /// The node that leads `group`, as member `i` sees it (0 when unknown).
+    pub async fn leader_of(&self, i: usize, group: u32) -> u64 {
+        self.status(i).await.groups.iter().find(|g| g.group == group).map_or(0, |g| g.leader)
+    }
+
+    pub fn index_of(&self, id: u64) -> usize {
+        self.members.iter().position(|m| m.id == id).expect("member")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Three real `chorus node` processes over real gRPC: a post is acknowledged only when a
+//! quorum has it, so SIGKILL of a shard leader under load loses nothing acknowledged, and
+//! ordinals stay gap-free on every replica; a restarted node catches up from the log, or from
+//! a snapshot when it fell behind the purged log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::enc;
+use serde_json::{Value, json};
+
+const FAST_RAFT: &str = "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\n";
+
+fn stream_name(s: usize) -> String {
+    format!("Chat/load/{s}")
+}
+
+async fn create_streams(cluster: &Cluster, n: usize) {
+    let app = cluster.api(0, None);
+    for s in 0..n {
+        let (status, body) = app
+            .call(
+                "POST",
+                "/v1/streams",
+                Some(json!({"publisherId": "alice", "name": stream_name(s), "type": "Chat/room"})),
+            )
+            .await;
+        assert_eq!(status, 201, "create: {body}");
+    }
+}
+
+/// Posts `count` messages to stream `s` one after another (a sequential client), each with
+/// its own clientMsgId and retried with the same id on any failure, against whichever nodes
+/// are up. Returns clientMsgId → acknowledged ordinal.
+async fn sequential_writer(
+    cluster: Arc<Mutex<Vec<(String, bool)>>>,
+    s: usize,
+    count: usize,
+    acked: Arc<AtomicUsize>,
+) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let path = format!("/v1/streams/alice/{}/messages", enc(&stream_name(s)));
+    let mut node = s;
+    for k in 0..count {
+        let id = format!("w{s}-{k}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "post {id} not acknowledged within 30 s");
+            let (base, up) = {
+                let nodes = cluster.lock().unwrap();
+                nodes[node % nodes.len()].clone()
+            };
+            if !up {
+                node += 1;
+                continue;
+            }
+            let api = common::Api::at(base, common::cluster::API_KEY.into(), None);
+            let body = json!({"type": "Chat/message", "content": k.to_string(), "clientMsgId": id});
+            match api.try_call("POST", &path, Some(body)).await {
+                Ok((200 | 201, v)) => {
+                    let ordinal = v["message"]["ordinal"].as_u64().or(v["ordinal"].as_u64());
+                    out.insert(id.clone(), ordinal.unwrap_or_else(|| panic!("no ordinal: {v}")));
+                    acked.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                Ok((status, v)) => {
+                    assert!(status >= 500 || status == 429, "post refused for good: {status} {v}");
+                }
+                Err(_) => {}
+            }
+            node += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    out
+}
+
+/// Waits until member `i` holds every stream's `Streams/created` plus `count` posts, then checks
+/// its copy: ordinals gap-free from 1, every acknowledged post once at its ordinal, each
+/// writer's posts in the order it sent them.
+async fn check_replica(
+    cluster: &Cluster,
+    i: usize,
+    acked: &[BTreeMap<String, u64>],
+    posts: usize,
+) -> Vec<Vec<Value>> {
+    let count = posts + 1;
+    let mut copies = Vec::new();
+    for (s, acks) in acked.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (n, messages) = loop {
+            let (n, messages) = cluster.local_messages(i, "alice", &stream_name(s)).await;
+            if messages.len() >= count || Instant::now() > deadline {
+                break (n, messages);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let node = cluster.members[i].id;
+        assert_eq!(messages.len(), count, "node {node} stream {s}: {} messages", messages.len());
+        assert_eq!(n, count as u64, "node {node} stream {s}: messageCount");
+        let mut seen = BTreeMap::new();
+        assert_eq!(messages[0]["type"], json!("Streams/created"));
+        for (idx, m) in messages.iter().enumerate() {
+            assert_eq!(m["ordinal"], json!(idx as u64 + 1), "node {node} stream {s}: gap");
+            if idx == 0 {
+                continue;
+            }
+            let id = m["clientMsgId"].as_str().expect("clientMsgId").to_owned();
+            assert!(seen.insert(id.clone(), idx as u64 + 1).is_none(), "duplicate {id}");
+            // The writer is sequential: its k-th post (from 0) has ordinal k+2.
+            assert_eq!(m["content"], json!((idx - 1).to_string()), "node {node} stream {s}: order");
+        }
+        for (id, ordinal) in acks {
+            assert_eq!(seen.get(id), Some(ordinal), "node {node}: acked {id} missing or moved");
+        }
+        copies.push(messages);
+    }
+    copies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_shard_leader_under_load_loses_nothing_acknowledged() {
+    const STREAMS: usize = 6;
+    const PER_STREAM: usize = 40;
+    let mut cluster = Cluster::start(3, 8, FAST_RAFT);
+    create_streams(&cluster, STREAMS).await;
+    let nodes: Vec<(String, bool)> =
+        cluster.members.iter().map(|m| (format!("http://{}", m.api), true)).collect();
+    let nodes = Arc::new(Mutex::new(nodes));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..STREAMS)
+        .map(|s| tokio::spawn(sequential_writer(nodes.clone(), s, PER_STREAM, acked.clone())))
+        .collect();
+
+    // Once a third is acknowledged, SIGKILL the leader of stream 0's shard.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Ordering::SeqCst) < STREAMS * PER_STREAM / 3 {
+        assert!(Instant::now() < deadline, "posts are not flowing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = cluster.status(0).await;
+    let busiest = status.groups.iter().max_by_key(|g| g.last_log_index).expect("groups");
+    let victim = cluster.index_of(busiest.leader);
+    nodes.lock().unwrap()[victim].1 = false;
+    cluster.kill(victim);
+    let acked_at_kill = acked.load(Ordering::SeqCst);
+
+    let mut results = Vec::new();
+    for w in writers {
+        results.push(w.await.expect("writer"));
+    }
+    assert!(acked.load(Ordering::SeqCst) > acked_at_kill, "writes continued after the kill");
+
+    // Every acknowledged post is on both survivors, once, in order.
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    let a = check_replica(&cluster, survivors[0], &results, PER_STREAM).await;
+    let b = check_replica(&cluster, survivors[1], &results, PER_STREAM).await;
+    assert_eq!(a, b, "survivors differ");
+
+    // The killed node comes back and catches up from the log.
+    cluster.spawn(victim);
+    cluster.wait_ready(victim);
+    let c = check_replica(&cluster, victim, &results, PER_STREAM).await;
+    assert_eq!(a, c, "restarted node differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
+    const STREAMS: usize = 4;
+    const PER_STREAM: usize = 60;
+    let config = format!("{FAST_RAFT}snapshot_every_logs = 20\n");
+    let mut cluster = Cluster::start(3, 4, &config);
+    create_streams(&cluster, STREAMS).await;
+    let before = cluster.status(2).await;
+    let behind: BTreeMap<u32, u64> =
+        before.groups.iter().map(|g| (g.group, g.last_log_index)).collect();
+    cluster.kill(2);
+
+    let nodes: Vec<(String, bool)> = cluster
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("http://{}", m.api), i != 2))
+        .collect();
+    let nodes = Arc::new(Mutex::new(nodes));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..STREAMS)
+        .map(|s| tokio::spawn(sequential_writer(nodes.clone(), s, PER_STREAM, acked.clone())))
+        .collect();
+    let mut results = Vec::new();
+    for w in writers {
+        results.push(w.await.expect("writer"));
+    }
+
+    // Some shard's leader has purged its log past where node 3 stopped: only a snapshot can
+    // bring node 3 back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cluster.status(0).await;
+        let purged_past = status.groups.iter().any(|g| {
+            g.leader != 0 && g.purged > behind.get(&g.group).copied().unwrap_or(0)
+        });
+        let leaders_purged = {
+            let mut any = purged_past;
+            for i in 0..2 {
+                let st = cluster.status(i).await;
+                any |= st.groups.iter().any(|g| {
+                    g.leader == st.node_id && g.purged > behind.get(&g.group).copied().unwrap_or(0)
+                });
+            }
+            any
+        };
+        if leaders_purged {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leader purged its log: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    cluster.spawn(2);
+    cluster.wait_ready(2);
+    let a = check_replica(&cluster, 0, &results, PER_STREAM).await;
+    let c = check_replica(&cluster, 2, &results, PER_STREAM).await;
+    assert_eq!(a, c, "node 3 differs after catching up");
+    let st = cluster.status(2).await;
+    assert!(st.groups.iter().any(|g| g.snapshot > 0), "node 3 installed no snapshot");
+}
