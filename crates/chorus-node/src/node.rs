@@ -1,11 +1,12 @@
 //! Starting, serving and stopping a node.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_raft::{ShardGroup, start_groups};
 use chorus_storage::Db;
+use chorus_storage::metrics::Registered;
 use chorus_streams::validate::Limits;
 use chorus_types::{ShardId, StreamKey, shard::shard_of};
 
@@ -68,6 +69,9 @@ pub(crate) struct Inner {
     pub(crate) actors: ActorRegistry,
     /// One per shard, indexed by shard id; taken at shutdown.
     pub(crate) proposers: Vec<ShardProposer>,
+    /// The scrape-time collectors reading this node's groups and database; emptied at
+    /// shutdown so the registry lets go of the database.
+    pub(crate) collectors: Mutex<Vec<Registered>>,
 }
 
 impl Node {
@@ -100,13 +104,31 @@ impl Node {
         )
         .await?;
         tracing::info!(groups = groups.len(), "shard groups started");
+        crate::metrics::register();
+        let collectors = Mutex::new(crate::metrics::register_collectors(&groups, &db));
         let actors = ActorRegistry::new(config.actors.clone());
         let proposers = groups
             .iter()
-            .map(|g| ShardProposer::start(g.shard, g.raft.clone(), config.actors.request_timeout))
+            .map(|g| {
+                ShardProposer::start(
+                    config.node_id,
+                    g.shard,
+                    g.raft.clone(),
+                    config.actors.request_timeout,
+                )
+            })
             .collect();
         Ok(Node {
-            inner: Arc::new(Inner { config, db, shard_count, groups, hub, actors, proposers }),
+            inner: Arc::new(Inner {
+                config,
+                db,
+                shard_count,
+                groups,
+                hub,
+                actors,
+                proposers,
+                collectors,
+            }),
         })
     }
 
@@ -153,6 +175,7 @@ impl Node {
                 tracing::warn!(shard = %g.shard, error = %e, "shard shutdown failed");
             }
         }
+        self.inner.collectors.lock().unwrap_or_else(|p| p.into_inner()).clear();
         tracing::info!("node stopped");
     }
 }

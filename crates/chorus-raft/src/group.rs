@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use chorus_storage::{Applier, ApplyObserver, Db, LogStore, LogWriter, StateMachine};
 use chorus_types::ShardId;
@@ -26,6 +27,9 @@ pub enum StartError {
 pub struct ShardGroup {
     pub shard: ShardId,
     pub raft: Raft,
+    /// The committed log index as the log store last saw it (for metrics; see
+    /// [`crate::metrics`]).
+    pub committed: Arc<AtomicU64>,
 }
 
 /// Starts (or restarts from RocksDB) every shard group of a single-voter node. A fresh group
@@ -46,6 +50,7 @@ pub async fn start_groups(
     for s in 0..shard_count {
         let shard = ShardId(s);
         let log = LogStore::new(db.clone(), shard, writer.clone());
+        let committed = log.committed_index();
         let sm =
             StateMachine::open(db.clone(), shard, applier.clone(), Some(observer.clone())).await?;
         let raft = Raft::new(node_id, config.clone(), LocalOnly, log, sm)
@@ -66,7 +71,7 @@ pub async fn start_groups(
                 Err(e) => return Err(StartError::Raft { shard, message: e.to_string() }),
             }
         }
-        groups.push(ShardGroup { shard, raft });
+        groups.push(ShardGroup { shard, raft, committed });
     }
     Ok(groups)
 }

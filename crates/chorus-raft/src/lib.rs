@@ -9,8 +9,10 @@
 //! # Layout
 //! - [`group`]: [`group::ShardGroup`], one shard's `Raft` handle, and [`group::start_groups`].
 //! - [`network`]: the peer transport used by the groups.
+//! - [`metrics`]: per-shard Raft gauges (`chorus_raft_shard_*`), read at scrape time.
 
 pub mod group;
+pub mod metrics;
 pub mod network;
 
 pub use group::{ShardGroup, StartError, start_groups};

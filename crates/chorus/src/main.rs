@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod dev;
 mod logging;
+mod process_metrics;
 mod secrets;
 mod token;
 
