@@ -1,6 +1,8 @@
 //! A `chorus dev` process for end-to-end tests: ephemeral port, temp data dir, real sockets.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod deploy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
