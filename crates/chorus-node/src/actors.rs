@@ -55,7 +55,7 @@ impl ActorRegistry {
                     parent: None,
                     "stream_actor",
                     node = node.config.node_id,
-                    shard = %chorus_types::shard::shard_of(key, node.shard_count),
+                    shard = chorus_types::shard::shard_of(key, node.shard_count).0,
                     stream = %key,
                 );
                 tasks.spawn(actor.run().instrument(span));

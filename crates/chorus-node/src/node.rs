@@ -142,7 +142,13 @@ impl Node {
 
     /// True when every shard group has a leader.
     pub fn is_ready(&self) -> bool {
-        self.inner.groups.iter().all(|g| g.raft.metrics().borrow().current_leader.is_some())
+        self.shards_without_leader() == 0
+    }
+
+    /// Local shard groups that know no leader (`/readyz` is not ready while any does).
+    pub fn shards_without_leader(&self) -> usize {
+        let groups = self.inner.groups.iter();
+        groups.filter(|g| g.raft.metrics().borrow().current_leader.is_none()).count()
     }
 
     /// Waits until every shard has a leader, or the timeout passes.

@@ -45,7 +45,8 @@ impl ShardProposer {
         timeout: std::time::Duration,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let span = tracing::info_span!(parent: None, "shard_proposer", node = node_id, %shard);
+        let span =
+            tracing::info_span!(parent: None, "shard_proposer", node = node_id, shard = shard.0);
         let task = tokio::spawn(run(shard, raft, rx, timeout).instrument(span));
         ShardProposer { tx, task }
     }

@@ -182,7 +182,11 @@ fn clamp_limit(limit: Option<u64>) -> Result<usize, ServiceError> {
 
 #[async_trait::async_trait]
 impl StreamService for Node {
-    #[instrument(name = "create", skip_all, fields(node = self.node_id(), shard, stream))]
+    #[instrument(
+        name = "create",
+        skip_all,
+        fields(node = self.node_id(), shard, stream)
+    )]
     async fn create(&self, caller: &Caller, req: CreateStream) -> Result<StreamView, ServiceError> {
         let publisher = match (&caller.principal, req.publisher_id) {
             (Principal::App, Some(p)) => p,
@@ -246,12 +250,16 @@ impl StreamService for Node {
         );
         let key = stream.key();
         let span = tracing::Span::current();
-        span.record("shard", tracing::field::display(self.shard_of(&key)));
+        span.record("shard", self.shard_of(&key).0);
         span.record("stream", tracing::field::display(&key));
         self.write_stream(caller, &key, WriteOp::Create { stream: Box::new(stream), rows }).await
     }
 
-    #[instrument(name = "fetch", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "fetch",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn fetch(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
         self.read_barrier(key).await?;
         let ctx = self.context(key).await?;
@@ -263,7 +271,11 @@ impl StreamService for Node {
         Ok(view(record, &access))
     }
 
-    #[instrument(name = "batch_get", skip_all, fields(node = self.node_id()))]
+    #[instrument(
+        name = "batch_get",
+        skip_all,
+        fields(node = self.node_id())
+    )]
     async fn batch_get(
         &self,
         caller: &Caller,
@@ -283,7 +295,11 @@ impl StreamService for Node {
         Ok(out)
     }
 
-    #[instrument(name = "update", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "update",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn update(
         &self,
         caller: &Caller,
@@ -305,12 +321,20 @@ impl StreamService for Node {
         self.write_stream(caller, key, op).await
     }
 
-    #[instrument(name = "close", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "close",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn close(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
         self.write_stream(caller, key, WriteOp::Close).await
     }
 
-    #[instrument(name = "post", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "post",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn post(
         &self,
         caller: &Caller,
@@ -321,11 +345,19 @@ impl StreamService for Node {
         let result = self.post_inner(caller, key, req).await;
         let failure = result.as_ref().err().map(|e| e.error.code);
         let duplicate = result.as_ref().is_ok_and(|posted| posted.duplicate);
-        crate::metrics::record_post(failure, duplicate, accepted.elapsed().as_secs_f64());
+        let seconds = accepted.elapsed().as_secs_f64();
+        crate::metrics::record_post(failure, duplicate, seconds);
+        // Inside the request span, so a debug log shows node, shard and stream with it.
+        let code = failure.map_or("ok", ErrorCode::as_str);
+        tracing::debug!(code, duplicate, seconds, "post answered");
         result
     }
 
-    #[instrument(name = "messages", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "messages",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn messages(
         &self,
         caller: &Caller,
@@ -347,7 +379,11 @@ impl StreamService for Node {
             .await
     }
 
-    #[instrument(name = "participate", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "participate",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn participate(
         &self,
         caller: &Caller,
@@ -371,7 +407,11 @@ impl StreamService for Node {
         )
     }
 
-    #[instrument(name = "participants", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "participants",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn participants(
         &self,
         caller: &Caller,
@@ -396,7 +436,11 @@ impl StreamService for Node {
         Ok(ParticipantPage { participants, next })
     }
 
-    #[instrument(name = "access", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "access",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn access(
         &self,
         caller: &Caller,
@@ -417,7 +461,11 @@ impl StreamService for Node {
         self.blocking_read(move |db| reads::access_rows(db, shard, &key)).await
     }
 
-    #[instrument(name = "set_access", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "set_access",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn set_access(
         &self,
         caller: &Caller,
@@ -435,7 +483,11 @@ impl StreamService for Node {
         })
     }
 
-    #[instrument(name = "ephemeral", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "ephemeral",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn ephemeral(
         &self,
         caller: &Caller,
@@ -462,14 +514,22 @@ impl StreamService for Node {
     }
 
     async fn readiness(&self) -> Result<(), ApiError> {
-        if self.is_ready() {
+        let without_leader = self.shards_without_leader();
+        if without_leader == 0 {
             Ok(())
         } else {
-            Err(ApiError::unavailable("not every shard has a leader yet"))
+            Err(ApiError::unavailable(format!(
+                "{without_leader} of {} shards have no known leader",
+                self.shard_count()
+            )))
         }
     }
 
-    #[instrument(name = "listen", skip_all, fields(node = self.node_id(), shard = %self.shard_of(key), stream = %key))]
+    #[instrument(
+        name = "listen",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn listen(
         &self,
         caller: &Caller,
