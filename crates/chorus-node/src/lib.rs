@@ -21,6 +21,8 @@
 //! - `hub`: committed messages and ephemerals to local listeners.
 //! - `listen`: backlog-then-live delivery without gaps or duplicates.
 //! - `service`: the `StreamService` implementation.
+//! - [`metrics`]: `chorus_node_*` (posts by code, post and commit latency, actors, listens) and
+//!   the scrape-time collectors a node registers (Raft per shard, RocksDB, disk).
 
 mod access_ctx;
 mod actor;

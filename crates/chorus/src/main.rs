@@ -2,7 +2,7 @@
 //! token` mints a JWT with a data dir's dev secret; `chorus post` and `chorus tail` are small
 //! clients in the spirit of the `nats` CLI.
 //!
-//! This crate is wiring only: configuration, logging, secrets and the CLI. Everything else
+//! This crate is wiring only: configuration, logging, process metrics, secrets and the CLI. Everything else
 //! lives in the library crates.
 
 mod cli;
