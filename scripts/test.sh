@@ -37,6 +37,22 @@ if command -v kubectl >/dev/null 2>&1; then
   kubectl kustomize deploy/k8s >/dev/null && echo "kubectl kustomize deploy/k8s: ok"
 fi
 
+echo "== deploy: Kubernetes manifests against the API schemas"
+# kubernetes-validate (PyPI) carries the Kubernetes JSON schemas, so no API server is needed.
+TOOLS="$HOME/.cache/chorus-tools"
+if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
+  echo "installing kubernetes-validate into $TOOLS/venv..." >&2
+  if ! python3 -m venv "$TOOLS/venv" >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$TOOLS/venv"
+  fi
+  "$TOOLS/venv/bin/pip" install -q kubernetes-validate==1.37.0
+fi
+"$TOOLS/venv/bin/kubernetes-validate" --strict deploy/k8s/nodes.yaml deploy/k8s/edges.yaml
+
 echo "== tests"
 # The end-to-end tests start the built binary.
 cargo build --bin chorus
