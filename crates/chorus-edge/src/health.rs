@@ -39,9 +39,19 @@ async fn readyz(State(edge): State<Arc<EdgeState>>) -> Response {
 }
 
 async fn metrics() -> Response {
+    // Scrape-time collectors read RocksDB properties and /proc: blocking calls, kept off the
+    // async workers.
+    let families = match tokio::task::spawn_blocking(prometheus::gather).await {
+        Ok(families) => families,
+        Err(error) => {
+            tracing::warn!(%error, "metrics gathering failed");
+            return ErrorReply::from(ApiError::internal("metrics gathering failed"))
+                .into_response();
+        }
+    };
     let encoder = TextEncoder::new();
     let mut buffer = Vec::new();
-    if let Err(error) = encoder.encode(&prometheus::gather(), &mut buffer) {
+    if let Err(error) = encoder.encode(&families, &mut buffer) {
         tracing::warn!(%error, "metrics encoding failed");
         return ErrorReply::from(ApiError::internal("metrics encoding failed")).into_response();
     }

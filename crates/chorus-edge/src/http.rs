@@ -17,7 +17,7 @@ use chorus_types::{ApiError, ErrorCode};
 
 use crate::error::ErrorReply;
 use crate::extract::{Authenticated, JsonBody, OptionalJsonBody, QueryArgs, StreamPath};
-use crate::metrics::{Transport, record_request};
+use crate::metrics::{Transport, record_request, record_timed_request};
 use crate::ops::{AccessRowsBody, BatchGetBody, OpName, Request, dispatch};
 use crate::state::EdgeState;
 
@@ -51,6 +51,7 @@ async fn respond(
     caller: Auth,
     request: Result<Request, ErrorReply>,
 ) -> Response {
+    let started = std::time::Instant::now();
     // Authentication is checked first: an anonymous caller learns nothing about its request.
     let outcome = match (caller, request) {
         (Err(error), _) | (Ok(_), Err(error)) => Err(error),
@@ -58,7 +59,12 @@ async fn respond(
             dispatch(edge.service.as_ref(), &caller, request).await.map_err(ErrorReply::from)
         }
     };
-    record_request(Transport::Http, op, outcome.as_ref().err().map(ErrorReply::code));
+    record_timed_request(
+        Transport::Http,
+        op,
+        outcome.as_ref().err().map(ErrorReply::code),
+        started,
+    );
     match outcome {
         Ok(reply) => (reply.status, Json(reply.body)).into_response(),
         Err(error) => error.into_response(),

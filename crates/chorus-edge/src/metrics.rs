@@ -4,9 +4,10 @@
 //! [`ErrorCode`] name (or `ok`). Never a stream, user or session id.
 
 use std::sync::LazyLock;
+use std::time::Instant;
 
 use chorus_types::ErrorCode;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
 
 use crate::ops::OpName;
 
@@ -45,6 +46,33 @@ static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     );
     registered(
         IntCounterVec::new(opts, &["transport", "op", "code"]).expect("static metric definition"),
+    )
+});
+
+/// Request latency from the edge's point of view: request parsed to reply ready. For a post
+/// that is accept to ack (committed on a quorum and applied), including the hop to the owner.
+#[allow(clippy::expect_used)]
+static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let opts = HistogramOpts::new(
+        "chorus_edge_request_duration_seconds",
+        "Client request latency at the edge, by transport and operation.",
+    )
+    .buckets(vec![
+        0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048,
+        5.0, 10.0,
+    ]);
+    registered(HistogramVec::new(opts, &["transport", "op"]).expect("static metric definition"))
+});
+
+#[allow(clippy::expect_used)]
+pub(crate) static DELIVERIES: LazyLock<IntCounter> = LazyLock::new(|| {
+    registered(
+        IntCounter::new(
+            "chorus_edge_deliveries_total",
+            "Committed messages queued to WebSocket sessions (fan-out: one per message per \
+             listening session).",
+        )
+        .expect("static metric definition"),
     )
 });
 
@@ -89,6 +117,8 @@ pub(crate) static EPHEMERALS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
 /// Creates and registers every metric, so `/metrics` lists them before their first use.
 pub(crate) fn register() {
     LazyLock::force(&REQUESTS);
+    LazyLock::force(&REQUEST_SECONDS);
+    LazyLock::force(&DELIVERIES);
     LazyLock::force(&SESSIONS);
     LazyLock::force(&LISTENS);
     LazyLock::force(&RESYNCS);
@@ -99,6 +129,19 @@ pub(crate) fn register() {
 pub(crate) fn record_request(transport: Transport, op: OpName, failure: Option<ErrorCode>) {
     let code = failure.map(ErrorCode::as_str).unwrap_or("ok");
     REQUESTS.with_label_values(&[transport.as_str(), op.as_str(), code]).inc();
+}
+
+/// Counts one finished request that started at `started`, with its latency.
+pub(crate) fn record_timed_request(
+    transport: Transport,
+    op: OpName,
+    failure: Option<ErrorCode>,
+    started: Instant,
+) {
+    record_request(transport, op, failure);
+    REQUEST_SECONDS
+        .with_label_values(&[transport.as_str(), op.as_str()])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Holds a gauge up for as long as it lives, so every exit path (abort included) gives it back.
@@ -130,6 +173,7 @@ mod tests {
             prometheus::gather().iter().map(|family| family.name().to_owned()).collect();
         for expected in [
             "chorus_edge_requests_total",
+            "chorus_edge_deliveries_total",
             "chorus_edge_sessions",
             "chorus_edge_listens",
             "chorus_edge_resyncs_total",

@@ -11,6 +11,7 @@ use chorus_api::ServiceError;
 use chorus_types::{ErrorCode, StreamKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::actor::{ActorRequest, StreamActor};
 use crate::error::err;
@@ -49,7 +50,15 @@ impl ActorRegistry {
                 let actor = StreamActor::new(Arc::downgrade(node), key.clone(), rx);
                 let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
                 while tasks.try_join_next().is_some() {}
-                tasks.spawn(actor.run());
+                // A root span: the actor outlives the request that started it.
+                let span = tracing::info_span!(
+                    parent: None,
+                    "stream_actor",
+                    node = node.config.node_id,
+                    shard = chorus_types::shard::shard_of(key, node.shard_count).0,
+                    stream = %key,
+                );
+                tasks.spawn(actor.run().instrument(span));
                 mailboxes.insert(key.clone(), tx.clone());
                 tx
             }

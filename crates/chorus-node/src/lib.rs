@@ -23,6 +23,8 @@
 //! - `service`: the `StreamService` implementation over this node's shards.
 //! - [`cluster`]: the gRPC services a cluster member offers its peers, and the [`cluster::Router`]
 //!   that runs each operation on the stream's shard leader.
+//! - [`metrics`]: `chorus_node_*` (posts by code, post and commit latency, actors, listens) and
+//!   the scrape-time collectors a node registers (Raft per shard, RocksDB, disk).
 
 mod access_ctx;
 mod actor;

@@ -124,6 +124,7 @@ impl Listen {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
+                    metrics::LISTEN_CATCHUPS.inc();
                     let Some(count) = self.current_count().await else { return };
                     if !self.catch_up(count).await {
                         return;

@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_raft::grpc::{GroupTable, GrpcNetwork, PeerPool};
 use chorus_raft::{GroupHost, ShardGroup, start_groups};
 use chorus_storage::Db;
+use chorus_storage::metrics::Registered;
 use chorus_streams::validate::Limits;
 use chorus_types::{ShardId, StreamKey, shard::shard_of};
 
@@ -100,6 +101,9 @@ pub(crate) struct Inner {
     pub(crate) proposers: Vec<ShardProposer>,
     /// The groups by id, as the peer service routes to them.
     pub(crate) table: Arc<GroupTable>,
+    /// The scrape-time collectors reading this node's groups and database; emptied at
+    /// shutdown so the registry lets go of the database.
+    pub(crate) collectors: Mutex<Vec<Registered>>,
 }
 
 impl Node {
@@ -146,10 +150,19 @@ impl Node {
             table.insert(g.shard.0, g.raft.clone());
         }
         tracing::info!(groups = groups.len(), "shard groups started");
+        crate::metrics::register();
+        let collectors = Mutex::new(crate::metrics::register_collectors(&groups, &db));
         let actors = ActorRegistry::new(config.actors.clone());
         let proposers = groups
             .iter()
-            .map(|g| ShardProposer::start(g.shard, g.raft.clone(), config.actors.request_timeout))
+            .map(|g| {
+                ShardProposer::start(
+                    config.node_id,
+                    g.shard,
+                    g.raft.clone(),
+                    config.actors.request_timeout,
+                )
+            })
             .collect();
         Ok(Node {
             inner: Arc::new(Inner {
@@ -161,6 +174,7 @@ impl Node {
                 actors,
                 proposers,
                 table,
+                collectors,
             }),
         })
     }
@@ -197,7 +211,13 @@ impl Node {
 
     /// True when every shard group has a leader.
     pub fn is_ready(&self) -> bool {
-        self.inner.groups.iter().all(|g| g.raft.metrics().borrow().current_leader.is_some())
+        self.shards_without_leader() == 0
+    }
+
+    /// Local shard groups that know no leader (`/readyz` is not ready while any does).
+    pub fn shards_without_leader(&self) -> usize {
+        let groups = self.inner.groups.iter();
+        groups.filter(|g| g.raft.metrics().borrow().current_leader.is_none()).count()
     }
 
     /// Waits until every shard has a leader, or the timeout passes.
@@ -230,6 +250,7 @@ impl Node {
                 tracing::warn!(shard = %g.shard, error = %e, "shard shutdown failed");
             }
         }
+        self.inner.collectors.lock().unwrap_or_else(|p| p.into_inner()).clear();
         tracing::info!("node stopped");
     }
 }

@@ -14,6 +14,7 @@ use chorus_types::{ErrorCode, ShardId};
 use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::error::err;
 use crate::metrics;
@@ -37,9 +38,16 @@ pub struct ShardProposer {
 }
 
 impl ShardProposer {
-    pub fn start(shard: ShardId, raft: chorus_raft::Raft, timeout: std::time::Duration) -> Self {
+    pub fn start(
+        node_id: u64,
+        shard: ShardId,
+        raft: chorus_raft::Raft,
+        timeout: std::time::Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(shard, raft, rx, timeout));
+        let span =
+            tracing::info_span!(parent: None, "shard_proposer", node = node_id, shard = shard.0);
+        let task = tokio::spawn(run(shard, raft, rx, timeout).instrument(span));
         ShardProposer { tx, task }
     }
 

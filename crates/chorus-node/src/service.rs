@@ -20,6 +20,7 @@ use chorus_types::{
 };
 use serde_json::json;
 use tokio::sync::oneshot;
+use tracing::instrument;
 
 use crate::access_ctx::AccessCtx;
 use crate::actor::{ActorRequest, Reply};
@@ -60,6 +61,11 @@ fn unexpected(o: &Outcome) -> ServiceError {
 }
 
 impl Node {
+    /// This node's Raft id, for spans and logs.
+    pub fn node_id(&self) -> u64 {
+        self.inner.config.node_id
+    }
+
     fn shard_raft(&self, key: &StreamKey) -> &chorus_raft::Raft {
         &self.inner.groups[usize::from(self.shard_of(key).0)].raft
     }
@@ -137,6 +143,32 @@ impl Node {
         }
         Ok(None)
     }
+
+    async fn post_inner(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: NewPost,
+    ) -> Result<Posted, ServiceError> {
+        self.inner.config.limits.check_message(&req.content, req.instructions.as_ref())?;
+        // `Streams/…` messages are the server's record of changes; users cannot forge them.
+        if req.message_type.as_str().starts_with("Streams/") && caller.principal != Principal::App {
+            return Err(err(
+                ErrorCode::Forbidden,
+                "Streams/ message types are posted by the server",
+            ));
+        }
+        let op = WriteOp::Post {
+            message_type: req.message_type,
+            content: req.content,
+            instructions: req.instructions,
+            client_msg_id: req.client_msg_id,
+        };
+        settle(self.write(caller, key, op).await?, |outcome, _access| match outcome {
+            Outcome::Posted { message, duplicate } => Ok(Posted { message: *message, duplicate }),
+            other => Err(other),
+        })
+    }
 }
 
 /// `limit` defaults to 100 and is clamped to 1000; 0 asks for nothing and is refused.
@@ -150,6 +182,11 @@ fn clamp_limit(limit: Option<u64>) -> Result<usize, ServiceError> {
 
 #[async_trait::async_trait]
 impl StreamService for Node {
+    #[instrument(
+        name = "create",
+        skip_all,
+        fields(node = self.node_id(), shard, stream)
+    )]
     async fn create(&self, caller: &Caller, req: CreateStream) -> Result<StreamView, ServiceError> {
         let publisher = match (&caller.principal, req.publisher_id) {
             (Principal::App, Some(p)) => p,
@@ -212,9 +249,17 @@ impl StreamService for Node {
             template.as_ref().map(|(s, r)| (s, r.as_slice())),
         );
         let key = stream.key();
+        let span = tracing::Span::current();
+        span.record("shard", self.shard_of(&key).0);
+        span.record("stream", tracing::field::display(&key));
         self.write_stream(caller, &key, WriteOp::Create { stream: Box::new(stream), rows }).await
     }
 
+    #[instrument(
+        name = "fetch",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn fetch(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
         self.read_barrier(key).await?;
         let ctx = self.context(key).await?;
@@ -226,6 +271,11 @@ impl StreamService for Node {
         Ok(view(record, &access))
     }
 
+    #[instrument(
+        name = "batch_get",
+        skip_all,
+        fields(node = self.node_id())
+    )]
     async fn batch_get(
         &self,
         caller: &Caller,
@@ -245,6 +295,11 @@ impl StreamService for Node {
         Ok(out)
     }
 
+    #[instrument(
+        name = "update",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn update(
         &self,
         caller: &Caller,
@@ -266,36 +321,43 @@ impl StreamService for Node {
         self.write_stream(caller, key, op).await
     }
 
+    #[instrument(
+        name = "close",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn close(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
         self.write_stream(caller, key, WriteOp::Close).await
     }
 
+    #[instrument(
+        name = "post",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn post(
         &self,
         caller: &Caller,
         key: &StreamKey,
         req: NewPost,
     ) -> Result<Posted, ServiceError> {
-        self.inner.config.limits.check_message(&req.content, req.instructions.as_ref())?;
-        // `Streams/…` messages are the server's record of changes; users cannot forge them.
-        if req.message_type.as_str().starts_with("Streams/") && caller.principal != Principal::App {
-            return Err(err(
-                ErrorCode::Forbidden,
-                "Streams/ message types are posted by the server",
-            ));
-        }
-        let op = WriteOp::Post {
-            message_type: req.message_type,
-            content: req.content,
-            instructions: req.instructions,
-            client_msg_id: req.client_msg_id,
-        };
-        settle(self.write(caller, key, op).await?, |outcome, _access| match outcome {
-            Outcome::Posted { message, duplicate } => Ok(Posted { message: *message, duplicate }),
-            other => Err(other),
-        })
+        let accepted = std::time::Instant::now();
+        let result = self.post_inner(caller, key, req).await;
+        let failure = result.as_ref().err().map(|e| e.error.code);
+        let duplicate = result.as_ref().is_ok_and(|posted| posted.duplicate);
+        let seconds = accepted.elapsed().as_secs_f64();
+        crate::metrics::record_post(failure, duplicate, seconds);
+        // Inside the request span, so a debug log shows node, shard and stream with it.
+        let code = failure.map_or("ok", ErrorCode::as_str);
+        tracing::debug!(code, duplicate, seconds, "post answered");
+        result
     }
 
+    #[instrument(
+        name = "messages",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn messages(
         &self,
         caller: &Caller,
@@ -317,6 +379,11 @@ impl StreamService for Node {
             .await
     }
 
+    #[instrument(
+        name = "participate",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn participate(
         &self,
         caller: &Caller,
@@ -340,6 +407,11 @@ impl StreamService for Node {
         )
     }
 
+    #[instrument(
+        name = "participants",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn participants(
         &self,
         caller: &Caller,
@@ -364,6 +436,11 @@ impl StreamService for Node {
         Ok(ParticipantPage { participants, next })
     }
 
+    #[instrument(
+        name = "access",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn access(
         &self,
         caller: &Caller,
@@ -384,6 +461,11 @@ impl StreamService for Node {
         self.blocking_read(move |db| reads::access_rows(db, shard, &key)).await
     }
 
+    #[instrument(
+        name = "set_access",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn set_access(
         &self,
         caller: &Caller,
@@ -401,6 +483,11 @@ impl StreamService for Node {
         })
     }
 
+    #[instrument(
+        name = "ephemeral",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn ephemeral(
         &self,
         caller: &Caller,
@@ -427,13 +514,22 @@ impl StreamService for Node {
     }
 
     async fn readiness(&self) -> Result<(), ApiError> {
-        if self.is_ready() {
+        let without_leader = self.shards_without_leader();
+        if without_leader == 0 {
             Ok(())
         } else {
-            Err(ApiError::unavailable("not every shard has a leader yet"))
+            Err(ApiError::unavailable(format!(
+                "{without_leader} of {} shards have no known leader",
+                self.shard_count()
+            )))
         }
     }
 
+    #[instrument(
+        name = "listen",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
+    )]
     async fn listen(
         &self,
         caller: &Caller,

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use chorus_storage::{Applier, ApplyObserver, Db, LogStore, LogWriter, StateMachine, TypeConfig};
 use chorus_types::ShardId;
@@ -27,6 +28,9 @@ pub enum StartError {
 pub struct ShardGroup {
     pub shard: ShardId,
     pub raft: Raft,
+    /// The committed log index as the log store last saw it (for metrics; see
+    /// [`crate::metrics`]).
+    pub committed: Arc<AtomicU64>,
 }
 
 /// What every group of a node shares: the DB, the group-commit log writer, the applier.
@@ -71,6 +75,7 @@ impl GroupHost {
     {
         let fail = |e: &dyn std::fmt::Display| StartError::Raft { shard, message: e.to_string() };
         let log = LogStore::new(self.db.clone(), shard, self.writer.clone());
+        let committed = log.committed_index();
         let sm = StateMachine::open(
             self.db.clone(),
             shard,
@@ -91,7 +96,7 @@ impl GroupHost {
                 Err(e) => return Err(fail(&e)),
             }
         }
-        Ok(ShardGroup { shard, raft })
+        Ok(ShardGroup { shard, raft, committed })
     }
 }
 

@@ -10,9 +10,11 @@
 //! # Layout
 //! - [`group`]: [`group::ShardGroup`], one shard's `Raft` handle, and [`group::start_groups`].
 //! - [`network`]: the single-node transport; [`grpc`]: the cluster transport.
+//! - [`metrics`]: per-shard Raft gauges (`chorus_raft_shard_*`), read at scrape time.
 
 pub mod group;
 pub mod grpc;
+pub mod metrics;
 pub mod network;
 
 pub use group::{GroupHost, ShardGroup, StartError, start_groups};

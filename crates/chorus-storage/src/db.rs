@@ -125,6 +125,11 @@ impl Db {
         self.inner.cf_handle(cf.name()).ok_or(StorageError::MissingColumnFamily(cf.name()))
     }
 
+    /// The data directory this database lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn snapshot_dir(&self) -> PathBuf {
         self.dir.join("snapshots")
     }

@@ -29,6 +29,8 @@
 //! - [`rocks_state`]: [`chorus_streams::StateRead`] over RocksDB.
 //! - [`snapshot`]: export and import of a shard's key range.
 //! - [`reads`]: the queries the node serves (history, participants, access rows).
+//! - [`metrics`]: `chorus_storage_*`: fsync, group commit, apply and snapshot timings, and
+//!   RocksDB and disk gauges read at scrape time.
 
 pub mod applier;
 pub mod db;

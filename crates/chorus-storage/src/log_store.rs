@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chorus_types::ShardId;
@@ -31,11 +32,20 @@ pub struct LogStore {
     /// trip to RocksDB. Entries leave on truncate and purge, and old ones at the next append
     /// (openraft 0.9 waits for each append's flush before the next, so they are on disk).
     tail: Arc<Mutex<BTreeMap<u64, Entry>>>,
+    /// The highest log index openraft reported committed (0 before the first). Kept in memory
+    /// only, for the commit-index and apply-lag gauges: openraft recovers the committed index
+    /// from the log on restart, so persisting it would add a write per commit for nothing.
+    committed: Arc<AtomicU64>,
 }
 
 impl LogStore {
     pub fn new(db: Db, shard: ShardId, writer: LogWriter) -> Self {
-        LogStore { db, shard, writer, tail: Arc::default() }
+        LogStore { db, shard, writer, tail: Arc::default(), committed: Arc::default() }
+    }
+
+    /// The committed index as openraft reports it, shared with the metrics collector.
+    pub fn committed_index(&self) -> Arc<AtomicU64> {
+        self.committed.clone()
     }
 
     fn tail(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -168,6 +178,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
         self.read_meta(RaftMeta::Vote).map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
+        let index = committed.map_or(0, |log_id| log_id.index);
+        self.committed.fetch_max(index, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn append<I>(

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write as _};
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use chorus_types::ShardId;
 use rocksdb::{IteratorMode, ReadOptions, WriteBatch};
@@ -61,6 +61,7 @@ fn write_u32(w: &mut impl std::io::Write, n: usize) -> Result<()> {
 
 /// Exports the shard to a new file and makes it the current snapshot.
 pub fn export(db: &Db, shard: ShardId) -> Result<SnapshotPointer> {
+    let started = Instant::now();
     let snap = db.raw().snapshot();
     let applied_key = keys::raft_meta(shard, RaftMeta::Applied);
     let (last_log_id, last_membership): AppliedState = match snap
@@ -109,6 +110,7 @@ pub fn export(db: &Db, shard: ShardId) -> Result<SnapshotPointer> {
     let pointer = SnapshotPointer { meta, file: file_name };
     replace_pointer(db, shard, &pointer, None)?;
     crate::metrics::SNAPSHOTS_BUILT.inc();
+    crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(pointer)
 }
 
@@ -151,6 +153,7 @@ fn read_bytes(r: &mut impl Read, len: usize) -> Result<Vec<u8>> {
 /// Replaces the shard's state with the snapshot in `bytes` (already received in full), keeps
 /// a copy as the shard's current snapshot, and returns its applied state.
 pub fn install(db: &Db, shard: ShardId, meta: &SnapshotMeta, bytes: &[u8]) -> Result<()> {
+    let started = Instant::now();
     let mut r = BufReader::new(bytes);
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
@@ -203,5 +206,6 @@ pub fn install(db: &Db, shard: ShardId, meta: &SnapshotMeta, bytes: &[u8]) -> Re
     wo.set_sync(true);
     db.raw().write_opt(batch, &wo)?;
     crate::metrics::SNAPSHOTS_INSTALLED.inc();
+    crate::metrics::SNAPSHOT_INSTALL_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(())
 }

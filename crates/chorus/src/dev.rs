@@ -9,7 +9,7 @@ use chorus_edge::EdgeConfig;
 use chorus_node::{ActorSettings, Node, NodeConfig};
 
 use crate::cli::DevArgs;
-use crate::{logging, secrets, token};
+use crate::{logging, process_metrics, secrets, token};
 
 pub(crate) fn raft_config(c: &Config) -> openraft::Config {
     openraft::Config {
@@ -82,6 +82,7 @@ pub(crate) async fn shutdown_signal() {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
     logging::init(config.log_format, &config.log_filter);
+    process_metrics::register();
     let secrets = secrets::load_or_create(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -2,7 +2,7 @@
 //! node` runs a storage node of a cluster and `chorus admin` inspects one; `chorus token` mints a JWT with a data dir's dev secret; `chorus post` and `chorus tail` are small
 //! clients in the spirit of the `nats` CLI.
 //!
-//! This crate is wiring only: configuration, logging, secrets and the CLI. Everything else
+//! This crate is wiring only: configuration, logging, process metrics, secrets and the CLI. Everything else
 //! lives in the library crates.
 
 mod admin;
@@ -11,6 +11,7 @@ mod client;
 mod dev;
 mod logging;
 mod node;
+mod process_metrics;
 mod secrets;
 mod token;
 

@@ -13,7 +13,7 @@ use chorus_node::{ClusterSpec, Node, NodeConfig};
 
 use crate::cli::NodeArgs;
 use crate::dev::{actor_settings, raft_config, shutdown_signal};
-use crate::logging;
+use crate::{logging, process_metrics};
 
 /// Parses `id=host:port,…`.
 fn parse_peers(items: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -45,6 +45,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     let config = config.validate()?;
     logging::init(config.log_format, &config.log_filter);
+    process_metrics::register();
     if args.jwt_secret.len() < 16 {
         anyhow::bail!("--jwt-secret must be at least 16 bytes");
     }

@@ -14,7 +14,7 @@ use chorus_types::StreamKey;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::metrics::{EPHEMERALS_DROPPED, GaugeGuard, LISTENS, RESYNCS};
+use crate::metrics::{DELIVERIES, EPHEMERALS_DROPPED, GaugeGuard, LISTENS, RESYNCS};
 use crate::ws::frame::resync_frame;
 use crate::ws::outbound::{Offered, Outbound};
 
@@ -147,7 +147,10 @@ impl Forwarder {
             let Some(event) = events.next().await else { return Some(next_from) };
             match event {
                 ListenEvent::Message(delivered) => match self.out.offer(delivered.frame.clone()) {
-                    Offered::Queued => next_from = delivered.record.ordinal.saturating_add(1),
+                    Offered::Queued => {
+                        DELIVERIES.inc();
+                        next_from = delivered.record.ordinal.saturating_add(1);
+                    }
                     Offered::Full => return Some(next_from),
                     Offered::SessionClosed => return None,
                 },

@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::instrument;
 
-use crate::metrics::{GaugeGuard, SESSIONS, Transport, record_request};
+use crate::metrics::{GaugeGuard, SESSIONS, Transport, record_request, record_timed_request};
 use crate::ops::{OpName, Request, dispatch};
 use crate::ws::frame::{Command, Frame, FrameError, error_frame, ok_frame, parse_frame};
 use crate::ws::listen::{Forwarder, ListenRegistry, stop_forwarder};
@@ -227,9 +227,10 @@ async fn start_request(
 }
 
 async fn call(session: &Session, id: Value, request: Request) {
-    let op = request.op();
+    let (op, started) = (request.op(), std::time::Instant::now());
     let outcome = dispatch(session.service.as_ref(), &session.caller, request).await;
-    record_request(Transport::Ws, op, outcome.as_ref().err().map(|error| error.error.code));
+    let failure = outcome.as_ref().err().map(|error| error.error.code);
+    record_timed_request(Transport::Ws, op, failure, started);
     let frame = match outcome {
         Ok(reply) => ok_frame(&id, reply.body),
         Err(error) => error_frame(&id, &error),
@@ -239,16 +240,17 @@ async fn call(session: &Session, id: Value, request: Request) {
 
 #[instrument(skip_all, fields(op = "listen", stream = %key))]
 async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>, epoch: u64) {
+    let started = std::time::Instant::now();
     let listening = match session.service.listen(&session.caller, &key, since).await {
         Ok(listening) => listening,
         Err(error) => {
-            record_request(Transport::Ws, OpName::Listen, Some(error.error.code));
+            record_timed_request(Transport::Ws, OpName::Listen, Some(error.error.code), started);
             session.listens.finished(&key, epoch);
             session.out.reply(error_frame(&id, &error)).await;
             return;
         }
     };
-    record_request(Transport::Ws, OpName::Listen, None);
+    record_timed_request(Transport::Ws, OpName::Listen, None, started);
     let ok = json!({"recovered": listening.recovered, "messageCount": listening.message_count});
     // The `ok` is queued before the forwarder exists, so no event of this listen precedes it.
     if !session.out.reply(ok_frame(&id, ok)).await {

@@ -1,6 +1,8 @@
 //! A `chorus dev` process for end-to-end tests: ephemeral port, temp data dir, real sockets.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod deploy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,13 +36,22 @@ impl Server {
 
     /// Like [`Server::start`], with extra `chorus dev` arguments.
     pub fn start_with(data: &Path, extra: &[&str]) -> Server {
+        Server::spawn(data, extra, &[("RUST_LOG", "warn")], Stdio::inherit())
+    }
+
+    /// Like [`Server::start`], with environment variables and the logs (stderr) in `log`.
+    pub fn start_logging(data: &Path, env: &[(&str, &str)], log: std::fs::File) -> Server {
+        Server::spawn(data, &[], env, Stdio::from(log))
+    }
+
+    fn spawn(data: &Path, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
             .args(["dev", "--listen", "127.0.0.1:0", "--shards", "8", "--data"])
             .arg(data)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start chorus");
         let stdout = child.stdout.take().expect("stdout");
