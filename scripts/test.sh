@@ -55,7 +55,7 @@ fi
 
 echo "== tests"
 # The end-to-end tests start the built binary.
-cargo build --bin chorus
+cargo build --workspace --bins
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
