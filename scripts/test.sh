@@ -17,6 +17,12 @@ for crate in chorus-types chorus-streams chorus-api; do
   fi
 done
 
+echo "== layering: the client SDK stays light (no storage, raft or server crates)"
+if cargo tree -p chorus-client -e normal --prefix none | grep -Eq '^(rocksdb|librocksdb-sys|openraft|chorus-storage|chorus-node|chorus-edge|axum) '; then
+  echo "chorus-client must not depend on storage, raft or server crates" >&2
+  exit 1
+fi
+
 echo "== tests"
 # The end-to-end tests start the built binary.
 cargo build --bin chorus
