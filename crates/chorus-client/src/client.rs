@@ -131,6 +131,7 @@ impl ClientBuilder {
             posts: Mutex::new(HashMap::new()),
             posts_changed: watch::Sender::new(0),
             outbox_wake: Notify::new(),
+            outbox_gate: tokio::sync::Mutex::new(()),
             backoff: self.backoff,
             resolver: self.resolver,
             page_size: self.page_size,

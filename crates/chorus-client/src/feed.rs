@@ -117,9 +117,14 @@ impl Feed {
                     }
                     Err(error) => {
                         tracing::debug!(stream = %self.stream, %error, "listen refused");
-                        self.broadcast(FeedEvent::Failed(error));
-                        self.retire().await;
-                        return;
+                        // Subscribers that join while this one retires hear it too.
+                        loop {
+                            self.broadcast(FeedEvent::Failed(error.clone()));
+                            self.subscribers.clear();
+                            if self.retire().await {
+                                return;
+                            }
+                        }
                     }
                 }
             }
@@ -147,8 +152,12 @@ impl Feed {
                     }
                 }
                 _ = retire_check.tick() => {
-                    if self.unused() && self.retire().await {
-                        return;
+                    if self.unused() {
+                        if self.retire().await {
+                            return;
+                        }
+                        // Someone subscribed while the listen was being ended: listen again.
+                        listening_epoch = None;
                     }
                 }
             }
@@ -210,21 +219,13 @@ impl Feed {
         self.subscribers.is_empty()
     }
 
-    /// Leaves the registries and ends the server-side listen; `false` when a subscriber
-    /// joined in the meantime.
+    /// Ends the server-side listen and leaves the registries; `false` when a subscriber
+    /// joined in the meantime (the listen must then be established again).
+    ///
+    /// The `unlisten` goes out while the feed is still registered: were the entry removed
+    /// first, a new feed for the stream could send its `listen` before this `unlisten`, which
+    /// would then end the new feed's listen on the server.
     async fn retire(&mut self) -> bool {
-        {
-            let shared = Arc::clone(&self.shared);
-            let mut feeds = lock(&shared.feeds);
-            while let Ok(subscriber) = self.additions.try_recv() {
-                self.add(subscriber);
-            }
-            if !self.unused() {
-                return false;
-            }
-            feeds.remove(&self.stream);
-            lock(&shared.routes.by_stream).remove(&self.stream);
-        }
         if self.shared.link.borrow().connected {
             // Best effort: a failed unlisten only costs the server a listen until we leave.
             let unlisten = self.shared.request("unlisten", Some(&self.stream), json!({})).await;
@@ -232,6 +233,16 @@ impl Feed {
                 tracing::debug!(stream = %self.stream, %error, "unlisten failed");
             }
         }
+        let shared = Arc::clone(&self.shared);
+        let mut feeds = lock(&shared.feeds);
+        while let Ok(subscriber) = self.additions.try_recv() {
+            self.add(subscriber);
+        }
+        if !self.unused() {
+            return false;
+        }
+        feeds.remove(&self.stream);
+        lock(&shared.routes.by_stream).remove(&self.stream);
         true
     }
 }

@@ -106,6 +106,9 @@ pub(crate) async fn post(
     mut message: NewMessage,
 ) -> Result<PostHandle, ClientError> {
     message.client_msg_id.get_or_insert_with(|| ulid::Ulid::new().to_string());
+    // Held until the post is registered, so the sender never settles a post whose handle
+    // does not exist yet (that handle would then wait forever).
+    let _gate = shared.outbox_gate.lock().await;
     let queued = shared.store.run(move |store| store.enqueue(stream, message)).await?;
     let handle = register(shared, &queued);
     shared.outbox_wake.notify_one();
@@ -152,7 +155,10 @@ pub(crate) async fn discard(shared: &Shared, local_id: u64) -> Result<(), Client
 /// The sender task: runs until the client is dropped.
 pub(crate) async fn run(shared: Arc<Shared>) {
     loop {
-        let next = shared.store.run(|store| store.next_unsent()).await;
+        let next = {
+            let _gate = shared.outbox_gate.lock().await;
+            shared.store.run(|store| store.next_unsent()).await
+        };
         let post = match next {
             Ok(Some(post)) => post,
             Ok(None) => {

@@ -35,6 +35,9 @@ pub(crate) struct Shared {
     pub(crate) posts_changed: watch::Sender<u64>,
     /// Wakes the outbox sender when a post is queued.
     pub(crate) outbox_wake: Notify,
+    /// Orders "queue and register a post" before the sender reads the queue (an async lock:
+    /// it is held across the store write).
+    pub(crate) outbox_gate: tokio::sync::Mutex<()>,
     pub(crate) backoff: BackoffPolicy,
     pub(crate) resolver: Arc<dyn ConflictResolver>,
     /// Messages per page of a live collection.

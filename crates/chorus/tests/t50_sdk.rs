@@ -232,6 +232,45 @@ async fn a_listener_disconnected_during_500_posts_catches_up_in_order() {
         let message = tokio::time::timeout(DEADLINE, feed.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(message.ordinal, expected);
     }
+
+    // A fresh collection starts from the newest page and pages back on demand.
+    let reader = client_for(&server.url(""), &token).page_size(100).build().unwrap();
+    let paged = reader.messages(&room);
+    let first = tokio::time::timeout(DEADLINE, paged.wait_for(|s| s.state == LoadState::Synced))
+        .await
+        .unwrap();
+    let ordinals: Vec<u64> = first.value.messages.iter().map(|m| m.ordinal).collect();
+    assert_eq!(ordinals, (402..=501).collect::<Vec<u64>>());
+    assert!(first.value.has_older);
+    assert_eq!(paged.next_page().await.unwrap(), 100);
+    let two_pages = paged.get().value.messages;
+    assert_eq!((two_pages.len(), two_pages[0].ordinal), (200, 302));
+}
+
+/// The token provider is asked before every connection attempt: after a refused upgrade
+/// (401) the client asks again and connects with the fresh token.
+#[tokio::test]
+async fn the_token_provider_is_asked_again_after_a_refused_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let token = server.token("alice", &[]);
+    create_room(&server, &token, "Chat/room/1").await;
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let fresh = token.clone();
+    let client = client_for(&server.url(""), "unused")
+        .token_provider(move || {
+            let call = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // The first token has "expired".
+            let token = if call == 0 { "expired".to_owned() } else { fresh.clone() };
+            async move { Ok::<_, chorus_client::TokenError>(token) }
+        })
+        .build()
+        .unwrap();
+    let room = StreamId::new("alice", "Chat/room/1");
+    let mut post = client.post(&room, NewMessage::new("Chat/message", "hi")).await.unwrap();
+    assert_eq!(settle(&mut post).await.ordinal(), Some(2));
+    assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
 }
 
 /// A post the server refuses for good ends in `error` with the code, is sent once (no retry
