@@ -53,6 +53,12 @@ if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
 fi
 "$TOOLS/venv/bin/kubernetes-validate" --strict deploy/k8s/nodes.yaml deploy/k8s/edges.yaml
 
+echo "== layering: the client SDK stays light (no storage, raft or server crates)"
+if cargo tree -p chorus-client -e normal --prefix none | grep -Eq '^(rocksdb|librocksdb-sys|openraft|chorus-storage|chorus-node|chorus-edge|axum) '; then
+  echo "chorus-client must not depend on storage, raft or server crates" >&2
+  exit 1
+fi
+
 echo "== tests"
 # The end-to-end tests start the built binary.
 cargo build --workspace --bins

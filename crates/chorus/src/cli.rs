@@ -25,7 +25,7 @@ pub enum Command {
     Token(TokenArgs),
     /// Post a message to a stream.
     Post(PostArgs),
-    /// Print a stream's messages as they arrive (WebSocket listen).
+    /// Print a stream's messages as they arrive, in order, resuming after reconnects.
     Tail(TailArgs),
 }
 
@@ -137,9 +137,12 @@ pub struct PostArgs {
     /// Message type.
     #[arg(long = "type", default_value = "Chat/message")]
     pub message_type: String,
-    /// Idempotency key.
+    /// Idempotency key [default: a fresh ULID].
     #[arg(long)]
     pub client_msg_id: Option<String>,
+    /// Seconds to wait for the server's acknowledgement (reconnecting meanwhile).
+    #[arg(long, default_value_t = 10)]
+    pub wait: u64,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -1,105 +1,72 @@
-//! `chorus post` and `chorus tail`: small clients over the public HTTP and WebSocket API.
+//! `chorus post` and `chorus tail`: thin commands over the client SDK (`chorus-client`).
+//!
+//! `post` uses an in-memory store: a one-shot command has no later run to hand a queue to,
+//! and a file queue left behind would be sent by some unrelated later invocation. So it waits
+//! (up to `--wait`) for the server's answer and fails when there is none; the SDK still
+//! retries through reconnects and transient refusals within that time, with the same
+//! `clientMsgId`, so a post is stored at most once.
+
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use chorus_client::{Client, ClientBuilder, NewMessage, StreamId, SyncState};
 
 use crate::cli::{ClientArgs, PostArgs, TailArgs};
 use crate::secrets;
 
-/// `alice/Chat/room/1` → (`alice`, `Chat/room/1`); `~` is the app publisher `""`.
-fn split_stream(s: &str) -> anyhow::Result<(String, String)> {
-    let (p, n) = s.split_once('/').context("a stream is written publisherId/name")?;
-    if n.is_empty() {
-        bail!("a stream is written publisherId/name");
-    }
-    let p = if p == "~" { "" } else { p };
-    Ok((p.to_owned(), n.to_owned()))
+fn stream_id(path: &str) -> anyhow::Result<StreamId> {
+    StreamId::parse_path(path).context("a stream is written publisherId/name")
 }
 
-fn encode_segment(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+fn builder(c: &ClientArgs) -> anyhow::Result<ClientBuilder> {
+    let token = match &c.token {
+        Some(token) => token.clone(),
+        None => secrets::load(&c.data)?.api_key,
+    };
+    let mut builder = Client::builder(&c.url, token).in_memory_store();
+    if let Some(user) = &c.as_user {
+        builder = builder.as_user(user);
     }
-    out
-}
-
-fn credentials(c: &ClientArgs) -> anyhow::Result<(String, Option<String>)> {
-    match &c.token {
-        Some(t) => Ok((t.clone(), c.as_user.clone())),
-        None => Ok((secrets::load(&c.data)?.api_key, c.as_user.clone())),
-    }
+    Ok(builder)
 }
 
 pub async fn post(args: PostArgs) -> anyhow::Result<()> {
-    let (publisher, name) = split_stream(&args.stream)?;
-    let (token, as_user) = credentials(&args.client)?;
-    let p = if publisher.is_empty() { "~".to_owned() } else { encode_segment(&publisher) };
-    let url = format!("{}/v1/streams/{p}/{}/messages", args.client.url, encode_segment(&name));
-    let mut body = json!({"type": args.message_type, "content": args.text});
-    if let Some(id) = args.client_msg_id {
-        body["clientMsgId"] = json!(id);
+    let stream = stream_id(&args.stream)?;
+    let client = builder(&args.client)?.build()?;
+    let mut message = NewMessage::new(args.message_type, args.text);
+    message.client_msg_id = args.client_msg_id;
+    let mut handle = client.post(&stream, message).await?;
+    let wait = Duration::from_secs(args.wait);
+    let Ok(settled) = tokio::time::timeout(wait, handle.settled()).await else {
+        bail!(
+            "no answer from {} within {}s; the post may or may not be stored (retry with the same --client-msg-id)",
+            args.client.url,
+            args.wait
+        );
+    };
+    match settled.state {
+        SyncState::Synced(message) => {
+            println!("{}", serde_json::to_string(&message)?);
+            Ok(())
+        }
+        SyncState::Error(error) => bail!("{error}"),
+        SyncState::Syncing => bail!("the client stopped before the post settled"),
     }
-    let mut req = reqwest::Client::new().post(&url).bearer_auth(token).json(&body);
-    if let Some(u) = as_user {
-        req = req.header("X-Chorus-As-User", u);
-    }
-    let resp = req.send().await.with_context(|| format!("POST {url}"))?;
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!("{status}: {body}");
-    }
-    println!("{body}");
-    Ok(())
 }
 
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
-    let (publisher, name) = split_stream(&args.stream)?;
-    let (token, as_user) = credentials(&args.client)?;
-    let ws_url = format!("{}/v1/ws", args.client.url.replacen("http", "ws", 1));
-    let mut request = ws_url.as_str().into_client_request()?;
-    request.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
-    if let Some(u) = as_user {
-        request.headers_mut().insert("X-Chorus-As-User", u.parse()?);
-    }
-    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.context("connecting")?;
-    let mut listen =
-        json!({"id": 1, "op": "listen", "stream": {"publisherId": publisher, "name": name}});
-    if let Some(since) = args.since {
-        listen["since"] = json!(since);
-    }
-    ws.send(Message::text(listen.to_string())).await?;
-    while let Some(frame) = ws.next().await {
-        let text = match frame? {
-            Message::Text(t) => t,
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        let v: Value = serde_json::from_str(&text)?;
-        if let Some(e) = v.get("error") {
-            bail!("{e}");
-        }
-        if v.get("ev") == Some(&json!("message")) {
-            let m = &v["message"];
-            println!(
-                "#{} {} {}: {}",
-                m["ordinal"],
-                m["sentTime"].as_str().unwrap_or(""),
-                m["byUserId"].as_str().unwrap_or(""),
-                m["content"].as_str().unwrap_or("")
-            );
-        } else if v.get("ev") == Some(&json!("resync")) {
-            eprintln!("fell behind; resync from {}", v["from"]);
-            break;
-        }
+    let stream = stream_id(&args.stream)?;
+    let client = builder(&args.client)?.build()?;
+    let mut feed = client.listen(&stream, args.since);
+    while let Some(next) = feed.next().await {
+        let m = next?;
+        println!(
+            "#{} {} {}: {}",
+            m.ordinal,
+            m.sent_time.as_deref().unwrap_or(""),
+            m.by_user_id,
+            m.content
+        );
     }
     Ok(())
 }

@@ -216,3 +216,44 @@ async fn oversize_message_closes_with_1009() {
     };
     assert_eq!(code, Some(1009));
 }
+
+/// `update` with a stale `ifMessageCount` changes nothing and answers `conflict` with the
+/// current stream beside the error, as `PATCH` does: the frame the SDK's conflict hand-off
+/// reads.
+#[tokio::test]
+async fn stale_if_message_count_is_a_conflict_carrying_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut ws = ws_connect(&server, &server.token("alice", &[])).await;
+    let stream = json!({"publisherId": "alice", "name": "r"});
+    ws_send(&mut ws, json!({"id": 1, "op": "create", "type": "Chat/room", "name": "r"})).await;
+    assert!(ws_reply(&mut ws, 1).await.get("ok").is_some());
+    ws_send(
+        &mut ws,
+        json!({"id": 2, "op": "post", "stream": stream, "type": "Chat/message", "content": "x"}),
+    )
+    .await;
+    assert_eq!(ws_reply(&mut ws, 2).await["ok"]["ordinal"], 2);
+
+    ws_send(
+        &mut ws,
+        json!({"id": 3, "op": "update", "stream": stream, "title": "Stale", "ifMessageCount": 1}),
+    )
+    .await;
+    let v = ws_reply(&mut ws, 3).await;
+    assert_eq!(v["error"]["code"], "conflict", "{v}");
+    assert_eq!(v["stream"]["messageCount"], 2, "the current stream is beside the error: {v}");
+    assert_eq!(v["stream"]["name"], "r");
+
+    ws_send(
+        &mut ws,
+        json!({"id": 4, "op": "update", "stream": stream, "title": "Fresh", "ifMessageCount": 2}),
+    )
+    .await;
+    let v = ws_reply(&mut ws, 4).await;
+    assert_eq!(
+        (v["ok"]["title"].as_str(), v["ok"]["messageCount"].as_u64()),
+        (Some("Fresh"), Some(3)),
+        "{v}"
+    );
+}

@@ -36,17 +36,29 @@ impl Server {
 
     /// Like [`Server::start`], with extra `chorus dev` arguments.
     pub fn start_with(data: &Path, extra: &[&str]) -> Server {
-        Server::spawn(data, extra, &[("RUST_LOG", "warn")], Stdio::inherit())
+        Server::spawn(data, "127.0.0.1:0", extra, &[("RUST_LOG", "warn")], Stdio::inherit())
     }
 
     /// Like [`Server::start`], with environment variables and the logs (stderr) in `log`.
     pub fn start_logging(data: &Path, env: &[(&str, &str)], log: std::fs::File) -> Server {
-        Server::spawn(data, &[], env, Stdio::from(log))
+        Server::spawn(data, "127.0.0.1:0", &[], env, Stdio::from(log))
     }
 
-    fn spawn(data: &Path, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
+    /// Starts on a fixed port (from [`free_port`]), so clients made before the server
+    /// started, or kept across a restart, find it there.
+    pub fn start_on(data: &Path, port: u16) -> Server {
+        Server::spawn(data, &format!("127.0.0.1:{port}"), &[], &[("RUST_LOG", "warn")], Stdio::inherit())
+    }
+
+    fn spawn(
+        data: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
-            .args(["dev", "--listen", "127.0.0.1:0", "--shards", "8", "--data"])
+            .args(["dev", "--listen", listen, "--shards", "8", "--data"])
             .arg(data)
             .args(extra)
             .envs(env.iter().copied())
@@ -127,6 +139,66 @@ pub mod cluster;
 /// Status code of a plain GET, for readiness polling.
 pub fn plain_http_get(url: &str) -> std::io::Result<u16> {
     plain_http::blocking_get(url)
+}
+
+/// A port nothing listens on right now (the OS picked it for a socket that is closed again).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A TCP proxy in front of a server that a test can take down and bring back: down, it cuts
+/// every open connection and refuses new ones. It stands in for a network loss without
+/// stopping the server.
+pub struct Proxy {
+    pub addr: String,
+    up: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let up = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
+        let upstream = upstream.to_owned();
+        let state = up.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else { return };
+                if !*state.borrow() {
+                    continue;
+                }
+                let mut down = state.subscribe();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up, task }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.set_up(false);
+        self.task.abort();
+    }
 }
 
 mod plain_http {
