@@ -184,10 +184,6 @@ impl Node {
         self.inner.table.clone()
     }
 
-    pub fn node_id(&self) -> u64 {
-        self.inner.config.node_id
-    }
-
     pub fn cluster(&self) -> Option<&ClusterSpec> {
         self.inner.config.cluster.as_ref()
     }

@@ -2,7 +2,6 @@
 //! operation routed to the stream's shard leader) and gRPC for its peers.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;

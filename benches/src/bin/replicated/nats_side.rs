@@ -54,7 +54,8 @@ impl Cluster {
 
     async fn connect(&self, first: usize) -> anyhow::Result<async_nats::Client> {
         let mut urls = self.urls.clone();
-        urls.rotate_left(first % urls.len());
+        let n = urls.len();
+        urls.rotate_left(first % n);
         let addrs: Vec<async_nats::ServerAddr> =
             urls.iter().map(|u| u.parse()).collect::<Result<_, _>>()?;
         Ok(async_nats::ConnectOptions::new().retry_on_initial_connect().connect(addrs).await?)

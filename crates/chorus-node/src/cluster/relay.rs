@@ -67,12 +67,12 @@ async fn open(
         ListenItem::Failed { error } => return Err(fatal(error.into())),
         _ => return Err(fatal(err(ErrorCode::Internal, "listen stream began without a reply"))),
     };
-    let me = router.me;
+    let router_for_events = router.self_arc();
     let events = stream
         .take_while(|r| std::future::ready(r.is_ok()))
         .filter_map(move |r| {
             let ev = r.ok().and_then(|ev| serde_json::from_slice::<ListenItem>(&ev.event).ok());
-            std::future::ready(ev.and_then(|item| to_event(me, item)))
+            std::future::ready(ev.and_then(|item| to_event(router_for_events.as_deref(), item)))
         });
     Ok(Listening { recovered, message_count, events: Box::pin(events) })
 }
@@ -82,13 +82,12 @@ fn fatal(e: ServiceError) -> Failure {
     Failure::Unknown(e)
 }
 
-fn to_event(me: u64, item: ListenItem) -> Option<ListenEvent> {
+fn to_event(router: Option<&Router>, item: ListenItem) -> Option<ListenEvent> {
     match item {
         ListenItem::Message { message } => Some(ListenEvent::Message(delivered(message))),
         ListenItem::Ephemeral { origin, frame } => {
-            let origin = origin
-                .filter(|o| o >> 40 == me)
-                .map(|o| o & ((1 << 40) - 1));
+            // Sessions of this node know themselves by their local id.
+            let origin = router.and_then(|r| r.untag_session(origin));
             Some(ListenEvent::Ephemeral(Arc::new(Relayed { origin, frame: frame.into() })))
         }
         ListenItem::Resync { from } => Some(ListenEvent::Resync { from }),
