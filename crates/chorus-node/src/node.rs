@@ -139,9 +139,7 @@ impl Node {
                 .await?
             }
             Some(cluster) => {
-                cluster
-                    .validate(config.node_id)
-                    .map_err(|m| NodeError::Config(m.to_string()))?;
+                cluster.validate(config.node_id).map_err(|m| NodeError::Config(m.to_string()))?;
                 start_cluster_groups(&config, cluster, shard_count, &db, hub.clone()).await?
             }
         };

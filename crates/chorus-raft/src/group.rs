@@ -18,7 +18,7 @@ pub enum StartError {
     #[error("storage: {0}")]
     Storage(#[from] chorus_storage::StorageError),
     #[error("raft config: {0}")]
-    Config(#[from] openraft::ConfigError),
+    Config(#[from] Box<openraft::ConfigError>),
     #[error("starting shard {shard}: {message}")]
     Raft { shard: ShardId, message: String },
 }
@@ -56,7 +56,7 @@ impl GroupHost {
             db: db.clone(),
             writer: LogWriter::start(db.clone())?,
             applier: Applier::start(db.clone())?,
-            config: Arc::new(config.validate()?),
+            config: Arc::new(config.validate().map_err(Box::new)?),
             observer,
         })
     }

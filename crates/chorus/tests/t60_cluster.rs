@@ -173,8 +173,8 @@ async fn killing_a_shard_leader_under_load_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
     const STREAMS: usize = 4;
-    const PER_STREAM: usize = 60;
-    let config = format!("{FAST_RAFT}snapshot_every_logs = 20\n");
+    const PER_STREAM: usize = 250;
+    let config = format!("{FAST_RAFT}snapshot_every_logs = 100\n");
     let mut cluster = Cluster::start(3, 4, &config);
     create_streams(&cluster, STREAMS).await;
     let before = cluster.status(2).await;
@@ -203,9 +203,10 @@ async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let status = cluster.status(0).await;
-        let purged_past = status.groups.iter().any(|g| {
-            g.leader != 0 && g.purged > behind.get(&g.group).copied().unwrap_or(0)
-        });
+        let purged_past = status
+            .groups
+            .iter()
+            .any(|g| g.leader != 0 && g.purged > behind.get(&g.group).copied().unwrap_or(0));
         let leaders_purged = {
             let mut any = purged_past;
             for i in 0..2 {

@@ -50,7 +50,11 @@ async fn follower_serves_everything_and_listen_survives_leader_kill() {
     let (s, v) = alice.call("PATCH", &path, Some(json!({"title": "Failover"}))).await;
     assert_eq!((s, v["title"].as_str()), (200, Some("Failover")), "{v}");
     let (s, v) = bob
-        .call("POST", &format!("{path}/messages"), Some(json!({"type": "Chat/message", "content": "hi"})))
+        .call(
+            "POST",
+            &format!("{path}/messages"),
+            Some(json!({"type": "Chat/message", "content": "hi"})),
+        )
         .await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = bob.call("GET", &format!("{path}/messages?limit=10"), None).await;
@@ -84,7 +88,9 @@ async fn follower_serves_everything_and_listen_survives_leader_kill() {
         loop {
             match poster.try_call("POST", &format!("{path}/messages"), Some(body.clone())).await {
                 Ok((200 | 201, _)) => break,
-                other => assert!(Instant::now() < deadline, "post p{k} never acknowledged: {other:?}"),
+                other => {
+                    assert!(Instant::now() < deadline, "post p{k} never acknowledged: {other:?}")
+                }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

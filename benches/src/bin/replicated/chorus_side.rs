@@ -37,11 +37,14 @@ impl Cluster {
             None => std::env::current_exe()?.with_file_name("chorus"),
         };
         let dir = tempfile::Builder::new().prefix("chorus-bench").tempdir_in(".")?;
-        let api: Vec<String> =
-            (0..3).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<Result<_, _>>()?;
-        let peer: Vec<String> =
-            (0..3).map(|_| free_port().map(|p| format!("127.0.0.1:{p}"))).collect::<Result<_, _>>()?;
-        let peers: Vec<String> = peer.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+        let api: Vec<String> = (0..3)
+            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<_, _>>()?;
+        let peer: Vec<String> = (0..3)
+            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
+            .collect::<Result<_, _>>()?;
+        let peers: Vec<String> =
+            peer.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
         let mut procs = Vec::new();
         for i in 0..3 {
             procs.push(Proc::spawn(
@@ -304,7 +307,10 @@ async fn idle_cpu(cluster: &Cluster, label: &str, over: Duration) -> String {
         .zip(&after)
         .map(|(b, a)| format!("{:.1}%", (a - b) / over.as_secs_f64() * 100.0))
         .collect();
-    format!("{label} idle CPU per node ({SHARDS} shards x 3 replicas, no traffic): {}", per.join(" "))
+    format!(
+        "{label} idle CPU per node ({SHARDS} shards x 3 replicas, no traffic): {}",
+        per.join(" ")
+    )
 }
 
 pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {

@@ -44,8 +44,9 @@ impl Cluster {
                 ),
             )?;
             procs.push(
-                Proc::spawn(Command::new(&args.nats_server).arg("-c").arg(&conf))
-                    .with_context(|| format!("starting {} (apt-get install nats-server)", args.nats_server))?,
+                Proc::spawn(Command::new(&args.nats_server).arg("-c").arg(&conf)).with_context(
+                    || format!("starting {} (apt-get install nats-server)", args.nats_server),
+                )?,
             );
         }
         let urls = client.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect();

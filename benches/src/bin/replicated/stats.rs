@@ -102,7 +102,8 @@ impl Failover {
         for id in stored {
             *counts.entry(id.as_str()).or_default() += 1;
         }
-        let missing = self.acked_ids().iter().filter(|id| !counts.contains_key(id.as_str())).count();
+        let missing =
+            self.acked_ids().iter().filter(|id| !counts.contains_key(id.as_str())).count();
         let duplicated = counts.values().filter(|c| **c > 1).count();
         (missing, duplicated)
     }

@@ -224,9 +224,9 @@ fn reply<T>(r: Result<T, ServiceError>, f: impl FnOnce(T) -> OwnerReply) -> Owne
 /// Runs `call` on this node (its leader side).
 pub async fn execute(node: &Node, caller: &Caller, call: OwnerCall) -> OwnerReply {
     match call {
-        OwnerCall::Create { req } => reply(node.create(caller, req).await, |v| {
-            OwnerReply::View(v.into())
-        }),
+        OwnerCall::Create { req } => {
+            reply(node.create(caller, req).await, |v| OwnerReply::View(v.into()))
+        }
         OwnerCall::Fetch { key } => {
             reply(node.fetch(caller, &key).await, |v| OwnerReply::View(v.into()))
         }

@@ -88,7 +88,9 @@ impl Owner for OwnerService {
                 });
                 let events = listening.events.map(|ev| {
                     item(&match ev {
-                        ListenEvent::Message(d) => ListenItem::Message { message: d.record.clone() },
+                        ListenEvent::Message(d) => {
+                            ListenItem::Message { message: d.record.clone() }
+                        }
                         ListenEvent::Ephemeral(r) => {
                             ListenItem::Ephemeral { origin: r.origin, frame: r.frame.to_string() }
                         }

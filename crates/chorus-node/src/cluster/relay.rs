@@ -11,7 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_api::{Caller, EventStream, ListenEvent, Listening, Relayed, ServiceError, StreamService};
+use chorus_api::{
+    Caller, EventStream, ListenEvent, Listening, Relayed, ServiceError, StreamService,
+};
 use chorus_proto::pb;
 use chorus_types::{ErrorCode, StreamKey};
 use futures_util::StreamExt;
@@ -68,12 +70,10 @@ async fn open(
         _ => return Err(fatal(err(ErrorCode::Internal, "listen stream began without a reply"))),
     };
     let router_for_events = router.self_arc();
-    let events = stream
-        .take_while(|r| std::future::ready(r.is_ok()))
-        .filter_map(move |r| {
-            let ev = r.ok().and_then(|ev| serde_json::from_slice::<ListenItem>(&ev.event).ok());
-            std::future::ready(ev.and_then(|item| to_event(router_for_events.as_deref(), item)))
-        });
+    let events = stream.take_while(|r| std::future::ready(r.is_ok())).filter_map(move |r| {
+        let ev = r.ok().and_then(|ev| serde_json::from_slice::<ListenItem>(&ev.event).ok());
+        std::future::ready(ev.and_then(|item| to_event(router_for_events.as_deref(), item)))
+    });
     Ok(Listening { recovered, message_count, events: Box::pin(events) })
 }
 
@@ -139,19 +139,15 @@ pub(crate) async fn listen(
     let router_arc =
         router.self_arc().ok_or_else(|| err(ErrorCode::Unavailable, "node is stopping"))?;
     let (tx, rx) = mpsc::channel(QUEUE);
-    let relay = Relay {
-        router: router_arc,
-        caller: caller.clone(),
-        key: key.clone(),
-        last,
-        tx,
-    };
+    let relay = Relay { router: router_arc, caller: caller.clone(), key: key.clone(), last, tx };
     tokio::spawn(relay.run(first.events));
     let events: EventStream = Box::pin(tokio_stream_from(rx));
     Ok(Listening { recovered: first.recovered, message_count: first.message_count, events })
 }
 
-fn tokio_stream_from(mut rx: mpsc::Receiver<ListenEvent>) -> impl futures_core::Stream<Item = ListenEvent> {
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<ListenEvent>,
+) -> impl futures_core::Stream<Item = ListenEvent> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -201,7 +197,10 @@ impl Relay {
                         let _ = self.tx.send(ListenEvent::Resync { from: self.last + 1 }).await;
                         return;
                     }
-                    Err(e) if e.error.code == ErrorCode::Unavailable || e.error.code == ErrorCode::NotLeader => {
+                    Err(e)
+                        if e.error.code == ErrorCode::Unavailable
+                            || e.error.code == ErrorCode::NotLeader =>
+                    {
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(Duration::from_secs(2));
                     }

@@ -63,7 +63,8 @@ pub struct Router {
 impl Router {
     /// A router for `node`, which must be a cluster member.
     pub fn new(node: Node) -> Arc<Router> {
-        let peers = node.cluster().map(|c| c.peers.clone().into_iter().collect()).unwrap_or_default();
+        let peers =
+            node.cluster().map(|c| c.peers.clone().into_iter().collect()).unwrap_or_default();
         let timeout = node.inner.config.actors.request_timeout;
         Arc::new_cyclic(|this| Router {
             me: node.node_id(),
@@ -99,9 +100,8 @@ impl Router {
             .peers
             .get(&id)
             .ok_or_else(|| err(ErrorCode::Unavailable, "the shard's leader is not a known node"))?;
-        let channel = endpoint(addr)
-            .map_err(|e| err(ErrorCode::Internal, &e.to_string()))?
-            .connect_lazy();
+        let channel =
+            endpoint(addr).map_err(|e| err(ErrorCode::Internal, &e.to_string()))?.connect_lazy();
         let client = OwnerClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
@@ -170,7 +170,11 @@ impl Router {
             Err(status) => {
                 tracing::debug!(node = id, %status, "owner call failed");
                 let e = err(ErrorCode::Unavailable, "the stream's owner could not be reached");
-                Err(if is_connect_failure(&status) { Failure::NotRun(e) } else { Failure::Unknown(e) })
+                Err(if is_connect_failure(&status) {
+                    Failure::NotRun(e)
+                } else {
+                    Failure::Unknown(e)
+                })
             }
         }
     }

@@ -148,8 +148,7 @@ impl Cluster {
             .await
             .expect("local messages")
             .into_inner();
-        let messages =
-            reply.messages.iter().map(|m| serde_json::from_slice(m).unwrap()).collect();
+        let messages = reply.messages.iter().map(|m| serde_json::from_slice(m).unwrap()).collect();
         (reply.message_count, messages)
     }
 

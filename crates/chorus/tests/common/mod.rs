@@ -47,7 +47,13 @@ impl Server {
     /// Starts on a fixed port (from [`free_port`]), so clients made before the server
     /// started, or kept across a restart, find it there.
     pub fn start_on(data: &Path, port: u16) -> Server {
-        Server::spawn(data, &format!("127.0.0.1:{port}"), &[], &[("RUST_LOG", "warn")], Stdio::inherit())
+        Server::spawn(
+            data,
+            &format!("127.0.0.1:{port}"),
+            &[],
+            &[("RUST_LOG", "warn")],
+            Stdio::inherit(),
+        )
     }
 
     fn spawn(
