@@ -249,9 +249,13 @@ impl Node {
     }
 }
 
-/// Starts this node's replica of every shard. The lowest node id initialises a group that has
-/// no state yet, with all three voters; the others wait to hear from it. (Every shard has a
-/// replica on each of the three nodes.)
+/// Starts this node's replica of every shard (each of the three nodes holds every shard).
+///
+/// A group with no state yet is initialised, with all three voters, by one node: the shard's
+/// preferred leader, `ids[shard % 3]`. It campaigns at once and almost always wins, so a new
+/// cluster starts with leadership spread evenly (each node leads a third of the shards and
+/// the write work is shared) instead of the initialiser leading everything. The other two
+/// wait to hear from it.
 async fn start_cluster_groups(
     config: &NodeConfig,
     cluster: &ClusterSpec,
@@ -267,10 +271,11 @@ async fn start_cluster_groups(
         .iter()
         .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }))
         .collect();
-    let initialiser = cluster.peers.keys().next().copied() == Some(me);
+    let ids: Vec<u64> = cluster.peers.keys().copied().collect();
     let mut groups = Vec::with_capacity(usize::from(shard_count));
     for s in 0..shard_count {
-        let init = initialiser.then(|| members.clone());
+        let preferred = ids[usize::from(s) % ids.len()];
+        let init = (preferred == me).then(|| members.clone());
         let network = GrpcNetwork::new(s, pool.clone());
         groups.push(host.group(ShardId(s), network, init).await?);
     }

@@ -60,7 +60,8 @@ pub struct NodeArgs {
     #[arg(long)]
     pub peer_listen: SocketAddr,
     /// The cluster's voters, `id=host:port` of each node's peer address, comma-separated;
-    /// must include this node. The lowest id initialises a new cluster.
+    /// must include this node. Each shard of a new cluster is initialised by its preferred
+    /// leader, `ids[shard % 3]`.
     #[arg(long, env = env::PEERS, value_delimiter = ',', required = true)]
     pub peers: Vec<String>,
     /// Config file (TOML, `version = 1`).

@@ -21,6 +21,22 @@ pub use router::Router;
 use crate::error::NodeError;
 use crate::node::Node;
 
+/// Accepted connections with Nagle off. The builder's `tcp_nodelay` covers only listeners
+/// tonic binds itself; without this, small replies (Raft acks, forwarded posts) wait for the
+/// peer's delayed ACK, some 40 ms.
+fn incoming(
+    listener: TcpListener,
+) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures_util::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        if let Err(e) = conn.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not disable Nagle on a peer connection");
+        }
+        Ok(conn)
+    })
+}
+
 /// Serves `Peer`, `Owner` and `Admin` on `listener` until `shutdown` resolves.
 pub async fn serve(
     node: Node,
@@ -39,10 +55,7 @@ pub async fn serve(
         .add_service(peer)
         .add_service(owner)
         .add_service(admin)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
         .map_err(|e| NodeError::Serve(e.to_string()))
 }
