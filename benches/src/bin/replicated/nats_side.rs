@@ -213,6 +213,10 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
     let cluster = Cluster::start(args)?;
     let js = jetstream::new(cluster.connect(0).await?);
     make_stream(&js, "BENCH", "bench.>").await?;
+    let idle = crate::procs::idle_cpu(&cluster.procs, Duration::from_secs(10)).await;
+    let line = format!("nats R3 idle CPU per server (1 R3 stream, no traffic): {idle}");
+    println!("{line}");
+    out.push(line);
     for &n in &args.in_flight {
         let line = w1(&cluster, args, n).await?;
         println!("{line}");

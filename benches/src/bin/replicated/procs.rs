@@ -43,3 +43,17 @@ impl Drop for Proc {
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// CPU used by each process over `over`, after letting it settle, as "a% b% c%" of one core.
+pub async fn idle_cpu(procs: &[Proc], over: std::time::Duration) -> String {
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let before: Vec<f64> = procs.iter().map(|p| p.cpu_seconds().unwrap_or(0.0)).collect();
+    tokio::time::sleep(over).await;
+    let after: Vec<f64> = procs.iter().map(|p| p.cpu_seconds().unwrap_or(0.0)).collect();
+    let per: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| format!("{:.1}%", (a - b) / over.as_secs_f64() * 100.0))
+        .collect();
+    per.join(" ")
+}
