@@ -265,7 +265,7 @@ async fn start_cluster_groups(
 ) -> Result<Vec<ShardGroup>, NodeError> {
     let me = config.node_id;
     let host = GroupHost::start(me, db, config.raft.clone(), hub)?;
-    let pool = PeerPool::new(me);
+    let pool = PeerPool::new(me, cluster.peers.clone().into_iter().collect());
     let members: BTreeMap<u64, openraft::BasicNode> = cluster
         .peers
         .iter()

@@ -51,7 +51,8 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = GrpcConn;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConn {
-        let peer = self.pool.get(&node.addr).map_err(|e| e.to_string());
+        let addr = self.pool.address_of(target, &node.addr);
+        let peer = self.pool.get(addr).map_err(|e| e.to_string());
         GrpcConn { group: self.group, target, peer }
     }
 }

@@ -100,12 +100,22 @@ impl PeerConn {
 /// The connections of this node to its peers, by address.
 pub struct PeerPool {
     me: u64,
+    /// How this node reaches each peer (its own `--peers`). Preferred over the address in Raft
+    /// membership, which is the same for every node: a node may reach a peer by another
+    /// route (a proxy, another interface), and an address can change without a membership
+    /// change.
+    book: HashMap<u64, String>,
     conns: Mutex<HashMap<String, PeerConn>>,
 }
 
 impl PeerPool {
-    pub fn new(me: u64) -> Arc<PeerPool> {
-        Arc::new(PeerPool { me, conns: Mutex::default() })
+    pub fn new(me: u64, book: HashMap<u64, String>) -> Arc<PeerPool> {
+        Arc::new(PeerPool { me, book, conns: Mutex::default() })
+    }
+
+    /// The address to reach node `id` at: this node's own book, else `fallback`.
+    pub fn address_of<'a>(&'a self, id: u64, fallback: &'a str) -> &'a str {
+        self.book.get(&id).map_or(fallback, String::as_str)
     }
 
     /// The connection to `addr` (`host:port`), made lazily on first use.
