@@ -126,8 +126,7 @@ impl StreamActor {
             return Ok(());
         }
         let shard = shard_of(&self.key, node.shard_count);
-        let raft = &node.groups[usize::from(shard.0)].raft;
-        raft.ensure_linearizable().await.map_err(|e| {
+        node.ensure_linearizable(shard).await.map_err(|e| {
             tracing::debug!(stream = %self.key, error = %e, "actor read barrier failed");
             err(ErrorCode::NotLeader, "this node does not lead the stream's shard")
         })?;

@@ -101,9 +101,23 @@ pub(crate) struct Inner {
     pub(crate) proposers: Vec<ShardProposer>,
     /// The groups by id, as the peer service routes to them.
     pub(crate) table: Arc<GroupTable>,
+    /// The peer connections (cluster members only).
+    pub(crate) pool: Option<Arc<PeerPool>>,
     /// The scrape-time collectors reading this node's groups and database; emptied at
     /// shutdown so the registry lets go of the database.
     pub(crate) collectors: Mutex<Vec<Registered>>,
+}
+
+impl Inner {
+    /// See [`Node::ensure_linearizable`]. Marks the shard hot first, so its heartbeats (which
+    /// the barrier waits on) leave without lingering for company.
+    pub(crate) async fn ensure_linearizable(&self, shard: ShardId) -> Result<(), String> {
+        if let Some(pool) = &self.pool {
+            pool.mark_hot(shard.0);
+        }
+        let group = self.groups.get(usize::from(shard.0)).ok_or("no such shard")?;
+        group.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| e.to_string())
+    }
 }
 
 impl Node {
@@ -126,9 +140,9 @@ impl Node {
         }
         tracing::info!(shards = shard_count, dir = %config.data_dir.display(), "storage opened");
         let hub = Arc::new(Hub::default());
-        let groups = match &config.cluster {
+        let (groups, pool) = match &config.cluster {
             None => {
-                start_groups(
+                let groups = start_groups(
                     config.node_id,
                     config.advertise.clone(),
                     shard_count,
@@ -136,11 +150,14 @@ impl Node {
                     config.raft.clone(),
                     hub.clone(),
                 )
-                .await?
+                .await?;
+                (groups, None)
             }
             Some(cluster) => {
                 cluster.validate(config.node_id).map_err(|m| NodeError::Config(m.to_string()))?;
-                start_cluster_groups(&config, cluster, shard_count, &db, hub.clone()).await?
+                let (groups, pool) =
+                    start_cluster_groups(&config, cluster, shard_count, &db, hub.clone()).await?;
+                (groups, Some(pool))
             }
         };
         let table = Arc::new(GroupTable::default());
@@ -172,6 +189,7 @@ impl Node {
                 actors,
                 proposers,
                 table,
+                pool,
                 collectors,
             }),
         })
@@ -189,6 +207,12 @@ impl Node {
     /// The Raft handle of `shard`.
     pub fn raft(&self, shard: ShardId) -> Option<&chorus_raft::Raft> {
         self.inner.groups.get(usize::from(shard.0)).map(|g| &g.raft)
+    }
+
+    /// Waits until this node may serve a read of `shard` reflecting every write acknowledged
+    /// before the call (openraft's read index: a round of heartbeats to a quorum).
+    pub(crate) async fn ensure_linearizable(&self, shard: ShardId) -> Result<(), String> {
+        self.inner.ensure_linearizable(shard).await
     }
 
     pub fn db(&self) -> &Db {
@@ -262,10 +286,10 @@ async fn start_cluster_groups(
     shard_count: u16,
     db: &Db,
     hub: Arc<Hub>,
-) -> Result<Vec<ShardGroup>, NodeError> {
+) -> Result<(Vec<ShardGroup>, Arc<PeerPool>), NodeError> {
     let me = config.node_id;
     let host = GroupHost::start(me, db, config.raft.clone(), hub)?;
-    let pool = PeerPool::new(me, cluster.peers.clone().into_iter().collect());
+    let pool = PeerPool::new(me, cluster.peers.clone().into_iter().collect(), shard_count);
     let members: BTreeMap<u64, openraft::BasicNode> = cluster
         .peers
         .iter()
@@ -279,5 +303,5 @@ async fn start_cluster_groups(
         let network = GrpcNetwork::new(s, pool.clone());
         groups.push(host.group(ShardId(s), network, init).await?);
     }
-    Ok(groups)
+    Ok((groups, pool))
 }

@@ -66,14 +66,10 @@ impl Node {
         self.inner.config.node_id
     }
 
-    fn shard_raft(&self, key: &StreamKey) -> &chorus_raft::Raft {
-        &self.inner.groups[usize::from(self.shard_of(key).0)].raft
-    }
-
     /// Waits until this node may serve a read of `key`'s shard that reflects every write
     /// acknowledged before the read began.
     async fn read_barrier(&self, key: &StreamKey) -> Result<(), ServiceError> {
-        self.shard_raft(key).ensure_linearizable().await.map(|_| ()).map_err(|e| {
+        self.ensure_linearizable(self.shard_of(key)).await.map_err(|e| {
             tracing::debug!(stream = %key, error = %e, "read barrier failed");
             err(ErrorCode::NotLeader, "this node does not lead the stream's shard")
         })

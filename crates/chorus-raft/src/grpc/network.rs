@@ -43,6 +43,7 @@ impl GrpcNetwork {
 /// One group's view of one peer.
 pub struct GrpcConn {
     group: u16,
+    pool: Arc<PeerPool>,
     target: NodeId,
     peer: Result<PeerConn, String>,
 }
@@ -53,7 +54,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConn {
         let addr = self.pool.address_of(target, &node.addr);
         let peer = self.pool.get(addr).map_err(|e| e.to_string());
-        GrpcConn { group: self.group, target, peer }
+        GrpcConn { group: self.group, pool: self.pool.clone(), target, peer }
     }
 }
 
@@ -135,7 +136,7 @@ impl RaftNetwork<TypeConfig> for GrpcConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let urgent = !rpc.entries.is_empty();
+        let urgent = !rpc.entries.is_empty() || self.pool.is_hot(self.group);
         self.batched(pb::RaftKind::Append, RPCTypes::AppendEntries, &rpc, urgent, &option).await
     }
 

@@ -7,11 +7,14 @@
 //!
 //! A batch that holds only heartbeats (appends without entries) lingers up to [`LINGER`] for
 //! company; anything carrying entries or a vote leaves at once. Idle groups' heartbeats thus
-//! share round trips without delaying a single write.
+//! share round trips without delaying a single write. openraft's read barrier
+//! (`ensure_linearizable`) is itself a round of heartbeats, so a group whose reader waits is
+//! marked hot ([`PeerPool::mark_hot`]) and its heartbeats leave at once too.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chorus_proto::pb;
 use chorus_proto::pb::peer_client::PeerClient;
@@ -22,10 +25,11 @@ use tonic::transport::{Channel, Endpoint};
 const MAX_BATCH: usize = 256;
 /// Batches in flight to one peer at a time; more calls wait and coalesce.
 const IN_FLIGHT: usize = 8;
-/// How long a heartbeat-only batch waits for more calls. Far below any election timeout, and
-/// short because openraft's read barrier (`ensure_linearizable`) is itself a round of
-/// heartbeats: every linearizable read pays at most this much extra.
-const LINGER: Duration = Duration::from_millis(3);
+/// How long a heartbeat-only batch waits for more calls: half a default heartbeat interval, far
+/// below any election timeout.
+const LINGER: Duration = Duration::from_millis(25);
+/// How long a group stays hot after a read barrier asked for it.
+const HOT: Duration = Duration::from_millis(200);
 /// Largest gRPC message either way (Raft appends of big batches, snapshot chunks).
 pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
@@ -106,11 +110,33 @@ pub struct PeerPool {
     /// change.
     book: HashMap<u64, String>,
     conns: Mutex<HashMap<String, PeerConn>>,
+    /// Per group: until when (ms since `epoch`) its heartbeats are urgent.
+    hot: Vec<AtomicU64>,
+    epoch: Instant,
 }
 
 impl PeerPool {
-    pub fn new(me: u64, book: HashMap<u64, String>) -> Arc<PeerPool> {
-        Arc::new(PeerPool { me, book, conns: Mutex::default() })
+    /// A pool for groups `0..groups`.
+    pub fn new(me: u64, book: HashMap<u64, String>, groups: u16) -> Arc<PeerPool> {
+        let hot = (0..groups).map(|_| AtomicU64::new(0)).collect();
+        Arc::new(PeerPool { me, book, conns: Mutex::default(), hot, epoch: Instant::now() })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A reader waits on `group`'s read barrier: send its heartbeats without lingering for a
+    /// while.
+    pub fn mark_hot(&self, group: u16) {
+        if let Some(h) = self.hot.get(usize::from(group)) {
+            let until = self.now_ms().saturating_add(u64::try_from(HOT.as_millis()).unwrap_or(0));
+            h.fetch_max(until, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_hot(&self, group: u16) -> bool {
+        self.hot.get(usize::from(group)).is_some_and(|h| h.load(Ordering::Relaxed) > self.now_ms())
     }
 
     /// The address to reach node `id` at: this node's own book, else `fallback`.
