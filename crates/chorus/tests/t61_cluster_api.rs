@@ -29,6 +29,16 @@ async fn follower_serves_everything_and_listen_survives_leader_kill() {
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     let (f1, f2) = (followers[0], followers[1]);
 
+    // `chorus admin status` sees three nodes and every shard led.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["admin", "--node", &cluster.members[f1].peer, "status", "--shards"])
+        .output()
+        .expect("chorus admin");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "admin status failed: {text}");
+    assert!(text.contains("shards: 4 (0 without a leader)"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("leads")).count(), 3, "{text}");
+
     // Every kind of operation through a follower.
     let alice = cluster.api(f1, Some("alice"));
     let (s, v) = alice
