@@ -62,6 +62,9 @@ pub struct NodeConfig {
 pub struct ClusterSpec {
     /// Node id → the address its peers reach it at (gRPC: Raft, owner calls, admin).
     pub peers: BTreeMap<u64, String>,
+    /// A node that joins an existing cluster (to replace a voter): it never initialises a
+    /// group, it waits to be added by the groups' leaders (`chorus admin replace-node`).
+    pub join: bool,
 }
 
 impl ClusterSpec {
@@ -299,7 +302,7 @@ async fn start_cluster_groups(
     let mut groups = Vec::with_capacity(usize::from(shard_count));
     for s in 0..shard_count {
         let preferred = ids[usize::from(s) % ids.len()];
-        let init = (preferred == me).then(|| members.clone());
+        let init = (preferred == me && !cluster.join).then(|| members.clone());
         let network = GrpcNetwork::new(s, pool.clone());
         groups.push(host.group(ShardId(s), network, init).await?);
     }

@@ -19,7 +19,50 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .into_inner();
             print_status(&status, shards);
         }
+        AdminCommand::ReplaceNode { old, new, addr } => {
+            replace_node(&args.node, old, new, &addr).await?;
+        }
     }
+    Ok(())
+}
+
+/// Moves every group's replica from `old` to `new`, one group at a time, each on its leader.
+async fn replace_node(ask: &str, old: u64, new: u64, new_addr: &str) -> anyhow::Result<()> {
+    let mut client = AdminClient::connect(format!("http://{ask}"))
+        .await
+        .with_context(|| format!("connecting to {ask}"))?;
+    let status = client.status(pb::StatusRequest {}).await.context("asking for status")?;
+    let groups: Vec<u32> = status.into_inner().groups.iter().map(|g| g.group).collect();
+    for group in groups {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            // Ask afresh each time: leadership may move while replicas move.
+            let result = match client.status(pb::StatusRequest {}).await {
+                Ok(status) => {
+                    let status = status.into_inner();
+                    let g = status.groups.iter().find(|g| g.group == group);
+                    let leader = g.map_or(0, |g| g.leader);
+                    match status.nodes.iter().find(|n| n.id == leader && leader != 0) {
+                        Some(n) => replace_on(&n.peer_addr, group, old, new, new_addr).await,
+                        None => Err(anyhow::anyhow!("group {group} has no leader yet")),
+                    }
+                }
+                Err(s) => Err(anyhow::anyhow!("status: {}", s.message())),
+            };
+            match result {
+                Ok(voters) => {
+                    println!("shard {group}: voters {voters:?}");
+                    break;
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("shard {group}: {e}; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.context(format!("replacing node {old} in shard {group}"))),
+            }
+        }
+    }
+    println!("node {new} replaced node {old} in every shard");
     Ok(())
 }
 
@@ -64,5 +107,23 @@ fn print_status(s: &pb::StatusReply, per_shard: bool) {
                 lag.join(" ")
             );
         }
+    }
+}
+
+/// Asks `leader` to move `group`'s replica from `old` to `new`; the voters after the change.
+async fn replace_on(
+    leader: &str,
+    group: u32,
+    old: u64,
+    new: u64,
+    new_addr: &str,
+) -> anyhow::Result<Vec<u64>> {
+    let mut client = AdminClient::connect(format!("http://{leader}"))
+        .await
+        .with_context(|| format!("connecting to the leader at {leader}"))?;
+    let req = pb::ReplaceVoterRequest { group, old, new, new_addr: new_addr.to_owned() };
+    match client.replace_voter(req).await {
+        Ok(r) => Ok(r.into_inner().voters),
+        Err(s) => Err(anyhow::anyhow!("{}", s.message())),
     }
 }

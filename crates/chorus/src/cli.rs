@@ -64,6 +64,10 @@ pub struct NodeArgs {
     /// leader, `ids[shard % 3]`.
     #[arg(long, env = env::PEERS, value_delimiter = ',', required = true)]
     pub peers: Vec<String>,
+    /// Join an existing cluster instead of forming one: never initialise a shard, wait to be
+    /// made a voter (`chorus admin replace-node`).
+    #[arg(long)]
+    pub join: bool,
     /// Config file (TOML, `version = 1`).
     #[arg(long, env = env::CONFIG)]
     pub config: Option<PathBuf>,
@@ -94,6 +98,17 @@ pub enum AdminCommand {
         /// One line per shard instead of a summary.
         #[arg(long)]
         shards: bool,
+    },
+    /// Move every shard's replica from node OLD to node NEW (started with `chorus node --join`):
+    /// NEW is added as a learner, catches up, then replaces OLD as a voter, shard by shard.
+    ReplaceNode {
+        #[arg(long)]
+        old: u64,
+        #[arg(long)]
+        new: u64,
+        /// NEW's peer (gRPC) address.
+        #[arg(long)]
+        addr: String,
     },
 }
 

@@ -52,7 +52,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--api-key must be at least 16 bytes");
     }
     let peers = parse_peers(&args.peers)?;
-    let cluster = ClusterSpec { peers };
+    let cluster = ClusterSpec { peers, join: args.join };
     cluster.validate(args.id).map_err(anyhow::Error::msg)?;
     let advertise = cluster.peers.get(&args.id).cloned().unwrap_or_default();
 

@@ -232,3 +232,64 @@ async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
     let st = cluster.status(2).await;
     assert!(st.groups.iter().any(|g| g.snapshot > 0), "node 3 installed no snapshot");
 }
+
+/// A dead node is replaced: its data is gone, a new node joins, and `chorus admin
+/// replace-node` moves every shard's replica to it (learner, catch-up, voter change) while
+/// writes go on. Nothing acknowledged is lost and the new node holds identical copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_node_is_replaced_by_a_new_one_without_losing_writes() {
+    const STREAMS: usize = 4;
+    const PER_STREAM: usize = 60;
+    let mut cluster = Cluster::start(3, 4, FAST_RAFT);
+    create_streams(&cluster, STREAMS).await;
+
+    // Node 3 dies for good: killed, data deleted.
+    cluster.kill(2);
+    std::fs::remove_dir_all(&cluster.members[2].data).unwrap();
+    let nodes: Vec<(String, bool)> = cluster
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("http://{}", m.api), i != 2))
+        .collect();
+    let nodes = Arc::new(Mutex::new(nodes));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..STREAMS)
+        .map(|s| tokio::spawn(sequential_writer(nodes.clone(), s, PER_STREAM, acked.clone())))
+        .collect();
+
+    // Node 4 joins and takes node 3's place in every shard while the writers run.
+    let new = cluster.add_member(4);
+    let peers = cluster.peers_of(&[0, 1, new]);
+    cluster.spawn_with(new, &peers, &["--join"]);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["admin", "--node", &cluster.members[0].peer, "replace-node"])
+        .args(["--old", "3", "--new", "4", "--addr", &cluster.members[new].peer])
+        .output()
+        .await
+        .expect("chorus admin replace-node");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "replace-node failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("node 4 replaced node 3 in every shard"), "{text}");
+    cluster.wait_ready(new);
+
+    let mut results = Vec::new();
+    for w in writers {
+        results.push(w.await.expect("writer"));
+    }
+    let a = check_replica(&cluster, 0, &results, PER_STREAM).await;
+    let b = check_replica(&cluster, 1, &results, PER_STREAM).await;
+    let d = check_replica(&cluster, new, &results, PER_STREAM).await;
+    assert_eq!(a, b, "survivors differ");
+    assert_eq!(a, d, "the new node differs");
+    for i in [0, 1, new] {
+        let status = cluster.status(i).await;
+        for g in &status.groups {
+            assert_eq!(g.voters, vec![1, 2, 4], "node {} group {}", status.node_id, g.group);
+        }
+    }
+}

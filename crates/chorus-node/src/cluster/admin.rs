@@ -25,20 +25,20 @@ impl Admin for AdminService {
         &self,
         _request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
-        let nodes = self
-            .node
-            .cluster()
-            .map(|c| {
-                c.peers
-                    .iter()
-                    .map(|(id, addr)| pb::NodeInfo {
-                        id: *id,
-                        peer_addr: addr.clone(),
-                        api_addr: String::new(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        // The nodes this node was started with, and any that joined since (from the Raft
+        // membership of its groups).
+        let mut known: std::collections::BTreeMap<u64, String> =
+            self.node.cluster().map(|c| c.peers.clone()).unwrap_or_default();
+        for (_, raft) in self.node.group_table().all() {
+            let m = raft.metrics().borrow().membership_config.clone();
+            for (id, n) in m.membership().nodes() {
+                known.entry(*id).or_insert_with(|| n.addr.clone());
+            }
+        }
+        let nodes = known
+            .into_iter()
+            .map(|(id, addr)| pb::NodeInfo { id, peer_addr: addr, api_addr: String::new() })
+            .collect();
         let groups = self
             .node
             .group_table()
@@ -75,6 +75,48 @@ impl Admin for AdminService {
             })
             .collect();
         Ok(Response::new(pb::StatusReply { node_id: self.node.node_id(), nodes, groups }))
+    }
+
+    async fn replace_voter(
+        &self,
+        request: Request<pb::ReplaceVoterRequest>,
+    ) -> Result<Response<pb::ReplaceVoterReply>, Status> {
+        let req = request.into_inner();
+        let group = u16::try_from(req.group)
+            .map_err(|_| Status::invalid_argument(format!("no group {}", req.group)))?;
+        let raft = self
+            .node
+            .group_table()
+            .get(group)
+            .ok_or_else(|| Status::not_found(format!("group {group} is not on this node")))?;
+        let me = self.node.node_id();
+        let leader = raft.metrics().borrow().current_leader;
+        if leader != Some(me) {
+            return Err(Status::failed_precondition(format!(
+                "node {me} does not lead group {group}; leader: {}",
+                leader.map_or("unknown".into(), |l| l.to_string())
+            )));
+        }
+        if req.new == 0 || req.new_addr.is_empty() {
+            return Err(Status::invalid_argument("new node id and address are required"));
+        }
+        let voters: std::collections::BTreeSet<u64> =
+            raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if !voters.contains(&req.new) {
+            // Blocks until the learner has caught up (by log or snapshot), so the voter change
+            // below never leaves the group with a lagging voter in its quorum.
+            raft.add_learner(req.new, openraft::BasicNode { addr: req.new_addr.clone() }, true)
+                .await
+                .map_err(|e| Status::unavailable(format!("adding node {}: {e}", req.new)))?;
+        }
+        let mut next = voters;
+        next.remove(&req.old);
+        next.insert(req.new);
+        raft.change_membership(next.clone(), false)
+            .await
+            .map_err(|e| Status::unavailable(format!("changing voters: {e}")))?;
+        tracing::info!(group, old = req.old, new = req.new, "voter replaced");
+        Ok(Response::new(pb::ReplaceVoterReply { voters: next.into_iter().collect() }))
     }
 
     async fn local_messages(

@@ -97,16 +97,27 @@ impl Router {
             return Ok(c.clone());
         }
         let addr = self
-            .peers
-            .get(&id)
+            .address_of(id)
             .ok_or_else(|| err(ErrorCode::Unavailable, "the shard's leader is not a known node"))?;
         let channel =
-            endpoint(addr).map_err(|e| err(ErrorCode::Internal, &e.to_string()))?.connect_lazy();
+            endpoint(&addr).map_err(|e| err(ErrorCode::Internal, &e.to_string()))?.connect_lazy();
         let client = OwnerClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         clients.insert(id, client.clone());
         Ok(client)
+    }
+
+    /// Where node `id` is reached: this node's `--peers`, else (a node that joined later) its
+    /// address in the Raft membership.
+    fn address_of(&self, id: u64) -> Option<String> {
+        if let Some(a) = self.peers.get(&id) {
+            return Some(a.clone());
+        }
+        self.node.group_table().all().into_iter().find_map(|(_, raft)| {
+            let m = raft.metrics().borrow().membership_config.clone();
+            m.membership().get_node(&id).map(|n| n.addr.clone())
+        })
     }
 
     /// The node that leads `shard` now, waiting (until `deadline`) through an election.

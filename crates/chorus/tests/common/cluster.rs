@@ -69,6 +69,34 @@ impl Cluster {
     /// Starts member `i`'s process (again).
     pub fn spawn(&mut self, i: usize) {
         let peers = self.peers_arg();
+        self.spawn_with(i, &peers, &[]);
+    }
+
+    /// A new member with fresh ports and data dir, not started.
+    pub fn add_member(&mut self, id: u64) -> usize {
+        let dir = self.members[0].data.parent().unwrap().to_path_buf();
+        self.members.push(Member {
+            id,
+            api: format!("127.0.0.1:{}", free_port()),
+            peer: format!("127.0.0.1:{}", free_port()),
+            data: dir.join(format!("node{id}")),
+            child: None,
+        });
+        self.members.len() - 1
+    }
+
+    /// `--peers` naming the given members (by index).
+    pub fn peers_of(&self, members: &[usize]) -> String {
+        members
+            .iter()
+            .map(|i| format!("{}={}", self.members[*i].id, self.members[*i].peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts member `i` with an explicit `--peers` and extra arguments.
+    pub fn spawn_with(&mut self, i: usize, peers: &str, extra: &[&str]) {
+        let peers = peers.to_owned();
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "node {} already runs", m.id);
         let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
@@ -79,6 +107,7 @@ impl Cluster {
             .arg(&m.data)
             .arg("--config")
             .arg(&self.config)
+            .args(extra)
             .env("CHORUS_JWT_SECRET", JWT_SECRET)
             .env("CHORUS_API_KEY", API_KEY)
             .env("RUST_LOG", std::env::var("CHORUS_TEST_LOG").unwrap_or_else(|_| "warn".into()))
