@@ -6,6 +6,7 @@ mod admin;
 mod call;
 mod owner;
 mod relay;
+mod routed;
 mod router;
 
 use chorus_proto::pb::admin_server::AdminServer;

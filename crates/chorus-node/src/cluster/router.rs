@@ -1,5 +1,6 @@
-//! [`StreamService`] for a cluster member: each operation runs where the stream's shard is
-//! led, here or on a peer (`Owner.Call`), and leader changes show only as a short delay.
+//! Routing for a cluster member: each operation runs where the stream's shard is led, here or
+//! on a peer (`Owner.Call`), and leader changes show only as a short delay. (The
+//! `StreamService` impl over it is in `routed.rs`.)
 //!
 //! The router asks the local replica of the shard who leads it (every node holds every
 //! shard). While a shard has no leader (an election), it waits for one. When the leader
@@ -12,23 +13,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use chorus_api::{
-    Caller, CreateStream, HistoryQuery, Listening, NewEphemeral, NewPost, ParticipantBody,
-    ParticipantOp, ParticipantPage, ParticipantQuery, Posted, Principal, ServiceError,
-    StreamService, StreamView, UpdateStream,
-};
+use chorus_api::{Caller, ServiceError};
 use chorus_proto::pb;
 use chorus_proto::pb::owner_client::OwnerClient;
 use chorus_raft::grpc::peers::{MAX_MESSAGE, endpoint};
-use chorus_types::{
-    AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, PublisherId, ShardId,
-    StreamKey, StreamName,
-};
+use chorus_types::{ApiError, ErrorCode, ShardId, StreamKey};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller, execute};
-use super::relay;
 use crate::error::err;
 use crate::node::Node;
 
@@ -257,164 +250,4 @@ fn is_connect_failure(status: &tonic::Status) -> bool {
         source = s.source();
     }
     false
-}
-
-/// The key a create will have, so it can be routed: the publisher as the leader will resolve
-/// it, and a generated name fixed here.
-fn create_key(caller: &Caller, req: &mut CreateStream) -> Result<StreamKey, ServiceError> {
-    let publisher = match (&caller.principal, &req.publisher_id) {
-        (_, Some(p)) => p.clone(),
-        (Principal::User { id, .. }, None) => PublisherId::from(id.clone()),
-        (Principal::App, None) => {
-            return Err(err(
-                ErrorCode::InvalidArgument,
-                "publisherId is required when the app creates a stream",
-            ));
-        }
-    };
-    let name = match &req.name {
-        Some(n) => n.clone(),
-        None => {
-            let n = StreamName::new(format!("{}/{}", req.stream_type, ulid::Ulid::new()))?;
-            req.name = Some(n.clone());
-            n
-        }
-    };
-    Ok(StreamKey::new(publisher, name))
-}
-
-#[async_trait::async_trait]
-impl StreamService for Router {
-    async fn create(
-        &self,
-        caller: &Caller,
-        mut req: CreateStream,
-    ) -> Result<StreamView, ServiceError> {
-        let key = create_key(caller, &mut req)?;
-        self.dispatch(caller, &key, OwnerCall::Create { req }).await.into_view()
-    }
-
-    async fn fetch(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
-        self.dispatch(caller, key, OwnerCall::Fetch { key: key.clone() }).await.into_view()
-    }
-
-    async fn batch_get(
-        &self,
-        caller: &Caller,
-        keys: Vec<StreamKey>,
-    ) -> Result<Vec<Option<StreamView>>, ServiceError> {
-        if keys.len() as u64 > chorus_api::MAX_LIMIT {
-            return Err(err(ErrorCode::TooLarge, "at most 1000 streams per batch"));
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        for key in &keys {
-            match self.fetch(caller, key).await {
-                Ok(v) => out.push(Some(v)),
-                Err(e) if e.error.code == ErrorCode::NotFound => out.push(None),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
-
-    async fn update(
-        &self,
-        caller: &Caller,
-        key: &StreamKey,
-        req: UpdateStream,
-    ) -> Result<StreamView, ServiceError> {
-        self.dispatch(caller, key, OwnerCall::Update { key: key.clone(), req }).await.into_view()
-    }
-
-    async fn close(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
-        self.dispatch(caller, key, OwnerCall::Close { key: key.clone() }).await.into_view()
-    }
-
-    async fn post(
-        &self,
-        caller: &Caller,
-        key: &StreamKey,
-        req: NewPost,
-    ) -> Result<Posted, ServiceError> {
-        self.dispatch(caller, key, OwnerCall::Post { key: key.clone(), req }).await.into_posted()
-    }
-
-    async fn messages(
-        &self,
-        caller: &Caller,
-        key: &StreamKey,
-        query: HistoryQuery,
-    ) -> Result<Vec<MessageRecord>, ServiceError> {
-        self.dispatch(caller, key, OwnerCall::Messages { key: key.clone(), query })
-            .await
-            .into_messages()
-    }
-
-    async fn participate(
-        &self,
-        caller: &Caller,
-        key: &StreamKey,
-        op: ParticipantOp,
-        body: ParticipantBody,
-    ) -> Result<ParticipantRecord, ServiceError> {
-        self.dispatch(caller, key, OwnerCall::Participate { key: key.clone(), op, body })
-            .await
-            .into_participant()
-    }
-
-    async fn participants(
-        &self,
-        caller: &Caller,
-        key: &StreamKey,
-        query: ParticipantQuery,
-    ) -> Result<ParticipantPage, ServiceError> {
-        self.dispatch(caller, key, OwnerCall::Participants { key: key.clone(), query })
-            .await
-            .into_page()
-    }
-
-    async fn access(
-        &self,
-        caller: &Caller,
-        key: &StreamKey,
-    ) -> Result<Vec<AccessRow>, ServiceError> {
-        self.dispatch(caller, key, OwnerCall::Access { key: key.clone() }).await.into_access()
-    }
-
-    async fn set_access(
-        &self,
-        caller: &Caller,
-        key: &StreamKey,
-        rows: Vec<AccessRow>,
-    ) -> Result<Vec<AccessRow>, ServiceError> {
-        self.dispatch(caller, key, OwnerCall::SetAccess { key: key.clone(), rows })
-            .await
-            .into_access()
-    }
-
-    async fn ephemeral(
-        &self,
-        caller: &Caller,
-        key: &StreamKey,
-        req: NewEphemeral,
-    ) -> Result<(), ServiceError> {
-        self.dispatch(caller, key, OwnerCall::Ephemeral { key: key.clone(), req }).await.into_done()
-    }
-
-    async fn readiness(&self) -> Result<(), ApiError> {
-        if self.node.is_ready() {
-            Ok(())
-        } else {
-            Err(ApiError::new(ErrorCode::Unavailable, "a shard has no leader"))
-        }
-    }
-
-    async fn listen(
-        &self,
-        caller: &Caller,
-        key: &StreamKey,
-        since: Option<u64>,
-    ) -> Result<Listening, ServiceError> {
-        relay::listen(self, caller, key, since).await
-    }
 }
