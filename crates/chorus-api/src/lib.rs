@@ -237,12 +237,31 @@ pub struct Listening {
 pub trait StreamService: Send + Sync + 'static {
     async fn create(&self, caller: &Caller, req: CreateStream) -> Result<StreamView, ServiceError>;
     async fn fetch(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError>;
-    /// One entry per key, `None` where the stream is absent or invisible to the caller.
+    /// One entry per key, `None` where the stream is absent or invisible to the caller; at most
+    /// [`MAX_LIMIT`] keys. Each key is fetched on its own (streams of a batch live on different
+    /// shards), so every entry is as current as a single fetch.
     async fn batch_get(
         &self,
         caller: &Caller,
         keys: Vec<StreamKey>,
-    ) -> Result<Vec<Option<StreamView>>, ServiceError>;
+    ) -> Result<Vec<Option<StreamView>>, ServiceError> {
+        if keys.len() as u64 > MAX_LIMIT {
+            return Err(ApiError::new(
+                chorus_types::ErrorCode::TooLarge,
+                "at most 1000 streams per batch",
+            )
+            .into());
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for key in &keys {
+            match self.fetch(caller, key).await {
+                Ok(v) => out.push(Some(v)),
+                Err(e) if e.error.code == chorus_types::ErrorCode::NotFound => out.push(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
     async fn update(
         &self,
         caller: &Caller,

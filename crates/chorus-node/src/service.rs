@@ -268,30 +268,6 @@ impl StreamService for Node {
     }
 
     #[instrument(
-        name = "batch_get",
-        skip_all,
-        fields(node = self.node_id())
-    )]
-    async fn batch_get(
-        &self,
-        caller: &Caller,
-        keys: Vec<StreamKey>,
-    ) -> Result<Vec<Option<StreamView>>, ServiceError> {
-        if keys.len() as u64 > MAX_LIMIT {
-            return Err(err(ErrorCode::TooLarge, "at most 1000 streams per batch"));
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        for key in &keys {
-            match self.fetch(caller, key).await {
-                Ok(v) => out.push(Some(v)),
-                Err(e) if e.error.code == ErrorCode::NotFound => out.push(None),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
-
-    #[instrument(
         name = "update",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)

@@ -55,25 +55,6 @@ impl StreamService for Router {
         self.dispatch(caller, key, OwnerCall::Fetch { key: key.clone() }).await.into_view()
     }
 
-    async fn batch_get(
-        &self,
-        caller: &Caller,
-        keys: Vec<StreamKey>,
-    ) -> Result<Vec<Option<StreamView>>, ServiceError> {
-        if keys.len() as u64 > chorus_api::MAX_LIMIT {
-            return Err(err(ErrorCode::TooLarge, "at most 1000 streams per batch"));
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        for key in &keys {
-            match self.fetch(caller, key).await {
-                Ok(v) => out.push(Some(v)),
-                Err(e) if e.error.code == ErrorCode::NotFound => out.push(None),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
-    }
-
     async fn update(
         &self,
         caller: &Caller,
