@@ -9,7 +9,6 @@
 //! $CARGO_TARGET_DIR/debug/loadgen --in-flight 256 --streams 256 --seconds 20
 //! ```
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,13 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use chorus_bench::stats::Window;
+use chorus_bench::ws_post::connection;
 use clap::Parser;
-use futures_util::{SinkExt, StreamExt};
-use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -134,69 +130,6 @@ async fn wait_ready(addr: &str) -> anyhow::Result<()> {
     bail!("server not ready")
 }
 
-struct Shared {
-    hist: Mutex<Histogram<u64>>,
-    acked: std::sync::atomic::AtomicU64,
-    errors: std::sync::atomic::AtomicU64,
-}
-
-/// What every connection shares.
-struct Plan {
-    addr: String,
-    token: String,
-    streams: Vec<String>,
-    body: String,
-    measure_from: Instant,
-    end: Instant,
-    shared: Shared,
-}
-
-/// One connection keeping `depth` posts in flight until `plan.end`, starting at stream `first`.
-async fn connection(plan: Arc<Plan>, first: usize, depth: usize) -> anyhow::Result<()> {
-    let (addr, token, streams, body) = (&plan.addr, &plan.token, &plan.streams, &plan.body);
-    let (measure_from, end, shared) = (plan.measure_from, plan.end, &plan.shared);
-    let mut req = format!("ws://{addr}/v1/ws").into_client_request()?;
-    req.headers_mut().insert("Authorization", format!("Bearer {token}").parse()?);
-    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
-    let (mut tx, mut rx) = ws.split();
-    let mut pending: HashMap<u64, Instant> = HashMap::new();
-    let mut next_id = 0u64;
-    let mut cursor = first;
-    let frame = |id: u64, stream: &str| {
-        json!({"id": id, "op": "post", "stream": {"publisherId": "bench", "name": stream}, "type": "Chat/message", "content": body}).to_string()
-    };
-    for _ in 0..depth {
-        tx.send(Message::text(frame(next_id, &streams[cursor % streams.len()]))).await?;
-        pending.insert(next_id, Instant::now());
-        next_id += 1;
-        cursor += 1;
-    }
-    while !pending.is_empty() {
-        let Some(msg) = rx.next().await else { bail!("socket closed") };
-        let Message::Text(text) = msg? else { continue };
-        let v: Value = serde_json::from_str(&text)?;
-        let Some(id) = v["re"].as_u64() else { continue };
-        let Some(sent) = pending.remove(&id) else { continue };
-        let now = Instant::now();
-        if v.get("ok").is_some() {
-            if sent >= measure_from && now <= end {
-                shared.acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let us = now.duration_since(sent).as_micros() as u64;
-                shared.hist.lock().await.record(us.max(1))?;
-            }
-        } else {
-            shared.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        if now < end {
-            tx.send(Message::text(frame(next_id, &streams[cursor % streams.len()]))).await?;
-            pending.insert(next_id, Instant::now());
-            next_id += 1;
-            cursor += 1;
-        }
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -216,55 +149,43 @@ async fn main() -> anyhow::Result<()> {
             bail!("creating {s}: {}", r.status());
         }
     }
-    let body = "x".repeat(args.size);
-    let start = Instant::now();
-    let measure_from = start + Duration::from_secs(3);
-    let end = measure_from + Duration::from_secs(args.seconds);
-    let plan = Arc::new(Plan {
-        addr: server.addr.clone(),
-        token: token.clone(),
-        streams,
-        body,
-        measure_from,
-        end,
-        shared: Shared {
-            hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-            acked: 0.into(),
-            errors: 0.into(),
-        },
-    });
+    let body = Arc::new("x".repeat(args.size));
+    let streams = Arc::new(streams);
+    let window = Arc::new(Window::new(Duration::from_secs(3), Duration::from_secs(args.seconds))?);
     let connections = args.connections.min(args.in_flight).max(1);
     let mut tasks = Vec::new();
-    let mut fsync_start = None;
     for c in 0..connections {
         let depth = args.in_flight / connections + usize::from(c < args.in_flight % connections);
-        tasks.push(tokio::spawn(connection(plan.clone(), c * 7, depth)));
+        tasks.push(tokio::spawn(connection(
+            server.addr.clone(),
+            token.clone(),
+            streams.clone(),
+            c * 7,
+            depth,
+            body.clone(),
+            window.clone(),
+        )));
     }
-    tokio::time::sleep_until(measure_from.into()).await;
-    fsync_start.get_or_insert(fsyncs(&server.addr).await?);
-    tokio::time::sleep_until(end.into()).await;
+    tokio::time::sleep_until(window.from.into()).await;
+    let fsync_start = fsyncs(&server.addr).await?;
+    tokio::time::sleep_until(window.end.into()).await;
     let fsync_end = fsyncs(&server.addr).await?;
     for t in tasks {
         t.await??;
     }
     let secs = args.seconds as f64;
-    let shared = &plan.shared;
-    let hist = shared.hist.lock().await;
-    let acked = shared.acked.load(std::sync::atomic::Ordering::Relaxed);
+    let acked = window.acked();
+    let (p50, _) = window.latency_ms(0.50);
+    let (p99, _) = window.latency_ms(0.99);
+    let (p999, max) = window.latency_ms(0.999);
     println!("chorus dev (single node, fsync on every group commit)");
     println!(
         "in_flight={} connections={} streams={} size={}B measured={}s",
         args.in_flight, connections, args.streams, args.size, args.seconds
     );
     println!("acked posts/s: {:.0}", acked as f64 / secs);
-    println!(
-        "ack latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-        hist.value_at_quantile(0.50) as f64 / 1000.0,
-        hist.value_at_quantile(0.99) as f64 / 1000.0,
-        hist.value_at_quantile(0.999) as f64 / 1000.0,
-        hist.max() as f64 / 1000.0
-    );
-    println!("fsyncs/s: {:.0}", (fsync_end - fsync_start.unwrap_or(0.0)) / secs);
-    println!("errors: {}", shared.errors.load(std::sync::atomic::Ordering::Relaxed));
+    println!("ack latency ms: p50 {p50:.2}  p99 {p99:.2}  p99.9 {p999:.2}  max {max:.2}");
+    println!("fsyncs/s: {:.0}", (fsync_end - fsync_start) / secs);
+    println!("errors: {}", window.errors.load(std::sync::atomic::Ordering::Relaxed));
     Ok(())
 }

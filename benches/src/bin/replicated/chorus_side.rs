@@ -1,7 +1,6 @@
 //! The Chorus side: three `chorus node` processes on loopback, clients over WebSocket (W1) and
 //! HTTP (W3), every post acknowledged only after a quorum fsynced it.
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,14 +10,11 @@ use chorus_proto::pb;
 use chorus_proto::pb::admin_client::AdminClient;
 use chorus_types::shard::shard_of;
 use chorus_types::{PublisherId, StreamKey, StreamName};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::Args;
 use crate::procs::{Proc, free_port};
-use crate::stats::{Failover, Window};
+use chorus_bench::stats::{Failover, Window};
 
 const API_KEY: &str = "chorus_bench_api_key_0123456789abcdef";
 const SHARDS: u16 = 64;
@@ -104,55 +100,6 @@ async fn create(client: &reqwest::Client, addr: &str, name: &str) -> anyhow::Res
     Ok(())
 }
 
-/// One WebSocket keeping `depth` posts in flight until the window ends.
-async fn connection(
-    addr: String,
-    streams: Arc<Vec<String>>,
-    first: usize,
-    depth: usize,
-    body: Arc<String>,
-    window: Arc<Window>,
-) -> anyhow::Result<()> {
-    let mut req = format!("ws://{addr}/v1/ws").into_client_request()?;
-    req.headers_mut().insert("Authorization", format!("Bearer {API_KEY}").parse()?);
-    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
-    let (mut tx, mut rx) = ws.split();
-    let mut pending: HashMap<u64, Instant> = HashMap::new();
-    let mut next = 0u64;
-    let mut cursor = first;
-    let frame = |id: u64, stream: &str| {
-        json!({"id": id, "op": "post", "stream": {"publisherId": "bench", "name": stream},
-               "type": "Chat/message", "content": body.as_str()})
-        .to_string()
-    };
-    for _ in 0..depth {
-        tx.send(Message::text(frame(next, &streams[cursor % streams.len()]))).await?;
-        pending.insert(next, Instant::now());
-        next += 1;
-        cursor += 1;
-    }
-    while !pending.is_empty() {
-        let Some(msg) = rx.next().await else { bail!("socket closed") };
-        let Message::Text(text) = msg? else { continue };
-        let v: Value = serde_json::from_str(&text)?;
-        let Some(id) = v["re"].as_u64() else { continue };
-        let Some(sent) = pending.remove(&id) else { continue };
-        let now = Instant::now();
-        if v.get("ok").is_some() {
-            window.record(sent, now);
-        } else {
-            window.error();
-        }
-        if now < window.end {
-            tx.send(Message::text(frame(next, &streams[cursor % streams.len()]))).await?;
-            pending.insert(next, Instant::now());
-            next += 1;
-            cursor += 1;
-        }
-    }
-    Ok(())
-}
-
 async fn w1(cluster: &Cluster, args: &Args, in_flight: usize) -> anyhow::Result<String> {
     let streams: Arc<Vec<String>> =
         Arc::new((0..args.streams.max(1)).map(|i| format!("Bench/room/{i}")).collect());
@@ -165,8 +112,9 @@ async fn w1(cluster: &Cluster, args: &Args, in_flight: usize) -> anyhow::Result<
     for c in 0..connections {
         let depth = in_flight / connections + usize::from(c < in_flight % connections);
         let addr = cluster.api[c % cluster.api.len()].clone();
-        tasks.push(tokio::spawn(connection(
+        tasks.push(tokio::spawn(chorus_bench::ws_post::connection(
             addr,
+            API_KEY.to_owned(),
             streams.clone(),
             c * 7,
             depth,

@@ -15,7 +15,6 @@
 mod chorus_side;
 mod nats_side;
 mod procs;
-mod stats;
 
 use clap::Parser;
 

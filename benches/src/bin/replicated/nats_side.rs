@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::Args;
 use crate::procs::{Proc, free_port};
-use crate::stats::{Failover, Window};
+use chorus_bench::stats::{Failover, Window};
 
 struct Cluster {
     procs: Vec<Proc>,

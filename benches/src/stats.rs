@@ -41,6 +41,18 @@ impl Window {
         self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    pub fn acked(&self) -> u64 {
+        self.acked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Latency at quantile `q` and the maximum, in ms.
+    pub fn latency_ms(&self, q: f64) -> (f64, f64) {
+        match self.hist.lock() {
+            Ok(h) => (h.value_at_quantile(q) as f64 / 1000.0, h.max() as f64 / 1000.0),
+            Err(_) => (0.0, 0.0),
+        }
+    }
+
     pub fn summary(&self, label: &str) -> String {
         let secs = self.end.duration_since(self.from).as_secs_f64();
         let acked = self.acked.load(std::sync::atomic::Ordering::Relaxed);
