@@ -30,10 +30,17 @@ pub fn stream_path(s: usize) -> String {
     format!("/v1/streams/{PUBLISHER}/{}", enc(&stream_name(s)))
 }
 
+/// The ordinal of a post's answer (the message itself, or wrapped in `message`).
+pub fn ordinal(v: &Value) -> u64 {
+    v["message"]["ordinal"].as_u64().or(v["ordinal"].as_u64()).unwrap_or(0)
+}
+
 pub enum Reply {
     Ok(Value),
     /// Safe to retry; `maybe_done` when the request may have taken effect anyway.
-    Retry { maybe_done: bool },
+    Retry {
+        maybe_done: bool,
+    },
     Final(String),
 }
 

@@ -176,22 +176,21 @@ fn check_posts(r: &mut Report, history: &History, reference: &[Copy]) {
 fn check_counts(r: &mut Report, s: usize, copy: &Copy, fetched: Fetched) {
     let n = copy.messages.len() as u64;
     if fetched.message_count != n {
-        r.violation(format!("stream {s}: API messageCount {} but the log has {n}", fetched.message_count));
+        r.violation(format!(
+            "stream {s}: API messageCount {} but the log has {n}",
+            fetched.message_count
+        ));
     }
     // Replaying joins and leaves gives who participates at the end.
     let mut participating = BTreeSet::new();
     for m in &copy.messages {
         let user = m["byUserId"].as_str().unwrap_or("");
         match m["type"].as_str() {
-            Some("Streams/joined") => {
-                if !participating.insert(user) {
-                    r.violation(format!("stream {s}: {user} joined twice without leaving"));
-                }
+            Some("Streams/joined") if !participating.insert(user) => {
+                r.violation(format!("stream {s}: {user} joined twice without leaving"));
             }
-            Some("Streams/left") => {
-                if !participating.remove(user) {
-                    r.violation(format!("stream {s}: {user} left without having joined"));
-                }
+            Some("Streams/left") if !participating.remove(user) => {
+                r.violation(format!("stream {s}: {user} left without having joined"));
             }
             _ => {}
         }

@@ -61,7 +61,11 @@ impl Cluster {
         for i in 0..NODES {
             let mut row = Vec::new();
             for (j, target) in nodes.iter().enumerate() {
-                row.push(if i == j { None } else { Some(Proxy::start(target.peer.clone()).await?) });
+                row.push(if i == j {
+                    None
+                } else {
+                    Some(Proxy::start(target.peer.clone()).await?)
+                });
             }
             links.push(row);
         }

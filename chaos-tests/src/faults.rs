@@ -21,7 +21,7 @@ pub enum Fault {
     IsolateLeader { group: u32 },
     /// Both directions between two nodes delayed.
     Slow(usize, usize, u64),
-    /// `from`'s bytes to `to` dropped (requests on from's link and answers on to's link);
+    /// `from`'s bytes to `to` stalled (requests on from's link and answers on to's link);
     /// the other direction flows.
     OneWay { from: usize, to: usize },
 }
@@ -34,7 +34,7 @@ impl fmt::Display for Fault {
             Fault::Partition(n) => write!(f, "partition node {}", n + 1),
             Fault::IsolateLeader { group } => write!(f, "isolate leader of shard {group}"),
             Fault::Slow(a, b, ms) => write!(f, "slow link {}<->{} by {ms} ms", a + 1, b + 1),
-            Fault::OneWay { from, to } => write!(f, "drop {}->{} one way", from + 1, to + 1),
+            Fault::OneWay { from, to } => write!(f, "cut {}->{} one way", from + 1, to + 1),
         }
     }
 }
@@ -77,7 +77,11 @@ pub fn schedule(seed: u64, faults: usize, shards: u16, max_hold_ms: u64) -> Vec<
                 4 => Fault::Slow(node, other, rng.range(20, 250)),
                 _ => Fault::OneWay { from: node, to: other },
             };
-            Step { gap_ms: rng.range(300, 1500), fault, hold_ms: rng.range(800, max_hold_ms.max(801)) }
+            Step {
+                gap_ms: rng.range(300, 1500),
+                fault,
+                hold_ms: rng.range(800, max_hold_ms.max(801)),
+            }
         })
         .collect()
 }
@@ -123,7 +127,7 @@ pub async fn inject(cluster: &mut Cluster, fault: Fault) -> Result<Option<usize>
         Fault::OneWay { from, to } => cluster.set_pair(
             from,
             to,
-            LinkState { cut: false, forward: Flow::Drop, backward: Flow::Pass },
+            LinkState { cut: false, forward: Flow::Stall, backward: Flow::Pass },
         ),
     }
     Ok(None)

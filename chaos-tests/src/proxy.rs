@@ -1,6 +1,6 @@
 //! A TCP proxy for one directed peer link (node i dialling node j). Every byte of that link
 //! passes through it, so the runner can cut it (close open connections, refuse new ones),
-//! drop one direction's bytes (a one-way partition), or delay them (a slow link).
+//! stall one direction (a one-way partition), or delay bytes (a slow link).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,8 +14,10 @@ use tokio::time::Instant;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flow {
     Pass,
-    /// Read and discarded: the sender sees a live connection that never answers.
-    Drop,
+    /// Not read any more until healed: the sender's bytes pile up unacknowledged, as TCP
+    /// behaves when packets one way are lost (it retransmits them once the path is back).
+    /// Dropping bytes instead would corrupt the stream, which TCP never lets happen.
+    Stall,
     Delay(Duration),
 }
 
@@ -30,7 +32,8 @@ pub struct LinkState {
 }
 
 impl LinkState {
-    pub const HEALTHY: LinkState = LinkState { cut: false, forward: Flow::Pass, backward: Flow::Pass };
+    pub const HEALTHY: LinkState =
+        LinkState { cut: false, forward: Flow::Pass, backward: Flow::Pass };
 }
 
 pub struct Proxy {
@@ -58,7 +61,6 @@ impl Proxy {
         }
         self.changed.send_modify(|g| *g += 1);
     }
-
 }
 
 impl Drop for Proxy {
@@ -104,8 +106,8 @@ async fn connection(
 ) {
     let (in_r, in_w) = inbound.into_split();
     let (out_r, out_w) = outbound.into_split();
-    let fwd = pump(in_r, out_w, state.clone(), true);
-    let back = pump(out_r, in_w, state.clone(), false);
+    let fwd = pump(in_r, out_w, state.clone(), changed.clone(), true);
+    let back = pump(out_r, in_w, state.clone(), changed.clone(), false);
     let cut = async {
         loop {
             if read_state(&state).cut {
@@ -129,6 +131,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     state: Arc<Mutex<LinkState>>,
+    mut changed: watch::Receiver<u64>,
     forward: bool,
 ) {
     // A writer task applies delays in order: each chunk leaves at its read time + delay.
@@ -143,17 +146,20 @@ async fn pump(
     };
     let reader = async move {
         let mut buf = vec![0u8; 64 * 1024];
+        let flow = |s: LinkState| if forward { s.forward } else { s.backward };
         loop {
+            while flow(read_state(&state)) == Flow::Stall {
+                if changed.changed().await.is_err() {
+                    return;
+                }
+            }
             let n = match from.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let s = read_state(&state);
-            let flow = if forward { s.forward } else { s.backward };
-            let due = match flow {
-                Flow::Pass => Instant::now(),
-                Flow::Drop => continue,
+            let due = match flow(read_state(&state)) {
                 Flow::Delay(d) => Instant::now() + d,
+                Flow::Pass | Flow::Stall => Instant::now(),
             };
             if tx.send((due, buf[..n].to_vec())).is_err() {
                 return;

@@ -82,7 +82,8 @@ pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
     let probes_ok = probe(&env).await;
     let recovery = healed_at.elapsed();
     if !probes_ok {
-        violations.push(format!("liveness: a stream took no post within {LIVENESS_BOUND:?} of healing"));
+        violations
+            .push(format!("liveness: a stream took no post within {LIVENESS_BOUND:?} of healing"));
     }
     stop.store(true, Ordering::SeqCst);
     for c in clients {
@@ -157,7 +158,7 @@ async fn probe(env: &Env) -> bool {
             let base = &env.nodes[node % NODES];
             match api::call(&http, base, Method::POST, &path, None, Some(body.clone())).await {
                 Reply::Ok(v) => {
-                    outcome = Outcome::Ok(v["message"]["ordinal"].as_u64().unwrap_or(0));
+                    outcome = Outcome::Ok(api::ordinal(&v));
                     break;
                 }
                 Reply::Final(e) => {
@@ -190,14 +191,15 @@ async fn read_all(cluster: &Cluster, streams: usize) -> (Vec<Vec<Copy>>, Vec<Fet
     loop {
         for (i, per_stream) in copies.iter_mut().enumerate() {
             for (s, copy) in per_stream.iter_mut().enumerate() {
-                if let Ok((n, messages)) = cluster.local_messages(i, PUBLISHER, &stream_name(s)).await {
+                if let Ok((n, messages)) =
+                    cluster.local_messages(i, PUBLISHER, &stream_name(s)).await
+                {
                     *copy = Copy { message_count: n, messages };
                 }
             }
         }
-        let agree = (0..streams).all(|s| {
-            copies.iter().all(|c| c[s].messages.len() == copies[0][s].messages.len())
-        });
+        let agree = (0..streams)
+            .all(|s| copies.iter().all(|c| c[s].messages.len() == copies[0][s].messages.len()));
         if agree || Instant::now() > deadline {
             break;
         }
@@ -209,7 +211,9 @@ async fn read_all(cluster: &Cluster, streams: usize) -> (Vec<Vec<Copy>>, Vec<Fet
         let mut f = Fetched::default();
         for attempt in 0..50 {
             let base = cluster.api_url(attempt % NODES);
-            if let Reply::Ok(v) = api::call(&http, &base, Method::GET, &stream_path(s), None, None).await {
+            if let Reply::Ok(v) =
+                api::call(&http, &base, Method::GET, &stream_path(s), None, None).await
+            {
                 let st = if v.get("stream").is_some() { &v["stream"] } else { &v };
                 f = Fetched {
                     message_count: st["messageCount"].as_u64().unwrap_or(0),
@@ -238,4 +242,3 @@ fn longest_unavailability(history: &History, start: u64, end: u64) -> (u64, u64)
     acks.sort_unstable();
     acks.windows(2).map(|w| (w[1] - w[0], w[1])).max().unwrap_or((0, 0))
 }
-

@@ -50,11 +50,11 @@ async fn with_retries(
     let mut node = rng.below(env.nodes.len());
     let mut maybe = false;
     loop {
-        match api::call(http, &env.nodes[node], method.clone(), path, user, Some(body.clone())).await
+        match api::call(http, &env.nodes[node], method.clone(), path, user, Some(body.clone()))
+            .await
         {
             Reply::Ok(v) => {
-                let ordinal = v["message"]["ordinal"].as_u64().or(v["ordinal"].as_u64());
-                return (Outcome::Ok(ordinal.unwrap_or(0)), Some(v));
+                return (Outcome::Ok(api::ordinal(&v)), Some(v));
             }
             Reply::Final(e) if !maybe => return (Outcome::Error(e), None),
             // A final answer after an attempt that may have landed proves nothing.
@@ -94,7 +94,8 @@ pub async fn writer(env: Env, client: usize, seed: u64) {
         let id = format!("c{client}-{seq}");
         let body = json!({"type": "Chat/message", "content": seq.to_string(), "clientMsgId": id});
         let path = format!("{}/messages", stream_path(stream));
-        let (outcome, _) = with_retries(&env, &http, &mut rng, Method::POST, &path, None, body).await;
+        let (outcome, _) =
+            with_retries(&env, &http, &mut rng, Method::POST, &path, None, body).await;
         env.recorder.post(Post {
             client,
             seq,
@@ -132,8 +133,7 @@ pub async fn listener(env: Env, listener: usize, seed: u64) {
     let mut since = 0u64;
     while !env.stopped() {
         let node = rng.below(env.nodes.len());
-        let mut session =
-            ListenSession { listener, node, stream, since, events: Vec::new() };
+        let mut session = ListenSession { listener, node, stream, since, events: Vec::new() };
         let _ = listen_once(&env, &mut session).await;
         for ev in &session.events {
             match ev {
