@@ -117,7 +117,8 @@ pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
     for v in violations.iter().take(50) {
         println!("  VIOLATION {v}");
     }
-    if !violations.is_empty() || args.keep {
+    // Kept for diagnosis when the run did not go as expected.
+    if violations.is_empty() == args.expect_violation || args.keep {
         let kept = dir.keep();
         std::fs::write(kept.join("history.txt"), format!("{history:#?}"))?;
         println!("kept {} (node logs, data, history.txt)", kept.display());
