@@ -223,7 +223,8 @@ impl Cluster {
         let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.nodes[i].peer))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5));
-        Ok(AdminClient::new(ep.connect().await?))
+        // A long run's streams outgrow tonic's 4 MiB default in one LocalMessages reply.
+        Ok(AdminClient::new(ep.connect().await?).max_decoding_message_size(512 << 20))
     }
 
     pub async fn status(&self, i: usize) -> Result<pb::StatusReply> {

@@ -63,7 +63,13 @@ pub struct Step {
 
 /// One fault at a time, so a majority is always whole between faults; each fault still hits
 /// leaders, followers and links at random.
-pub fn schedule(seed: u64, faults: usize, shards: u16, max_hold_ms: u64) -> Vec<Step> {
+pub fn schedule(
+    seed: u64,
+    faults: usize,
+    shards: u16,
+    max_hold_ms: u64,
+    max_gap_ms: u64,
+) -> Vec<Step> {
     let mut rng = Rng::new(seed);
     (0..faults)
         .map(|_| {
@@ -78,7 +84,7 @@ pub fn schedule(seed: u64, faults: usize, shards: u16, max_hold_ms: u64) -> Vec<
                 _ => Fault::OneWay { from: node, to: other },
             };
             Step {
-                gap_ms: rng.range(300, 1500),
+                gap_ms: rng.range(300, max_gap_ms.max(301)),
                 fault,
                 hold_ms: rng.range(800, max_hold_ms.max(801)),
             }

@@ -28,6 +28,9 @@ pub struct Args {
     /// Longest a fault is held before it is healed.
     #[arg(long, default_value_t = 4000)]
     pub max_fault_ms: u64,
+    /// Longest quiet gap between two faults (the shortest is 300 ms).
+    #[arg(long, default_value_t = 1500)]
+    pub max_gap_ms: u64,
     /// The `chorus` binary (default: the main workspace's debug build).
     #[arg(long)]
     pub chorus: Option<PathBuf>,
@@ -69,7 +72,14 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(1)
     });
     let chorus = args.chorus.clone().unwrap_or_else(default_chorus);
-    let violations = run::run(&args, seed, &chorus).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // On SIGINT/SIGTERM the run future is dropped, and with it the cluster, whose Drop kills
+    // every node (continuing stopped ones first): no orphaned `chorus node` survives us.
+    let violations = tokio::select! {
+        v = run::run(&args, seed, &chorus) => v?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("seed {seed}: interrupted"),
+        _ = term.recv() => anyhow::bail!("seed {seed}: terminated"),
+    };
     let failed = violations > 0;
     if failed == args.expect_violation {
         Ok(())

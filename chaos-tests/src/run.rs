@@ -24,7 +24,8 @@ const LIVENESS_BOUND: Duration = Duration::from_secs(30);
 
 /// Returns the number of violations found.
 pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
-    let steps = faults::schedule(seed, args.faults, args.shards, args.max_fault_ms);
+    let steps =
+        faults::schedule(seed, args.faults, args.shards, args.max_fault_ms, args.max_gap_ms);
     println!("chorus-chaos seed {seed}: {} faults, chorus {}", steps.len(), chorus.display());
     for (k, s) in steps.iter().enumerate() {
         println!("  #{k:<4} after {:>4} ms: {} for {} ms", s.gap_ms, s.fault, s.hold_ms);
