@@ -92,6 +92,12 @@ impl Recorder {
         }
     }
 
+    pub fn acked(&self) -> usize {
+        self.inner
+            .lock()
+            .map_or(0, |h| h.posts.iter().filter(|p| matches!(p.outcome, Outcome::Ok(_))).count())
+    }
+
     pub fn take(&self) -> History {
         self.inner.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default()
     }

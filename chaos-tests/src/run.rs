@@ -65,6 +65,10 @@ pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
         *injected.entry(step.fault.kind()).or_default() += 1;
         tokio::time::sleep(Duration::from_millis(step.hold_ms)).await;
         faults::heal(&mut cluster).await?;
+        if (k + 1) % 50 == 0 {
+            // Long runs show they are alive (and how the acks go) as they proceed.
+            println!("  .. {} faults done, {} posts acked", k + 1, env.recorder.acked());
+        }
     }
     let faults_end = env.recorder.now_ms();
 
