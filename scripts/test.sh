@@ -67,3 +67,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+
+echo "== chaos: faults against a real 3-node cluster (chaos-tests/)"
+./scripts/chaos.sh

@@ -1,0 +1,278 @@
+//! Three `chorus node` processes whose peer traffic all goes through [`Proxy`]s: node i
+//! reaches node j at the proxy of link i→j, so each direction of each pair can fail alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chorus_proto::pb;
+use chorus_proto::pb::admin_client::AdminClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::proxy::{LinkState, Proxy};
+
+pub const JWT_SECRET: &str = "chaos-test-secret-0123456789abcdef";
+pub const API_KEY: &str = "chorus_chaos_test_api_key_0123456789";
+pub const NODES: usize = 3;
+
+const RAFT_CONFIG: &str = "version = 1\n[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\n\
+election_max_ms = 600\nsnapshot_every_logs = 100\n";
+
+pub struct Node {
+    pub id: u64,
+    pub api: String,
+    pub peer: String,
+    pub data: PathBuf,
+    child: Option<Child>,
+    pub paused: bool,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    /// `links[i][j]`: the proxy node i dials to reach node j (`None` on the diagonal).
+    pub links: Vec<Vec<Option<Proxy>>>,
+    binary: PathBuf,
+    dir: PathBuf,
+    shards: u16,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    pub async fn start(binary: &Path, dir: &Path, shards: u16) -> Result<Cluster> {
+        std::fs::write(dir.join("chorus.toml"), RAFT_CONFIG)?;
+        let mut nodes = Vec::new();
+        for id in 1..=NODES as u64 {
+            nodes.push(Node {
+                id,
+                api: format!("127.0.0.1:{}", free_port()?),
+                peer: format!("127.0.0.1:{}", free_port()?),
+                data: dir.join(format!("node{id}")),
+                child: None,
+                paused: false,
+            });
+        }
+        let mut links = Vec::new();
+        for i in 0..NODES {
+            let mut row = Vec::new();
+            for (j, target) in nodes.iter().enumerate() {
+                row.push(if i == j {
+                    None
+                } else {
+                    Some(Proxy::start(target.peer.clone()).await?)
+                });
+            }
+            links.push(row);
+        }
+        let mut cluster =
+            Cluster { nodes, links, binary: binary.to_owned(), dir: dir.to_owned(), shards };
+        for i in 0..NODES {
+            cluster.spawn(i).await?;
+        }
+        for i in 0..NODES {
+            cluster.wait_ready(i, Duration::from_secs(60)).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Node i's `--peers`: itself at its own address, every other node at i's proxy to it.
+    fn peers_arg(&self, i: usize) -> String {
+        let mut parts = Vec::new();
+        for (j, n) in self.nodes.iter().enumerate() {
+            let addr = match &self.links[i][j] {
+                Some(p) => p.addr.clone(),
+                None => n.peer.clone(),
+            };
+            parts.push(format!("{}={addr}", n.id));
+        }
+        parts.join(",")
+    }
+
+    /// Starts node `i`'s process (again) and waits until it serves.
+    pub async fn spawn(&mut self, i: usize) -> Result<()> {
+        let peers = self.peers_arg(i);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("node{}.log", self.nodes[i].id)))?;
+        let n = &mut self.nodes[i];
+        if n.child.is_some() {
+            bail!("node {} already runs", n.id);
+        }
+        let mut child = Command::new(&self.binary)
+            .args(["node", "--id", &n.id.to_string(), "--listen", &n.api])
+            .args(["--peer-listen", &n.peer, "--peers", &peers])
+            .args(["--shards", &self.shards.to_string()])
+            .arg("--data")
+            .arg(&n.data)
+            .arg("--config")
+            .arg(self.dir.join("chorus.toml"))
+            .env("CHORUS_JWT_SECRET", JWT_SECRET)
+            .env("CHORUS_API_KEY", API_KEY)
+            .env("RUST_LOG", std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {}", self.binary.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        // The banner line means both listeners are bound.
+        let banner = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("chorus node ") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if banner != Ok(true) {
+            bail!("node {} did not start (see node{}.log)", n.id, n.id);
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        n.child = Some(child);
+        n.paused = false;
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub async fn kill(&mut self, i: usize) -> Result<()> {
+        self.resume(i)?;
+        if let Some(mut c) = self.nodes[i].child.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    fn signal(&self, i: usize, sig: &str) -> Result<()> {
+        let Some(pid) = self.nodes[i].child.as_ref().and_then(Child::id) else { return Ok(()) };
+        // `kill(1)` rather than libc: the crate forbids unsafe code.
+        let status = std::process::Command::new("kill").arg(sig).arg(pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill {sig} {pid} failed");
+        }
+        Ok(())
+    }
+
+    pub fn pause(&mut self, i: usize) -> Result<()> {
+        self.signal(i, "-STOP")?;
+        self.nodes[i].paused = true;
+        Ok(())
+    }
+
+    pub fn resume(&mut self, i: usize) -> Result<()> {
+        if self.nodes[i].paused {
+            self.signal(i, "-CONT")?;
+            self.nodes[i].paused = false;
+        }
+        Ok(())
+    }
+
+    /// Sets both directed links between `a` and `b` (`state` as seen from `a` dialling `b`;
+    /// the reverse link gets forward/backward swapped, so "a's bytes to b" is one setting).
+    pub fn set_pair(&self, a: usize, b: usize, state: LinkState) {
+        if let Some(p) = &self.links[a][b] {
+            p.set(state);
+        }
+        if let Some(p) = &self.links[b][a] {
+            p.set(LinkState { cut: state.cut, forward: state.backward, backward: state.forward });
+        }
+    }
+
+    pub fn heal_links(&self) {
+        for row in &self.links {
+            for p in row.iter().flatten() {
+                p.set(LinkState::HEALTHY);
+            }
+        }
+    }
+
+    pub fn api_url(&self, i: usize) -> String {
+        format!("http://{}", self.nodes[i].api)
+    }
+
+    /// Waits until node `i` answers `/readyz` with 200 (every shard has a leader).
+    pub async fn wait_ready(&self, i: usize, bound: Duration) -> Result<()> {
+        let deadline = Instant::now() + bound;
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let url = format!("{}/readyz", self.api_url(i));
+        loop {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().as_u16() == 200
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("node {} not ready within {bound:?}", self.nodes[i].id);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn admin(&self, i: usize) -> Result<AdminClient<tonic::transport::Channel>> {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", self.nodes[i].peer))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5));
+        // A long run's streams outgrow tonic's 4 MiB default in one LocalMessages reply.
+        Ok(AdminClient::new(ep.connect().await?).max_decoding_message_size(512 << 20))
+    }
+
+    pub async fn status(&self, i: usize) -> Result<pb::StatusReply> {
+        Ok(self.admin(i).await?.status(pb::StatusRequest {}).await?.into_inner())
+    }
+
+    /// Node `i`'s own copy of a stream (no leader involved): (messageCount, messages).
+    pub async fn local_messages(
+        &self,
+        i: usize,
+        publisher: &str,
+        name: &str,
+    ) -> Result<(u64, Vec<serde_json::Value>)> {
+        let reply = self
+            .admin(i)
+            .await?
+            .local_messages(pb::LocalMessagesRequest {
+                publisher_id: publisher.into(),
+                name: name.into(),
+            })
+            .await?
+            .into_inner();
+        let mut messages = Vec::new();
+        for m in &reply.messages {
+            messages.push(serde_json::from_slice(m)?);
+        }
+        Ok((reply.message_count, messages))
+    }
+
+    /// Deletes node `i`'s data dir while it is down: the fault Chorus does not claim to survive
+    /// when done to a majority (used to prove the checker reports losses).
+    pub fn wipe(&mut self, i: usize) -> Result<()> {
+        if self.is_up(i) {
+            bail!("wipe of a running node");
+        }
+        std::fs::remove_dir_all(&self.nodes[i].data)?;
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            // A stopped process must be continued before it can die and be reaped cleanly.
+            let _ = self.resume(i);
+            if let Some(c) = self.nodes[i].child.as_mut() {
+                let _ = c.start_kill();
+            }
+        }
+    }
+}
