@@ -255,7 +255,7 @@ impl Cluster {
     }
 
     /// Deletes node `i`'s data dir while it is down: the fault Chorus does not claim to survive
-    /// when done to a majority (used to prove the checker reports losses).
+    /// when done to every node (used to prove the checker reports losses).
     pub fn wipe(&mut self, i: usize) -> Result<()> {
         if self.is_up(i) {
             bail!("wipe of a running node");

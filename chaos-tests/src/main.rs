@@ -42,10 +42,12 @@ pub struct Args {
     pub listeners: usize,
     #[arg(long, default_value_t = 8)]
     pub shards: u16,
-    /// After the faults, delete the data of two nodes (a majority): a fault Chorus does not
-    /// protect against, to show the checker reports the loss.
+    /// After the faults, delete every node's data: a fault Chorus does not protect against,
+    /// to show the checker reports the loss. (Deleting only a majority's data loses
+    /// acknowledged posts or not depending on which node wins the next elections, so it
+    /// cannot prove the checker deterministically.)
     #[arg(long)]
-    pub wipe_majority: bool,
+    pub wipe_all: bool,
     /// Succeed only when the checker finds a violation (for the checker's own test).
     #[arg(long)]
     pub expect_violation: bool,

@@ -30,8 +30,8 @@ pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
     for (k, s) in steps.iter().enumerate() {
         println!("  #{k:<4} after {:>4} ms: {} for {} ms", s.gap_ms, s.fault, s.hold_ms);
     }
-    if args.wipe_majority {
-        println!("  then: wipe the data of nodes 2 and 3 (not survivable by design)");
+    if args.wipe_all {
+        println!("  then: wipe every node's data (not survivable by design)");
     }
     let dir = tempfile::Builder::new().prefix("chorus-chaos-").tempdir()?;
     println!("run directory: {}", dir.path().display());
@@ -72,8 +72,8 @@ pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
     }
     let faults_end = env.recorder.now_ms();
 
-    if args.wipe_majority {
-        wipe_majority(&mut cluster).await?;
+    if args.wipe_all {
+        wipe_all(&mut cluster).await?;
     }
 
     // Quiet phase: everything healed; the cluster must be whole again within the bound.
@@ -132,19 +132,16 @@ pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
     Ok(violations.len())
 }
 
-/// Kills nodes 2 and 3, deletes their data and restarts them.
-async fn wipe_majority(cluster: &mut Cluster) -> Result<()> {
-    for i in [1, 2] {
+/// Kills every node, deletes every replica's data and restarts them: the cluster forms anew,
+/// and every acknowledged post is gone.
+async fn wipe_all(cluster: &mut Cluster) -> Result<()> {
+    for i in 0..NODES {
         cluster.kill(i).await?;
         cluster.wipe(i)?;
     }
-    // Node 1 stays down while the wiped pair starts, so they cannot learn from it first.
-    cluster.kill(0).await?;
-    for i in [1, 2] {
+    for i in 0..NODES {
         cluster.spawn(i).await?;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.spawn(0).await?;
     Ok(())
 }
 
