@@ -44,6 +44,10 @@ impl GrpcNetwork {
 pub struct GrpcConn {
     group: u16,
     pool: Arc<PeerPool>,
+    /// The commit index last sent to this peer. An append without entries that moves it is a
+    /// commit notification, not a heartbeat: openraft replicates to a peer one call at a time,
+    /// so lingering it would hold up the group's next entries behind it.
+    last_commit: Option<openraft::LogId<NodeId>>,
     target: NodeId,
     peer: Result<PeerConn, String>,
 }
@@ -54,7 +58,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> GrpcConn {
         let addr = self.pool.address_of(target, &node.addr);
         let peer = self.pool.get(addr).map_err(|e| e.to_string());
-        GrpcConn { group: self.group, pool: self.pool.clone(), target, peer }
+        GrpcConn { group: self.group, pool: self.pool.clone(), last_commit: None, target, peer }
     }
 }
 
@@ -136,7 +140,9 @@ impl RaftNetwork<TypeConfig> for GrpcConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        let urgent = !rpc.entries.is_empty() || self.pool.is_hot(self.group);
+        let commit_moved = rpc.leader_commit != self.last_commit;
+        self.last_commit = rpc.leader_commit;
+        let urgent = !rpc.entries.is_empty() || commit_moved || self.pool.is_hot(self.group);
         self.batched(pb::RaftKind::Append, RPCTypes::AppendEntries, &rpc, urgent, &option).await
     }
 

@@ -5,8 +5,9 @@
 //! and a busy shard's appends share the round trip of whatever else is going to that peer.
 //! Replies come back in call order.
 //!
-//! A batch that holds only heartbeats (appends without entries) lingers up to [`LINGER`] for
-//! company; anything carrying entries or a vote leaves at once. Idle groups' heartbeats thus
+//! A batch that holds only heartbeats (appends without entries that carry no new commit index)
+//! lingers up to [`LINGER`] for company; anything carrying entries, a new commit index or a
+//! vote leaves at once. Idle groups' heartbeats thus
 //! share round trips without delaying a single write. openraft's read barrier
 //! (`ensure_linearizable`) is itself a round of heartbeats, so a group whose reader waits is
 //! marked hot ([`PeerPool::mark_hot`]) and its heartbeats leave at once too.
@@ -25,9 +26,12 @@ use tonic::transport::{Channel, Endpoint};
 const MAX_BATCH: usize = 256;
 /// Batches in flight to one peer at a time; more calls wait and coalesce.
 const IN_FLIGHT: usize = 8;
-/// How long a heartbeat-only batch waits for more calls: half a default heartbeat interval, far
-/// below any election timeout.
-const LINGER: Duration = Duration::from_millis(25);
+/// How long a heartbeat-only batch waits for more calls. openraft replicates to a peer one call
+/// at a time, so a lingering heartbeat holds up that group's next entries to the peer: 5 ms
+/// keeps that under a typical fsync while idle groups still share round trips (measured with
+/// `benches` `replicated`: 25 ms cut idle CPU from ~14 % to ~9 % per node but put p99 at 1 in
+/// flight at 29 ms; 5 ms gives ~12 % and 10 ms).
+const LINGER: Duration = Duration::from_millis(5);
 /// How long a group stays hot after a read barrier asked for it.
 const HOT: Duration = Duration::from_millis(200);
 /// Largest gRPC message either way (Raft appends of big batches, snapshot chunks).
