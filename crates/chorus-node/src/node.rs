@@ -218,6 +218,13 @@ impl Node {
         self.inner.ensure_linearizable(shard).await
     }
 
+    /// The highest log index this node knows to be committed in `shard` (at least what it
+    /// applied).
+    pub fn committed_index(&self, shard: ShardId) -> Option<u64> {
+        let g = self.inner.groups.get(usize::from(shard.0))?;
+        Some(g.committed.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     pub fn db(&self) -> &Db {
         &self.inner.db
     }

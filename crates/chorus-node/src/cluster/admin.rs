@@ -46,6 +46,7 @@ impl Admin for AdminService {
             .into_iter()
             .map(|(group, raft)| {
                 let m = raft.metrics().borrow().clone();
+                let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
                 let membership = m.membership_config.membership();
                 let voters: Vec<u64> = membership.voter_ids().collect();
                 let learners: Vec<u64> = membership.learner_ids().collect();
@@ -63,8 +64,12 @@ impl Admin for AdminService {
                     leader: m.current_leader.unwrap_or(0),
                     term: m.current_term,
                     last_log_index: m.last_log_index.unwrap_or(0),
-                    committed: m.last_applied.map(|l| l.index).unwrap_or(0),
-                    applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+                    committed: self
+                        .node
+                        .committed_index(chorus_types::ShardId(group))
+                        .unwrap_or(0)
+                        .max(applied),
+                    applied,
                     voters,
                     learners,
                     matched,

@@ -22,12 +22,21 @@ use tokio::time::Instant;
 
 use super::call::WireCaller;
 use super::owner::{ListenCall, ListenItem};
-use super::router::{Failure, Router, Target};
+use super::router::{Router, Target};
 use crate::error::err;
 use crate::hub::delivered;
 
 /// Events buffered between the leader's stream and the session.
 const QUEUE: usize = 256;
+
+/// Why opening a listen failed. Listens are reads, so unlike a forwarded write there is no
+/// "outcome unknown": either another attempt may succeed, or the caller must see the error.
+enum OpenFailure {
+    /// No leader there, or it could not be reached: try again on the current leader.
+    Retry(ServiceError),
+    /// Refused for good (forbidden, not found, …).
+    Final(ServiceError),
+}
 
 /// Opens the listen on `target`.
 async fn open(
@@ -36,21 +45,26 @@ async fn open(
     caller: &Caller,
     key: &StreamKey,
     since: Option<u64>,
-) -> Result<Listening, Failure> {
+) -> Result<Listening, OpenFailure> {
     let id = match target {
         Target::Local => {
             return router.node.listen(caller, key, since).await.map_err(|e| {
-                if e.error.code == ErrorCode::NotLeader { Failure::NotRun(e) } else { fatal(e) }
+                if e.error.code == ErrorCode::NotLeader {
+                    OpenFailure::Retry(e)
+                } else {
+                    OpenFailure::Final(e)
+                }
             });
         }
         Target::Remote(id) => id,
     };
-    let mut client = router.owner_client(id).map_err(Failure::NotRun)?;
+    let mut client = router.owner_client(id).map_err(OpenFailure::Retry)?;
     let mut wire = WireCaller::from(caller);
     wire.session = router.tag_session(caller.session);
     let body = serde_json::to_vec(&ListenCall { caller: wire, key: key.clone(), since })
-        .map_err(|e| fatal(err(ErrorCode::Internal, &e.to_string())))?;
-    let unreachable = || Failure::NotRun(err(ErrorCode::Unavailable, "stream owner unreachable"));
+        .map_err(|e| OpenFailure::Final(err(ErrorCode::Internal, &e.to_string())))?;
+    let unreachable =
+        || OpenFailure::Retry(err(ErrorCode::Unavailable, "stream owner unreachable"));
     let mut stream = client
         .listen(pb::OwnerRequest { call: body })
         .await
@@ -58,16 +72,21 @@ async fn open(
         .into_inner();
     let first = match stream.message().await {
         Ok(Some(ev)) => serde_json::from_slice::<ListenItem>(&ev.event)
-            .map_err(|e| fatal(err(ErrorCode::Internal, &e.to_string())))?,
+            .map_err(|e| OpenFailure::Final(err(ErrorCode::Internal, &e.to_string())))?,
         _ => return Err(unreachable()),
     };
     let (recovered, message_count) = match first {
         ListenItem::Started { recovered, message_count } => (recovered, message_count),
         ListenItem::Failed { error } if error.code == ErrorCode::NotLeader => {
-            return Err(Failure::NotRun(error.into()));
+            return Err(OpenFailure::Retry(error.into()));
         }
-        ListenItem::Failed { error } => return Err(fatal(error.into())),
-        _ => return Err(fatal(err(ErrorCode::Internal, "listen stream began without a reply"))),
+        ListenItem::Failed { error } => return Err(OpenFailure::Final(error.into())),
+        _ => {
+            return Err(OpenFailure::Final(err(
+                ErrorCode::Internal,
+                "listen stream began without a reply",
+            )));
+        }
     };
     let router_for_events = router.self_arc();
     let events = stream.take_while(|r| std::future::ready(r.is_ok())).filter_map(move |r| {
@@ -75,11 +94,6 @@ async fn open(
         std::future::ready(ev.and_then(|item| to_event(router_for_events.as_deref(), item)))
     });
     Ok(Listening { recovered, message_count, events: Box::pin(events) })
-}
-
-/// An error the caller must see (forbidden, not found, …): retrying cannot help.
-fn fatal(e: ServiceError) -> Failure {
-    Failure::Unknown(e)
 }
 
 fn to_event(router: Option<&Router>, item: ListenItem) -> Option<ListenEvent> {
@@ -109,8 +123,8 @@ async fn open_on_leader(
         let target = router.target(shard, deadline).await?;
         match open(router, target, caller, key, since).await {
             Ok(l) => return Ok((target, l)),
-            Err(Failure::Unknown(e)) => return Err(e),
-            Err(Failure::NotRun(e)) => {
+            Err(OpenFailure::Final(e)) => return Err(e),
+            Err(OpenFailure::Retry(e)) => {
                 if Instant::now() + pause >= deadline {
                     return Err(e);
                 }

@@ -37,7 +37,7 @@ pub(crate) enum Target {
 }
 
 /// How a forwarded call failed.
-pub(crate) enum Failure {
+enum Failure {
     /// Not sent or surely not run (connection refused, no leader known).
     NotRun(ServiceError),
     /// Sent; the outcome is unknown.

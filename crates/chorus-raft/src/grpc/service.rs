@@ -23,10 +23,6 @@ impl GroupTable {
         self.groups.write().unwrap_or_else(|p| p.into_inner()).insert(group, raft);
     }
 
-    pub fn remove(&self, group: u16) -> Option<Raft> {
-        self.groups.write().unwrap_or_else(|p| p.into_inner()).remove(&group)
-    }
-
     pub fn get(&self, group: u16) -> Option<Raft> {
         self.groups.read().unwrap_or_else(|p| p.into_inner()).get(&group).cloned()
     }
