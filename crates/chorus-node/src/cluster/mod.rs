@@ -41,13 +41,14 @@ fn incoming(
 /// Serves `Peer`, `Owner` and `Admin` on `listener` until `shutdown` resolves.
 pub async fn serve(
     node: Node,
+    router: std::sync::Arc<Router>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let peer = PeerServer::new(PeerService::new(node.group_table()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let owner = OwnerServer::new(owner::OwnerService::new(node.clone()))
+    let owner = OwnerServer::new(owner::OwnerService::new(node.clone(), router))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let admin = AdminServer::new(admin::AdminService::new(node));
