@@ -1,11 +1,13 @@
 //! A node as a cluster member: the gRPC services it offers its peers (`Peer` for Raft,
 //! `Owner` for forwarded stream operations, `Admin`), and the [`Router`] that the node's own
-//! HTTP/WebSocket API calls so each operation runs on the stream's shard leader.
+//! HTTP/WebSocket API calls so each operation runs on the stream's shard leader; and
+//! [`RemoteService`], what an edge process (`chorus edge`) calls instead of a local node.
 
 mod admin;
 mod call;
 mod owner;
 mod relay;
+mod remote;
 mod routed;
 mod router;
 
@@ -17,6 +19,7 @@ use chorus_raft::grpc::peers::MAX_MESSAGE;
 use tokio::net::TcpListener;
 
 pub use call::{OwnerCall, OwnerReply};
+pub use remote::RemoteService;
 pub use router::Router;
 
 use crate::error::NodeError;

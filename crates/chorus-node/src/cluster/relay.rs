@@ -97,7 +97,7 @@ async fn open(
     Ok(Listening { recovered, message_count, events: Box::pin(events) })
 }
 
-fn to_event(router: Option<&Router>, item: ListenItem) -> Option<ListenEvent> {
+pub(super) fn to_event(router: Option<&Router>, item: ListenItem) -> Option<ListenEvent> {
     match item {
         ListenItem::Message { message } => Some(ListenEvent::Message(delivered(message))),
         ListenItem::Ephemeral { origin, frame } => {

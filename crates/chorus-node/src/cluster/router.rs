@@ -228,7 +228,7 @@ impl Router {
     }
 }
 
-fn unknown_outcome(why: &str) -> OwnerReply {
+pub(super) fn unknown_outcome(why: &str) -> OwnerReply {
     OwnerReply::from(ServiceError::from(ApiError::new(
         ErrorCode::Timeout,
         format!("{why}; outcome unknown (retry with a clientMsgId to make retries safe)"),
@@ -236,7 +236,7 @@ fn unknown_outcome(why: &str) -> OwnerReply {
 }
 
 /// A call that failed before it reached the peer (connect refused or timed out).
-fn is_connect_failure(status: &tonic::Status) -> bool {
+pub(super) fn is_connect_failure(status: &tonic::Status) -> bool {
     use std::error::Error;
     if status.code() != tonic::Code::Unavailable {
         return false;
