@@ -28,6 +28,15 @@ use crate::server::SessionStop;
 use crate::state::EdgeState;
 use crate::ws::session::SessionSetup;
 
+/// Initial read buffer of a session. tungstenite's default, 128 KiB allocated up front, would
+/// make an idle session cost more than ten times its target (≤ 10 KiB); client frames are
+/// small, and a larger one grows the buffer as it arrives.
+const READ_BUFFER: usize = 1024;
+
+/// Bytes gathered before a write to the socket. The writer flushes whenever its queue runs
+/// dry anyway, so this only bounds how much a burst coalesces; it is allocated on first use.
+const WRITE_BUFFER: usize = 16 * 1024;
+
 /// The query parameters `/v1/ws` reads; others are ignored.
 #[derive(Deserialize)]
 struct WsQuery {
@@ -61,6 +70,8 @@ pub(crate) async fn upgrade(
         stop: stop.map(|Extension(SessionStop(stop))| stop),
     };
     upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(edge.max_body_bytes)
         .max_frame_size(edge.max_body_bytes)
         .on_upgrade(move |socket| session::run(socket, setup))
