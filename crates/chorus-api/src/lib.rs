@@ -156,6 +156,26 @@ pub struct ParticipantBody {
     pub extra: Option<Value>,
 }
 
+/// `POST …/participants/batch` body and WebSocket `joinBatch` arguments: users the app joins
+/// at once: 1 to 1000 user ids (`chorus_streams::MAX_JOIN_BATCH`; more is 413 `too_large`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinBatch {
+    pub join: Vec<UserId>,
+}
+
+/// The reply to a batch join: users newly joined (a user already participating, or named
+/// twice, is not counted again) and the stream's exact `participantCount` after the batch.
+///
+/// A retried batch whose first attempt did commit answers `joined: 0` for the users that
+/// attempt joined: the state is the same, the count of this call's own effect is not.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchJoined {
+    pub joined: u64,
+    pub participant_count: u64,
+}
+
 /// `GET …/participants?after=&limit=&state=`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -304,6 +324,13 @@ pub trait StreamService: Send + Sync + 'static {
         op: ParticipantOp,
         body: ParticipantBody,
     ) -> Result<ParticipantRecord, ServiceError>;
+    /// The app joins up to 1000 users in one replicated command (users get `forbidden`).
+    async fn join_batch(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: JoinBatch,
+    ) -> Result<BatchJoined, ServiceError>;
     async fn participants(
         &self,
         caller: &Caller,

@@ -9,6 +9,10 @@
 //! shards = 64
 //! [limits]
 //! message_bytes = 65536
+//! [ephemerals]
+//! big_room_participants = 1000
+//! big_room_per_second = 20
+//! big_room_burst = 40
 //! ```
 //!
 //! The timeout relations enforced by [`Config::validate`] are written down in
@@ -17,7 +21,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use chorus_streams::validate::Limits;
+use chorus_streams::validate::{EphemeralLimits, Limits};
 use serde::Deserialize;
 
 pub mod env;
@@ -103,6 +107,9 @@ pub struct FileV1 {
     pub raft: RaftTiming,
     #[serde(default)]
     pub actors: Actors,
+    /// The rate limit on ephemerals to big rooms (see [`EphemeralLimits`]).
+    #[serde(default)]
+    pub ephemerals: EphemeralLimits,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -134,6 +141,9 @@ pub struct Config {
     pub limits: Limits,
     pub raft: RaftTiming,
     pub actors: Actors,
+    /// Ephemerals to streams above `big_room_participants` participants: at most
+    /// `big_room_per_second`, bursts of `big_room_burst`. Defaults 1000, 20, 40.
+    pub ephemerals: EphemeralLimits,
 }
 
 impl Default for Config {
@@ -148,6 +158,7 @@ impl Default for Config {
             limits: Limits::default(),
             raft: RaftTiming::default(),
             actors: Actors::default(),
+            ephemerals: EphemeralLimits::default(),
         }
     }
 }
@@ -199,6 +210,7 @@ impl Config {
         }
         self.raft = file.raft;
         self.actors = file.actors;
+        self.ephemerals = file.ephemerals;
         Ok(())
     }
 
@@ -242,6 +254,9 @@ impl Config {
         if l.content_chars == 0 || l.attributes_bytes == 0 || l.message_bytes == 0 {
             return bad("limits must be at least 1".into());
         }
+        if let Err(message) = self.ephemerals.validate() {
+            return bad(message);
+        }
         Ok(self)
     }
 }
@@ -270,5 +285,23 @@ mod tests {
         assert!(parse("version = 1\nbogus = 1\n").is_err(), "unknown keys are refused");
         assert!(parse("version = 1\nshards = 0\n").is_err());
         assert!(parse("version = 1\n[raft]\nheartbeat_ms = 200\nelection_min_ms = 300\nelection_max_ms = 900\n").is_err());
+    }
+
+    #[test]
+    fn ephemeral_limits() {
+        assert_eq!(Config::default().ephemerals, EphemeralLimits::default());
+        let c =
+            parse("version = 1\n[ephemerals]\nbig_room_participants = 10\nbig_room_burst = 5\n")
+                .unwrap();
+        assert_eq!(
+            c.ephemerals,
+            EphemeralLimits {
+                big_room_participants: 10,
+                big_room_per_second: 20,
+                big_room_burst: 5
+            }
+        );
+        assert!(parse("version = 1\n[ephemerals]\nbig_room_per_second = 0\n").is_err());
+        assert!(parse("version = 1\n[ephemerals]\nbogus = 1\n").is_err());
     }
 }

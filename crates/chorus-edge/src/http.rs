@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chorus_api::{
-    CreateStream, HistoryQuery, NewEphemeral, NewPost, ParticipantBody, ParticipantOp,
+    CreateStream, HistoryQuery, JoinBatch, NewEphemeral, NewPost, ParticipantBody, ParticipantOp,
     ParticipantQuery, UpdateStream,
 };
 use chorus_types::{ApiError, ErrorCode};
@@ -40,6 +40,7 @@ pub(crate) fn routes() -> Router<Arc<EdgeState>> {
         .route(&format!("{STREAM}/subscribe"), post(subscribe))
         .route(&format!("{STREAM}/unsubscribe"), post(unsubscribe))
         .route(&format!("{STREAM}/participants"), get(participants))
+        .route(&format!("{STREAM}/participants/batch"), post(join_batch))
         .route(&format!("{STREAM}/access"), get(access).put(set_access))
         .route(&format!("{STREAM}/ephemeral"), post(ephemeral))
 }
@@ -160,6 +161,13 @@ async fn unsubscribe(
     body: MaybeBody<ParticipantBody>,
 ) -> Response {
     participate(&edge, ParticipantOp::Unsubscribe, caller, key, body).await
+}
+
+/// The app joins many users at once: `{"join": [userId, …]}` → `{"joined", "participantCount"}`.
+async fn join_batch(State(edge): Edge, caller: Auth, key: Key, body: Body<JoinBatch>) -> Response {
+    let request =
+        key.and_then(|StreamPath(key)| body.map(|JsonBody(req)| Request::JoinBatch(key, req)));
+    respond(&edge, OpName::JoinBatch, caller, request).await
 }
 
 async fn participants(

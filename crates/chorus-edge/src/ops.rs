@@ -5,8 +5,8 @@
 use axum::http::StatusCode;
 use chorus_api::wire::{message_json, participant_json, stream_json};
 use chorus_api::{
-    Caller, CreateStream, HistoryQuery, NewEphemeral, NewPost, ParticipantBody, ParticipantOp,
-    ParticipantQuery, ServiceError, StreamService, UpdateStream,
+    Caller, CreateStream, HistoryQuery, JoinBatch, NewEphemeral, NewPost, ParticipantBody,
+    ParticipantOp, ParticipantQuery, ServiceError, StreamService, UpdateStream,
 };
 use chorus_types::{AccessRow, StreamKey};
 use serde::Deserialize;
@@ -27,6 +27,7 @@ pub(crate) enum OpName {
     Leave,
     Subscribe,
     Unsubscribe,
+    JoinBatch,
     Participants,
     Access,
     SetAccess,
@@ -52,6 +53,7 @@ impl OpName {
             OpName::Leave => "leave",
             OpName::Subscribe => "subscribe",
             OpName::Unsubscribe => "unsubscribe",
+            OpName::JoinBatch => "join_batch",
             OpName::Participants => "participants",
             OpName::Access => "access",
             OpName::SetAccess => "set_access",
@@ -98,6 +100,7 @@ pub(crate) enum Request {
     Post(StreamKey, NewPost),
     Messages(StreamKey, HistoryQuery),
     Participate(StreamKey, ParticipantOp, ParticipantBody),
+    JoinBatch(StreamKey, JoinBatch),
     Participants(StreamKey, ParticipantQuery),
     Access(StreamKey),
     SetAccess(StreamKey, Vec<AccessRow>),
@@ -115,6 +118,7 @@ impl Request {
             Request::Post(..) => OpName::Post,
             Request::Messages(..) => OpName::Messages,
             Request::Participate(_, op, _) => OpName::of_participant_op(*op),
+            Request::JoinBatch(..) => OpName::JoinBatch,
             Request::Participants(..) => OpName::Participants,
             Request::Access(_) => OpName::Access,
             Request::SetAccess(..) => OpName::SetAccess,
@@ -131,6 +135,7 @@ impl Request {
             | Request::Post(key, _)
             | Request::Messages(key, _)
             | Request::Participate(key, ..)
+            | Request::JoinBatch(key, _)
             | Request::Participants(key, _)
             | Request::Access(key)
             | Request::SetAccess(key, _)
@@ -192,6 +197,13 @@ pub(crate) async fn dispatch(
         Request::Participate(key, op, body) => {
             let participant = service.participate(caller, &key, op, body).await?;
             Reply::ok(participant_json(&participant))
+        }
+        Request::JoinBatch(key, req) => {
+            let batch = service.join_batch(caller, &key, req).await?;
+            Reply::ok(json!({
+                "joined": batch.joined,
+                "participantCount": batch.participant_count,
+            }))
         }
         Request::Participants(key, query) => {
             let page = service.participants(caller, &key, query).await?;

@@ -1,12 +1,13 @@
 //! The stream actor: on the shard's leader, one task per active stream serialises its writes.
 //!
-//! Each turn takes every queued request (up to `max_batch`), checks each against the access
-//! context (cached until an access-changing command applies anywhere on the node), and proposes
-//! all allowed commands as **one** entry through the shard's proposer. The actor then waits for
-//! that entry to apply before its next turn: requests that arrive meanwhile travel together in
-//! the next entry (group commit at the stream; openraft 0.9 appends one batch per fsync per
-//! shard, so more entries in flight would only queue). Waiting also makes every write a
-//! barrier: an access or state change is in force for the next turn.
+//! Each turn takes every queued request (up to `max_batch`; a batch join weighs one per user),
+//! checks each against the access context (cached until an access-changing command applies
+//! anywhere on the node), and proposes all allowed commands as **one** entry through the
+//! shard's proposer. The actor then waits for that entry to apply before its next turn:
+//! requests that arrive meanwhile travel together in the next entry (group commit at the
+//! stream; openraft 0.9 appends one batch per fsync per shard, so more entries in flight would
+//! only queue). Waiting also makes every write a barrier: an access or state change is in
+//! force for the next turn.
 //!
 //! In a cluster, an actor starts only where the router found the shard's leader. Before its
 //! first turn it passes a read barrier (`ensure_linearizable`), so the state it checks access
@@ -77,10 +78,15 @@ impl StreamActor {
                     continue;
                 }
             };
+            // Weighted, so a turn holds `max_batch` ordinary commands or one batch join.
+            let mut weight = first.op.weight();
             let mut batch = vec![first];
-            while batch.len() < max_batch {
+            while weight < max_batch {
                 match self.rx.try_recv() {
-                    Ok(req) => batch.push(req),
+                    Ok(req) => {
+                        weight += req.op.weight();
+                        batch.push(req);
+                    }
                     Err(_) => break,
                 }
             }

@@ -8,7 +8,7 @@ use chorus_streams::access::Access;
 use chorus_streams::{Command, FieldChanges, ParticipantAction};
 use chorus_types::{
     AccessRow, AdminLevel, ClientMsgId, ErrorCode, ReadLevel, StreamKey, StreamRecord, StreamType,
-    WriteLevel,
+    UserId, WriteLevel,
 };
 use serde_json::Value;
 
@@ -40,6 +40,23 @@ pub enum WriteOp {
     SetAccess {
         rows: Vec<AccessRow>,
     },
+    /// The app joins these users (1 to `MAX_JOIN_BATCH`, checked by the service).
+    JoinBatch {
+        users: Vec<UserId>,
+    },
+}
+
+impl WriteOp {
+    /// What the op costs a stream actor's turn, in units of one ordinary command: a batch
+    /// join writes a participant per user, so a turn (one Raft entry) carries at most one
+    /// full batch instead of `max_batch` of them (512,000 rows in one apply would stall every
+    /// shard behind the single applier thread).
+    pub fn weight(&self) -> usize {
+        match self {
+            WriteOp::JoinBatch { users } => users.len().max(1),
+            _ => 1,
+        }
+    }
 }
 
 /// The caller's access to an existing stream it can see, or `not_found`.
@@ -86,6 +103,15 @@ pub fn may_grant(
     )
 }
 
+/// Only the app (its API key without `X-Chorus-As-User`) joins other users. The answer does not
+/// depend on the stream, so refusing a user with `forbidden` leaks nothing about it.
+pub fn app_only_join_batch(caller: &Caller) -> Result<(), ServiceError> {
+    need(
+        caller.principal == Principal::App,
+        "only the app (API key without X-Chorus-As-User) may batch-join users",
+    )
+}
+
 /// Checks `op` against the caller's access and returns the command to propose, with the
 /// caller's access (for rendering the reply at its read level).
 pub fn authorize(
@@ -108,6 +134,11 @@ pub fn authorize(
             may_manage_type_rule(&key, caller)?;
             let access = Access { levels: chorus_types::Levels::MAX, direct: [true; 3] };
             Ok((Command::SetAccess { key, rows }, access))
+        }
+        WriteOp::JoinBatch { users } => {
+            app_only_join_batch(caller)?;
+            let access = visible(ctx, caller)?;
+            Ok((Command::JoinBatch { key, users }, access))
         }
         op => {
             let access = visible(ctx, caller)?;
@@ -172,8 +203,8 @@ pub fn authorize(
                     may_grant(&access, existing, &rows)?;
                     Command::SetAccess { key, rows }
                 }
-                WriteOp::Create { .. } => {
-                    return Err(err(ErrorCode::Internal, "create reached the wrong branch"));
+                WriteOp::Create { .. } | WriteOp::JoinBatch { .. } => {
+                    return Err(err(ErrorCode::Internal, "a write reached the wrong branch"));
                 }
             };
             Ok((command, access))

@@ -19,6 +19,7 @@
 //! - `actor` / `actors`: the stream actor and its registry.
 //! - `proposer`: one task per shard merging the actors' entries into one Raft entry.
 //! - `hub`: committed messages and ephemerals to local listeners.
+//! - `ephemeral_limit`: per-stream token buckets for ephemerals to big rooms.
 //! - `listen`: backlog-then-live delivery without gaps or duplicates.
 //! - `service`: the `StreamService` implementation over this node's shards.
 //! - [`cluster`]: the gRPC services a cluster member offers its peers, and the [`cluster::Router`]
@@ -31,6 +32,7 @@ mod actor;
 mod actors;
 mod authorize;
 pub mod cluster;
+mod ephemeral_limit;
 mod error;
 mod hub;
 mod listen;

@@ -76,6 +76,15 @@ static POSTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     posts
 });
 
+/// Ephemerals refused with `rate_limited` because their big stream was over its budget
+/// (`[ephemerals]` in the config).
+pub static EPHEMERALS_RATE_LIMITED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "chorus_node_ephemerals_rate_limited_total",
+        "ephemerals to big streams refused with rate_limited (per-stream budget exceeded)",
+    )
+});
+
 pub static POST_DUPLICATES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "chorus_node_post_duplicates_total",
@@ -89,7 +98,7 @@ pub fn register() {
     for metric in [&STREAM_ACTORS, &LISTENS] {
         LazyLock::force(metric);
     }
-    for metric in [&LISTEN_CATCHUPS, &POST_DUPLICATES] {
+    for metric in [&LISTEN_CATCHUPS, &POST_DUPLICATES, &EPHEMERALS_RATE_LIMITED] {
         LazyLock::force(metric);
     }
     for metric in [&BATCH_COMMANDS, &COMMIT_SECONDS, &POST_SECONDS] {
@@ -137,6 +146,7 @@ mod tests {
             "chorus_node_post_duration_seconds",
             "chorus_node_commit_duration_seconds",
             "chorus_node_listen_catchups_total",
+            "chorus_node_ephemerals_rate_limited_total",
             "chorus_storage_log_fsync_duration_seconds",
         ] {
             assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");

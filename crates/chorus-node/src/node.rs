@@ -9,10 +9,11 @@ use chorus_raft::grpc::{GroupTable, GrpcNetwork, PeerPool};
 use chorus_raft::{GroupHost, ShardGroup, start_groups};
 use chorus_storage::Db;
 use chorus_storage::metrics::Registered;
-use chorus_streams::validate::Limits;
+use chorus_streams::validate::{EphemeralLimits, Limits};
 use chorus_types::{ShardId, StreamKey, shard::shard_of};
 
 use crate::actors::ActorRegistry;
+use crate::ephemeral_limit::EphemeralLimiter;
 use crate::error::NodeError;
 use crate::hub::Hub;
 use crate::proposer::ShardProposer;
@@ -51,6 +52,8 @@ pub struct NodeConfig {
     /// The address peers would use to reach this node (recorded in Raft membership).
     pub advertise: String,
     pub limits: Limits,
+    /// The rate limit on ephemerals to big rooms, enforced where this node leads.
+    pub ephemerals: EphemeralLimits,
     pub actors: ActorSettings,
     pub raft: openraft::Config,
     /// `None`: single node (every shard a one-voter group). `Some`: a cluster member.
@@ -109,6 +112,8 @@ pub(crate) struct Inner {
     /// The scrape-time collectors reading this node's groups and database; emptied at
     /// shutdown so the registry lets go of the database.
     pub(crate) collectors: Mutex<Vec<Registered>>,
+    /// Per-stream budgets of ephemerals to big rooms (in memory: reset when leadership moves).
+    pub(crate) ephemeral_limiter: EphemeralLimiter,
 }
 
 impl Inner {
@@ -182,6 +187,7 @@ impl Node {
                 )
             })
             .collect();
+        let ephemeral_limiter = EphemeralLimiter::new(config.ephemerals.clone());
         Ok(Node {
             inner: Arc::new(Inner {
                 config,
@@ -194,6 +200,7 @@ impl Node {
                 table,
                 pool,
                 collectors,
+                ephemeral_limiter,
             }),
         })
     }

@@ -5,15 +5,16 @@
 //! write and a deposed leader refuses reads with `not_leader`.
 
 use chorus_api::{
-    Caller, CreateStream, DEFAULT_LIMIT, HistoryQuery, Listening, MAX_LIMIT, NewEphemeral, NewPost,
-    Order, ParticipantBody, ParticipantOp, ParticipantPage, ParticipantQuery, Posted, Principal,
-    Relayed, ServiceError, StreamService, StreamView, UpdateStream,
+    BatchJoined, Caller, CreateStream, DEFAULT_LIMIT, HistoryQuery, JoinBatch, Listening,
+    MAX_LIMIT, NewEphemeral, NewPost, Order, ParticipantBody, ParticipantOp, ParticipantPage,
+    ParticipantQuery, Posted, Principal, Relayed, ServiceError, StreamService, StreamView,
+    UpdateStream,
 };
 use chorus_storage::reads;
 use chorus_streams::access::Access;
 use chorus_streams::command::Rejection;
 use chorus_streams::template::resolve;
-use chorus_streams::{FieldChanges, Outcome, ParticipantAction};
+use chorus_streams::{FieldChanges, MAX_JOIN_BATCH, Outcome, ParticipantAction};
 use chorus_types::{
     AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, ParticipantState,
     PublisherId, ReadLevel, StreamKey, StreamName, StreamRecord, WriteLevel,
@@ -24,7 +25,8 @@ use tracing::instrument;
 
 use crate::access_ctx::AccessCtx;
 use crate::actor::{ActorRequest, Reply};
-use crate::authorize::{WriteOp, may_manage_type_rule, need, visible};
+use crate::authorize::{WriteOp, app_only_join_batch, may_manage_type_rule, need, visible};
+use crate::ephemeral_limit::RetryAfterMs;
 use crate::error::{err, internal};
 use crate::node::Node;
 
@@ -379,6 +381,38 @@ impl StreamService for Node {
         )
     }
 
+    /// One command for the whole batch, through the stream's actor like a single join (see
+    /// `Command::JoinBatch` for why it posts one `Streams/joined`).
+    #[instrument(
+        name = "join_batch",
+        skip_all,
+        fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key, users = req.join.len())
+    )]
+    async fn join_batch(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: JoinBatch,
+    ) -> Result<BatchJoined, ServiceError> {
+        // Before the size checks: a user is refused whatever it sent.
+        app_only_join_batch(caller)?;
+        if req.join.is_empty() {
+            return Err(err(ErrorCode::InvalidArgument, "join must name at least one userId"));
+        }
+        if req.join.len() > MAX_JOIN_BATCH {
+            return Err(err(ErrorCode::TooLarge, "at most 1000 userIds per batch join"));
+        }
+        settle(
+            self.write(caller, key, WriteOp::JoinBatch { users: req.join }).await?,
+            |outcome, _access| match outcome {
+                Outcome::BatchJoined { joined, participant_count } => {
+                    Ok(BatchJoined { joined, participant_count })
+                }
+                other => Err(other),
+            },
+        )
+    }
+
     #[instrument(
         name = "participants",
         skip_all,
@@ -473,6 +507,21 @@ impl StreamService for Node {
             access.write() >= WriteLevel::EPHEMERAL,
             "ephemerals need write level ephemeral (16)",
         )?;
+        // Counted after the access check, so callers without access never spend a stream's
+        // budget. The count is this replica's, read without a barrier: a join in flight may
+        // flip a room to big one ephemeral late, which is fine for a rate limit.
+        let participant_count = ctx.stream().map_or(0, |s| s.participant_count);
+        if let Err(RetryAfterMs(ms)) =
+            self.inner.ephemeral_limiter.admit(key, participant_count, std::time::Instant::now())
+        {
+            crate::metrics::EPHEMERALS_RATE_LIMITED.inc();
+            return Err(ApiError::new(
+                ErrorCode::RateLimited,
+                "too many ephemerals to this big stream; retry after retryAfterMs",
+            )
+            .with_retry_after(ms)
+            .into());
+        }
         let frame = json!({
             "ev": "ephemeral",
             "stream": {"publisherId": key.publisher_id, "name": key.name},

@@ -147,6 +147,72 @@ fn participants_count_exactly() {
     assert!(!s.participants.contains_key(&(key("r"), UserId::new("dave").unwrap())));
 }
 
+fn join_batch(name: &str, users: &[&str]) -> Command {
+    Command::JoinBatch {
+        key: key(name),
+        users: users.iter().map(|u| UserId::new(*u).unwrap()).collect(),
+    }
+}
+
+fn batch_joined(o: &Outcome) -> (u64, u64) {
+    match o {
+        Outcome::BatchJoined { joined, participant_count } => (*joined, *participant_count),
+        other => panic!("not a batch join: {other:?}"),
+    }
+}
+
+/// A batch join counts each newly joined user once (repeats in the batch, users already
+/// participating and earlier leavers rejoining), keeps the record of a returning user, and
+/// posts one `Streams/joined` listing exactly the users it joined; a batch that joins nobody
+/// writes and posts nothing.
+#[test]
+fn join_batch_counts_exactly_and_posts_once() {
+    let mut s = MemState::default();
+    run(
+        &mut s,
+        &[
+            env(1, "alice", create("r")),
+            env(1, "bob", join("r", "bob", ParticipantAction::Subscribe)),
+            env(1, "carol", join("r", "carol", ParticipantAction::Join)),
+            env(2, "carol", join("r", "carol", ParticipantAction::Leave)),
+        ],
+    );
+    assert_eq!(s.streams[&key("r")].participant_count, 1);
+    let before = s.streams[&key("r")].message_count;
+    let out =
+        run(&mut s, &[env(3, "", join_batch("r", &["bob", "carol", "dave", "dave", "erin"]))]);
+    assert_eq!(batch_joined(&out[0]), (3, 4), "carol, dave, erin are new; bob already in");
+    let st = &s.streams[&key("r")];
+    assert_eq!((st.participant_count, st.message_count), (4, before + 1));
+    let joined = &s.messages[&(key("r"), before + 1)];
+    assert_eq!(joined.message_type.as_str(), "Streams/joined");
+    assert_eq!(joined.by_user_id, "");
+    assert_eq!(
+        joined.instructions,
+        Some(json!({"userIds": ["carol", "dave", "erin"], "prevState": null}))
+    );
+    let bob = &s.participants[&(key("r"), UserId::new("bob").unwrap())];
+    assert!(bob.subscribed, "an existing participant is left as it was");
+    let carol = &s.participants[&(key("r"), UserId::new("carol").unwrap())];
+    assert_eq!((carol.state, carol.updated_time), (ParticipantState::Participating, Millis(3)));
+
+    let snapshot = s.clone();
+    let out = run(&mut s, &[env(4, "", join_batch("r", &["dave", "erin"]))]);
+    assert_eq!(batch_joined(&out[0]), (0, 4));
+    assert_eq!(s, snapshot, "a batch that joins nobody changes nothing");
+}
+
+#[test]
+fn join_batch_needs_an_open_stream() {
+    let mut s = MemState::default();
+    let out = run(&mut s, &[env(1, "", join_batch("nope", &["bob"]))]);
+    assert_eq!(code(&out[0]), Some(ErrorCode::NotFound));
+    run(&mut s, &[env(1, "alice", create("r")), env(2, "alice", Command::Close { key: key("r") })]);
+    let out = run(&mut s, &[env(3, "", join_batch("r", &["bob"]))]);
+    assert_eq!(code(&out[0]), Some(ErrorCode::Conflict));
+    assert_eq!(s.streams[&key("r")].participant_count, 0);
+}
+
 #[test]
 fn posting_marks_participant_posted() {
     let mut s = MemState::default();
@@ -234,6 +300,9 @@ fn same_log_same_state() {
         }
         if i % 17 == 0 {
             log.push(env(10 + i, "carol", join(name, "carol", ParticipantAction::Leave)));
+        }
+        if i % 13 == 0 {
+            log.push(env(10 + i, "", join_batch(name, &["carol", "dave", &format!("u{i}")])));
         }
     }
     let mut one = MemState::default();

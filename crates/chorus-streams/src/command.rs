@@ -93,7 +93,20 @@ pub enum Command {
         key: StreamKey,
         rows: Vec<AccessRow>,
     },
+    /// The app joins many users at once (1 to [`MAX_JOIN_BATCH`], checked before proposing):
+    /// one replicated command for the whole batch, so populating a 300,000-member room costs
+    /// 300 Raft entries, not 300,000. Users already participating are skipped. Posts **one**
+    /// `Streams/joined` naming the users it joined (none when it joined nobody), where a single
+    /// join posts one per user: a message per user would flood the log and every listener.
+    JoinBatch {
+        key: StreamKey,
+        users: Vec<UserId>,
+    },
 }
+
+/// Most users one [`Command::JoinBatch`] may name (beyond it: 413 `too_large`). It bounds the
+/// Raft entry (ids are at most 64 bytes) and the work of one apply.
+pub const MAX_JOIN_BATCH: usize = 1000;
 
 impl Command {
     pub fn key(&self) -> StreamKey {
@@ -103,7 +116,8 @@ impl Command {
             | Command::Close { key }
             | Command::Post { key, .. }
             | Command::Participate { key, .. }
-            | Command::SetAccess { key, .. } => key.clone(),
+            | Command::SetAccess { key, .. }
+            | Command::JoinBatch { key, .. } => key.clone(),
         }
     }
 }
@@ -118,6 +132,12 @@ pub enum Outcome {
     },
     Participant(Box<ParticipantRecord>),
     Access(Vec<AccessRow>),
+    /// A [`Command::JoinBatch`]: how many users it newly joined (each counted once, however
+    /// often the batch names them), and the stream's exact `participantCount` after it.
+    BatchJoined {
+        joined: u64,
+        participant_count: u64,
+    },
     /// The command changed nothing. `stream` is the current stream for a failed precondition.
     Rejected {
         code: ErrorCode,

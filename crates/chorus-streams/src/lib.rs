@@ -35,5 +35,5 @@ pub mod validate;
 mod apply_tests;
 
 pub use apply::{DEDUPE_WINDOW_MS, apply_batch, apply_entry};
-pub use command::{Command, Envelope, FieldChanges, Outcome, ParticipantAction};
+pub use command::{Command, Envelope, FieldChanges, MAX_JOIN_BATCH, Outcome, ParticipantAction};
 pub use state::{DedupeRecord, Overlay, StateRead, Write};

@@ -35,6 +35,47 @@ impl Default for Limits {
     }
 }
 
+/// The rate limit on ephemerals to big rooms (DESIGN.md §1: "ephemerals (typing) to big rooms
+/// are rate-limited per stream"). A stream with more than `big_room_participants`
+/// participants accepts `big_room_per_second` ephemerals a second on average, bursts of up to
+/// `big_room_burst`; beyond that the sender gets 429 `rate_limited` with `retryAfterMs`.
+/// Smaller streams are not limited: their ephemerals reach few sessions.
+///
+/// Enforced by the stream's owner (the shard leader) in memory; ephemerals are never stored,
+/// so neither is the budget, and a new leader starts every stream with a full burst.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EphemeralLimits {
+    /// `participantCount` above which a stream is big. Default 1000.
+    pub big_room_participants: u64,
+    /// Sustained ephemerals per second per big stream. Default 20; at least 1.
+    pub big_room_per_second: u32,
+    /// Ephemerals a big stream accepts at once after a quiet spell. Default 40; at least 1.
+    pub big_room_burst: u32,
+}
+
+impl Default for EphemeralLimits {
+    fn default() -> Self {
+        EphemeralLimits { big_room_participants: 1000, big_room_per_second: 20, big_room_burst: 40 }
+    }
+}
+
+impl EphemeralLimits {
+    /// Whether a stream with `participant_count` participants is rate-limited.
+    pub fn is_big(&self, participant_count: u64) -> bool {
+        participant_count > self.big_room_participants
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.big_room_per_second == 0 || self.big_room_burst == 0 {
+            return Err(
+                "ephemerals.big_room_per_second and big_room_burst must be at least 1".into()
+            );
+        }
+        Ok(())
+    }
+}
+
 fn chars_at_most(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
     if s.chars().count() > max {
         return Err(ApiError::too_large(format!("{field} is longer than {max} characters")));

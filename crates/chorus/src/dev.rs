@@ -94,6 +94,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir: config.data_dir.clone(),
         advertise: addr.to_string(),
         limits: config.limits.clone(),
+        ephemerals: config.ephemerals.clone(),
         actors: actor_settings(&config),
         raft: raft_config(&config),
         cluster: None,

@@ -68,6 +68,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         data_dir: config.data_dir.clone(),
         advertise,
         limits: config.limits.clone(),
+        ephemerals: config.ephemerals.clone(),
         actors: actor_settings(&config),
         raft: raft_config(&config),
         cluster: Some(cluster),

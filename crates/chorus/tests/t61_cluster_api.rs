@@ -1,6 +1,7 @@
 //! The API of a cluster, from any node: operations sent to a follower run on the shard's
 //! leader; a `listen` held through a follower survives SIGKILL of the leader with every
-//! ordinal delivered once, in order; ephemerals reach listeners on other nodes.
+//! ordinal delivered once, in order; ephemerals reach listeners on other nodes; the app's
+//! batch join through a follower runs on the leader.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -57,6 +58,11 @@ async fn follower_serves_everything_and_listen_survives_leader_kill() {
     assert_eq!(s, 200, "join: {v}");
     let (s, v) = bob.call("GET", &format!("{path}/participants"), None).await;
     assert_eq!(s, 200, "{v}");
+    // The app's batch join through a follower: one command on the leader, bob counted once.
+    let app = cluster.api(f1, None);
+    let batch = Some(json!({"join": ["bob", "carol", "dave", "carol"]}));
+    let (s, v) = app.call("POST", &format!("{path}/participants/batch"), batch).await;
+    assert_eq!((s, v.clone()), (200, json!({"joined": 2, "participantCount": 3})), "{v}");
     let (s, v) = alice.call("PATCH", &path, Some(json!({"title": "Failover"}))).await;
     assert_eq!((s, v["title"].as_str()), (200, Some("Failover")), "{v}");
     let (s, v) = bob
@@ -70,7 +76,7 @@ async fn follower_serves_everything_and_listen_survives_leader_kill() {
     let (s, v) = bob.call("GET", &format!("{path}/messages?limit=10"), None).await;
     assert_eq!(s, 200, "{v}");
     let before = v["messages"].as_array().unwrap().len() as u64;
-    assert!(before >= 4, "created, joined, changed, hi: {v}");
+    assert!(before >= 5, "created, joined, batch joined, changed, hi: {v}");
 
     // A listener on f1 from the start; an ephemeral from a session on f2 reaches it.
     let stream = json!({"publisherId": "alice", "name": NAME});

@@ -6,7 +6,7 @@
 //! is `invalid_argument` on both transports.
 
 use chorus_api::{
-    CreateStream, HistoryQuery, NewEphemeral, NewPost, ParticipantBody, ParticipantOp,
+    CreateStream, HistoryQuery, JoinBatch, NewEphemeral, NewPost, ParticipantBody, ParticipantOp,
     ParticipantQuery, ServiceError, UpdateStream,
 };
 use chorus_types::{ApiError, StreamKey};
@@ -131,6 +131,7 @@ fn op_by_wire_name(op: &str) -> Option<OpName> {
         "leave" => OpName::Leave,
         "subscribe" => OpName::Subscribe,
         "unsubscribe" => OpName::Unsubscribe,
+        "joinBatch" => OpName::JoinBatch,
         "participants" => OpName::Participants,
         "access" => OpName::Access,
         "setAccess" => OpName::SetAccess,
@@ -179,6 +180,10 @@ fn command(op: OpName, mut fields: Map<String, Value>) -> Result<Command, ApiErr
         OpName::Leave => participate(ParticipantOp::Leave, fields),
         OpName::Subscribe => participate(ParticipantOp::Subscribe, fields),
         OpName::Unsubscribe => participate(ParticipantOp::Unsubscribe, fields),
+        OpName::JoinBatch => {
+            let key = take_stream(&mut fields)?;
+            call(Request::JoinBatch(key, args::<JoinBatch>(fields)?))
+        }
         OpName::Participants => {
             let key = take_stream(&mut fields)?;
             call(Request::Participants(key, args::<ParticipantQuery>(fields)?))

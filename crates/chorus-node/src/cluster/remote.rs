@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chorus_api::{
-    Caller, CreateStream, HistoryQuery, Listening, NewEphemeral, NewPost, ParticipantBody,
-    ParticipantOp, ParticipantPage, ParticipantQuery, Posted, ServiceError, StreamService,
-    StreamView, UpdateStream,
+    BatchJoined, Caller, CreateStream, HistoryQuery, JoinBatch, Listening, NewEphemeral, NewPost,
+    ParticipantBody, ParticipantOp, ParticipantPage, ParticipantQuery, Posted, ServiceError,
+    StreamService, StreamView, UpdateStream,
 };
 use chorus_proto::pb;
 use chorus_proto::pb::owner_client::OwnerClient;
@@ -225,6 +225,15 @@ impl StreamService for RemoteService {
         self.call(caller, OwnerCall::Participate { key: key.clone(), op, body })
             .await
             .into_participant()
+    }
+
+    async fn join_batch(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: JoinBatch,
+    ) -> Result<BatchJoined, ServiceError> {
+        self.call(caller, OwnerCall::JoinBatch { key: key.clone(), req }).await.into_batch_joined()
     }
 
     async fn participants(

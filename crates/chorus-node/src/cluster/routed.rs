@@ -2,9 +2,9 @@
 //! dispatched to the leader of its stream's shard; `listen` goes through the relay.
 
 use chorus_api::{
-    Caller, CreateStream, HistoryQuery, Listening, NewEphemeral, NewPost, ParticipantBody,
-    ParticipantOp, ParticipantPage, ParticipantQuery, Posted, Principal, ServiceError,
-    StreamService, StreamView, UpdateStream,
+    BatchJoined, Caller, CreateStream, HistoryQuery, JoinBatch, Listening, NewEphemeral, NewPost,
+    ParticipantBody, ParticipantOp, ParticipantPage, ParticipantQuery, Posted, Principal,
+    ServiceError, StreamService, StreamView, UpdateStream,
 };
 use chorus_types::{
     AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, PublisherId, StreamKey,
@@ -98,6 +98,17 @@ impl StreamService for Router {
         self.dispatch(caller, key, OwnerCall::Participate { key: key.clone(), op, body })
             .await
             .into_participant()
+    }
+
+    async fn join_batch(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: JoinBatch,
+    ) -> Result<BatchJoined, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::JoinBatch { key: key.clone(), req })
+            .await
+            .into_batch_joined()
     }
 
     async fn participants(
