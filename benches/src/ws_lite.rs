@@ -36,11 +36,26 @@ pub struct WsConn {
     mask_state: u32,
 }
 
-/// Opens a TCP connection to `addr` (from `source`, port chosen by the kernel, when given).
-pub async fn tcp_connect(source: Option<IpAddr>, addr: SocketAddr) -> io::Result<TcpStream> {
+/// Where a connection comes from: a source address and, optionally, a port picked by the
+/// caller.
+///
+/// Binding to an address with port 0 makes the kernel search its bind table for a free port
+/// (`inet_csk_get_port`), which grows with every bound socket: at ~10,000 connections from
+/// one address that search takes most of a core. A caller that owns a source address (one
+/// client process per 127.0.0.x) hands out ports itself instead, and the bind is one lookup.
+#[derive(Copy, Clone, Debug)]
+pub struct Source {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+}
+
+/// Opens a TCP connection to `addr` (from `source` when given).
+pub async fn tcp_connect(source: Option<Source>, addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    if let Some(ip) = source {
-        socket.bind(SocketAddr::new(ip, 0))?;
+    if let Some(source) = source {
+        // A port still in TIME_WAIT from an earlier run may be bound again.
+        socket.set_reuseaddr(true)?;
+        socket.bind(SocketAddr::new(source.ip, source.port.unwrap_or(0)))?;
     }
     let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -50,7 +65,7 @@ pub async fn tcp_connect(source: Option<IpAddr>, addr: SocketAddr) -> io::Result
 impl WsConn {
     /// Connects and upgrades `ws://addr{path_and_query}`.
     pub async fn connect(
-        source: Option<IpAddr>,
+        source: Option<Source>,
         addr: SocketAddr,
         path_and_query: &str,
     ) -> io::Result<WsConn> {

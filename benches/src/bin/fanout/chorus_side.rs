@@ -101,9 +101,11 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
     };
     let mut clients = Clients::start(&plan, Duration::from_secs(600)).await?;
     say(format!(
-        "chorus: {} sessions listening ({} failed) from {} client processes in {:.1} s",
+        "chorus: {} sessions listening ({} failed, {} listens retried on the server's request) \
+         from {} client processes in {:.1} s",
         clients.connected,
         clients.failed,
+        clients.listen_retries,
         clients.pids().len(),
         connect_started.elapsed().as_secs_f64()
     ));
@@ -236,8 +238,10 @@ async fn join_participants(
             .await?;
         return Ok("batch route, 1000 per call");
     }
-    // An unknown route answers without the JSON error body every Chorus error has.
-    if !(status.as_u16() == 404 || status.as_u16() == 405) || body.contains("\"error\"") {
+    // An unknown route answers 404 "no such route" (or, from a bare router, no JSON body).
+    let route_missing = (status.as_u16() == 404 || status.as_u16() == 405)
+        && (body.contains("no such route") || !body.contains("\"error\""));
+    if !route_missing {
         bail!("batch join: {status} {body}");
     }
     stream::iter(users.iter().enumerate().map(Ok::<_, anyhow::Error>))

@@ -5,7 +5,7 @@
 //! It talks to the parent over stdin/stdout, one line each way:
 //!
 //! ```text
-//! → (at start, unasked)   connected <ok> <failed>
+//! → (at start, unasked)   connected <ok> <failed> <listens retried>
 //! ← reset                 → ok                 (zero the step's counters)
 //! ← progress              → progress <n>       (bench messages received this step)
 //! ← report <last>         → report <json>      (StepReport; <last> = publisher's last ordinal)
@@ -16,14 +16,16 @@
 //! else is per process. Frames are not JSON-parsed: the ordinal and the send time (`t=<unix µs>`
 //! at the start of the content) are found by substring search.
 
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use chorus_bench::cluster::user_token;
-use chorus_bench::ws_lite::{WsConn, find, number_after, tcp_connect};
+use chorus_bench::ws_lite::{Source, WsConn, find, number_after, tcp_connect};
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -82,6 +84,8 @@ struct Shared {
     /// The last ordinal (sequence for NATS) of each session, `NOT_LISTENING` when closed.
     last: Vec<AtomicU64>,
     open: AtomicUsize,
+    /// Listens the server asked to retry while sessions were opening.
+    listen_retries: AtomicU64,
 }
 
 impl Shared {
@@ -145,21 +149,24 @@ async fn client_main(args: ClientArgs) -> anyhow::Result<()> {
         step: Mutex::new(Step { report: StepReport::default(), histogram: new_histogram()? }),
         last: (0..args.connections).map(|_| AtomicU64::new(NOT_LISTENING)).collect(),
         open: AtomicUsize::new(0),
+        listen_retries: AtomicU64::new(0),
     });
     let failed = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let ports = Arc::new(Ports { next: AtomicU32::new(Ports::FIRST) });
     let mut opening = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let target = args.targets[i % args.targets.len()];
         let user = format!("u{}", (args.first_user + i) % args.users.max(1) + 1);
         let (shared, gate, failed) = (shared.clone(), gate.clone(), failed.clone());
+        let ports = ports.clone();
         let (source, mode) = (args.source, args.mode);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let Ok(permit) = gate.acquire_owned().await else { return };
             let opened = match mode {
-                Mode::Ws => open_ws(source, target, &user, &shared, i).await,
-                Mode::Nats => open_nats(source, target).await,
+                Mode::Ws => open_ws(source, &ports, target, &user, &shared, i).await,
+                Mode::Nats => open_nats(source, &ports, target).await,
             };
             drop(permit);
             match opened {
@@ -183,7 +190,10 @@ async fn client_main(args: ClientArgs) -> anyhow::Result<()> {
     let mut stdout = tokio::io::stdout();
     let connected = shared.open.load(Ordering::Relaxed);
     let failed_count = failed.load(Ordering::Relaxed);
-    stdout.write_all(format!("connected {connected} {failed_count}\n").as_bytes()).await?;
+    let retries = shared.listen_retries.load(Ordering::Relaxed);
+    stdout
+        .write_all(format!("connected {connected} {failed_count} {retries}\n").as_bytes())
+        .await?;
     stdout.flush().await?;
     serve_parent(&shared, &mut stdout).await
 }
@@ -264,10 +274,55 @@ fn listen_frame(id: u64, since: Option<u64>) -> String {
     )
 }
 
-/// Connects (retrying: a burst of connects can overflow an accept queue), upgrades and listens;
-/// the session's last ordinal is the `messageCount` of the listen's `ok`.
+/// This process's source ports, handed out in turn: the process owns its source address, so
+/// it picks ports itself rather than have the kernel search for one on each bind (see
+/// [`Source`]).
+struct Ports {
+    next: AtomicU32,
+}
+
+impl Ports {
+    const FIRST: u32 = 10_000;
+
+    fn take(&self) -> io::Result<u16> {
+        let port = self.next.fetch_add(1, Ordering::Relaxed);
+        u16::try_from(port)
+            .map_err(|_| io::Error::new(io::ErrorKind::AddrNotAvailable, "source ports used up"))
+    }
+}
+
+/// Runs `connect` from a fresh source port until it succeeds: a port some other socket holds
+/// is skipped at once, other failures (a burst of connects can overflow an accept queue) are
+/// retried a few times with a pause.
+async fn with_source<T, F, Fut>(ip: Option<IpAddr>, ports: &Ports, mut connect: F) -> io::Result<T>
+where
+    F: FnMut(Option<Source>) -> Fut,
+    Fut: Future<Output = io::Result<T>>,
+{
+    let mut failures = 0u64;
+    loop {
+        let source = match ip {
+            Some(ip) => Some(Source { ip, port: Some(ports.take()?) }),
+            None => None,
+        };
+        match connect(source).await {
+            Ok(connected) => return Ok(connected),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && source.is_some() => {}
+            Err(e) if failures >= 5 => return Err(e),
+            Err(_) => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(200 * failures)).await;
+            }
+        }
+    }
+}
+
+/// Connects, upgrades and listens, retrying a listen the server asks to retry (`unavailable`,
+/// `not_leader` with `retryAfterMs`, e.g. while a shard elects a leader); the session's last
+/// ordinal is the `messageCount` of the listen's `ok`.
 async fn open_ws(
     source: Option<IpAddr>,
+    ports: &Ports,
     target: SocketAddr,
     user: &str,
     shared: &Shared,
@@ -275,26 +330,23 @@ async fn open_ws(
 ) -> anyhow::Result<Session> {
     let token = user_token(user)?;
     let path = format!("/v1/ws?token={token}");
-    let mut attempt = 0;
-    let mut conn = loop {
-        match WsConn::connect(source, target, &path).await {
-            Ok(c) => break c,
-            Err(e) if attempt >= 5 => return Err(e.into()),
-            Err(_) => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
+    let mut conn = with_source(source, ports, |s| WsConn::connect(s, target, &path)).await?;
+    for id in 1..=50 {
+        conn.send_text(listen_frame(id, None).as_bytes()).await?;
+        let text = conn.next_text().await?.context("closed before the listen reply")?;
+        if find(text, b"\"ok\"").is_some() {
+            let count = number_after(text, b"\"messageCount\":")
+                .context("listen ok without messageCount")?;
+            shared.last[i].store(count, Ordering::Relaxed);
+            return Ok(Session::Ws(conn));
         }
-    };
-    conn.send_text(listen_frame(1, None).as_bytes()).await?;
-    let text = conn.next_text().await?.context("closed before the listen reply")?;
-    if find(text, b"\"re\":1").is_none() || find(text, b"\"ok\"").is_none() {
-        anyhow::bail!("listen refused: {}", String::from_utf8_lossy(text));
+        let Some(retry_ms) = number_after(text, b"\"retryAfterMs\":") else {
+            anyhow::bail!("listen refused: {}", String::from_utf8_lossy(text));
+        };
+        shared.listen_retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(retry_ms.max(50))).await;
     }
-    let count =
-        number_after(text, b"\"messageCount\":").context("listen ok without messageCount")?;
-    shared.last[i].store(count, Ordering::Relaxed);
-    Ok(Session::Ws(conn))
+    anyhow::bail!("listen still refused after 50 tries")
 }
 
 async fn run_ws(mut conn: WsConn, shared: &Shared, i: usize) -> anyhow::Result<()> {
@@ -324,18 +376,12 @@ pub struct NatsConn {
     end: usize,
 }
 
-async fn open_nats(source: Option<IpAddr>, target: SocketAddr) -> anyhow::Result<Session> {
-    let mut attempt = 0;
-    let stream = loop {
-        match tcp_connect(source, target).await {
-            Ok(s) => break s,
-            Err(e) if attempt >= 5 => return Err(e.into()),
-            Err(_) => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-        }
-    };
+async fn open_nats(
+    source: Option<IpAddr>,
+    ports: &Ports,
+    target: SocketAddr,
+) -> anyhow::Result<Session> {
+    let stream = with_source(source, ports, |s| tcp_connect(s, target)).await?;
     let mut conn = NatsConn { stream, buf: vec![0; 2048], start: 0, end: 0 };
     let info = conn.line().await?.context("closed before INFO")?;
     if !info.starts_with(b"INFO") {

@@ -36,6 +36,8 @@ pub struct Clients {
     /// Sessions open after connecting, and those that could not be opened.
     pub connected: usize,
     pub failed: usize,
+    /// Listens the server asked to retry (`retryAfterMs`) while sessions opened.
+    pub listen_retries: u64,
 }
 
 impl Clients {
@@ -69,7 +71,7 @@ impl Clients {
             procs.push(ClientProc { child, stdin, stdout });
             first += count;
         }
-        let mut clients = Clients { procs, connected: 0, failed: 0 };
+        let mut clients = Clients { procs, connected: 0, failed: 0, listen_retries: 0 };
         for proc in &mut clients.procs {
             let line = tokio::time::timeout(within, proc.stdout.next_line())
                 .await
@@ -78,8 +80,10 @@ impl Clients {
             let mut words = line.split_whitespace().skip(1);
             let ok: usize = words.next().context("connected <ok>")?.parse()?;
             let failed: usize = words.next().context("connected <failed>")?.parse()?;
+            let retried: u64 = words.next().context("connected <retried>")?.parse()?;
             clients.connected += ok;
             clients.failed += failed;
+            clients.listen_retries += retried;
         }
         Ok(clients)
     }

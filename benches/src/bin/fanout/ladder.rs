@@ -96,7 +96,7 @@ pub struct StepResult {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// Deliveries over the span from the first send to the last receipt.
+    /// Deliveries over the span from the first send to the last receipt (plus one interval).
     pub deliveries_per_s: f64,
     /// CPU per group over the publishing window, % of one core.
     pub cpu: Vec<(&'static str, f64)>,
@@ -224,7 +224,9 @@ impl Ladder<'_> {
         let report = clients.report(last).await?;
         let histogram = report.histogram()?;
         let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-        let span_s = report.last_us.saturating_sub(started_us) as f64 / 1e6;
+        // From the first send to the last receipt, plus the one interval the last message
+        // stands for: at zero latency this is `messages / rate`.
+        let span_s = report.last_us.saturating_sub(started_us) as f64 / 1e6 + 1.0 / rate;
         let mut cpu: Vec<(&'static str, f64)> = self
             .cpu
             .groups
