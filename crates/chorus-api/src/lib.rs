@@ -20,6 +20,16 @@ use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Bits of a session id that identify a session cluster-wide. Edges number their sessions
+/// below 2^39; a node forwarding a call puts its own id above these bits. Ephemerals carry
+/// their sender's id so that the sender does not get its own back.
+pub const SESSION_ID_BITS: u32 = 40;
+
+/// Whether two session ids, as they travel, name the same session.
+pub fn same_session(a: u64, b: u64) -> bool {
+    (a ^ b) & ((1 << SESSION_ID_BITS) - 1) == 0
+}
+
 /// Who is asking. Resolved by the edge from a JWT or the app's API key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
@@ -38,6 +48,12 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The app itself, outside any session: what an edge uses for the one listen per stream it
+    /// shares among its sessions (each session is authorised on its own first).
+    pub fn app() -> Caller {
+        Caller { principal: Principal::App, session: None }
+    }
+
     pub fn user_id(&self) -> Option<&UserId> {
         match &self.principal {
             Principal::App => None,
@@ -313,6 +329,11 @@ pub trait StreamService: Send + Sync + 'static {
     ) -> Result<(), ServiceError>;
     /// `Ok` when the service can serve requests (every local shard has a leader).
     async fn readiness(&self) -> Result<(), ApiError>;
+    /// Checks that `caller` may listen to `key` (read level messages, 35) and returns the
+    /// stream's current `messageCount`, without opening a listen. Edges call it for each
+    /// session's `listen` and share one [`listen`](Self::listen) per stream among them.
+    async fn authorize_listen(&self, caller: &Caller, key: &StreamKey)
+    -> Result<u64, ServiceError>;
     /// `since = None` listens from now.
     async fn listen(
         &self,

@@ -6,6 +6,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default `session_queue_len`: outbound frames buffered per WebSocket session.
 pub const DEFAULT_SESSION_QUEUE_LEN: usize = 1024;
 
+/// Default `feed_ring_len`: recent messages kept per followed stream.
+pub const DEFAULT_FEED_RING_LEN: usize = 1024;
+
 /// Configuration of the client-facing HTTP and WebSocket layer.
 #[derive(Clone)]
 pub struct EdgeConfig {
@@ -21,6 +24,10 @@ pub struct EdgeConfig {
     /// Outbound frames buffered per WebSocket session (default 1024). A listen whose next
     /// message finds the queue full ends with a `resync` event instead of growing the queue.
     pub session_queue_len: usize,
+    /// Recent messages each followed stream keeps at the edge (default 1024), so sessions
+    /// that listen or resume within that distance of the head get their backlog without a
+    /// read at the owner.
+    pub feed_ring_len: usize,
 }
 
 impl Default for EdgeConfig {
@@ -30,6 +37,7 @@ impl Default for EdgeConfig {
             api_key: String::new(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             session_queue_len: DEFAULT_SESSION_QUEUE_LEN,
+            feed_ring_len: DEFAULT_FEED_RING_LEN,
         }
     }
 }
@@ -42,6 +50,7 @@ impl std::fmt::Debug for EdgeConfig {
             .field("api_key", &"<redacted>")
             .field("max_body_bytes", &self.max_body_bytes)
             .field("session_queue_len", &self.session_queue_len)
+            .field("feed_ring_len", &self.feed_ring_len)
             .finish()
     }
 }

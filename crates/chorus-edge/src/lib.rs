@@ -11,7 +11,8 @@
 //!  HTTP /v1/… ──▶ extract (auth, path, body, query) ─┐
 //!                                                    ├─▶ ops::dispatch ─▶ StreamService
 //!  WS /v1/ws ──▶ session reader ─▶ frame::parse ─────┘
-//!                  listen ─▶ StreamService::listen ─▶ forwarder ─▶ bounded queue ─▶ writer
+//!                  listen ─▶ authorize ─▶ fanout feed (one StreamService::listen per
+//!                            stream, shared) ─▶ each session's bounded queue ─▶ writer
 //! ```
 //!
 //! # Layout
@@ -21,6 +22,8 @@
 //!   `too_large`, `unauthenticated`).
 //! - `ops`: the operations both transports share and their reply bodies.
 //! - `http`: the `/v1` routes; `health`: `/healthz`, `/readyz`, `/metrics`.
+//! - `fanout`: one upstream listen per stream, its ring of recent messages, and the sessions
+//!   attached to it.
 //! - `ws`: the WebSocket protocol: sessions, frames, listens, the outbound queue.
 //! - `error`: the error shape and `Retry-After`.
 //! - `metrics`: `chorus_edge_*` Prometheus metrics.
@@ -30,6 +33,7 @@ mod auth;
 pub mod config;
 mod error;
 mod extract;
+mod fanout;
 mod health;
 mod http;
 mod metrics;

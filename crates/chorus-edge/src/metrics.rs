@@ -114,6 +114,30 @@ pub(crate) static EPHEMERALS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+#[allow(clippy::expect_used)]
+pub(crate) static FEEDS: LazyLock<IntGauge> = LazyLock::new(|| {
+    registered(
+        IntGauge::new(
+            "chorus_edge_feeds",
+            "Streams this edge follows at their owner (one upstream listen per stream, shared \
+             by every local session listening to it).",
+        )
+        .expect("static metric definition"),
+    )
+});
+
+#[allow(clippy::expect_used)]
+pub(crate) static FEED_REOPENS: LazyLock<IntCounter> = LazyLock::new(|| {
+    registered(
+        IntCounter::new(
+            "chorus_edge_feed_reopens_total",
+            "Upstream listens opened again after the owner connection broke or the owner fell \
+             behind (each resumes from the last ordinal the edge has).",
+        )
+        .expect("static metric definition"),
+    )
+});
+
 /// Creates and registers every metric, so `/metrics` lists them before their first use.
 pub(crate) fn register() {
     LazyLock::force(&REQUESTS);
@@ -123,6 +147,8 @@ pub(crate) fn register() {
     LazyLock::force(&LISTENS);
     LazyLock::force(&RESYNCS);
     LazyLock::force(&EPHEMERALS_DROPPED);
+    LazyLock::force(&FEEDS);
+    LazyLock::force(&FEED_REOPENS);
 }
 
 /// Counts one finished request; `None` is success.
@@ -178,6 +204,8 @@ mod tests {
             "chorus_edge_listens",
             "chorus_edge_resyncs_total",
             "chorus_edge_ephemerals_dropped_total",
+            "chorus_edge_feeds",
+            "chorus_edge_feed_reopens_total",
         ] {
             assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
         }

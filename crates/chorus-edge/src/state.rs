@@ -5,14 +5,17 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chorus_api::StreamService;
+use chorus_api::{SESSION_ID_BITS, StreamService};
 
 use crate::auth::Authenticator;
 use crate::config::EdgeConfig;
+use crate::fanout::Fanout;
 
 /// The router's state, behind one `Arc`.
 pub(crate) struct EdgeState {
     pub(crate) service: Arc<dyn StreamService>,
+    /// One upstream listen per stream, shared by the sessions listening to it.
+    pub(crate) fanout: Arc<Fanout>,
     pub(crate) auth: Authenticator,
     pub(crate) max_body_bytes: usize,
     pub(crate) session_queue_len: usize,
@@ -25,6 +28,7 @@ pub(crate) struct EdgeState {
 impl EdgeState {
     pub(crate) fn new(service: Arc<dyn StreamService>, config: &EdgeConfig) -> Self {
         EdgeState {
+            fanout: Fanout::new(Arc::clone(&service), config.feed_ring_len),
             service,
             auth: Authenticator::new(&config.jwt_secret, &config.api_key),
             max_body_bytes: config.max_body_bytes,
@@ -39,10 +43,11 @@ impl EdgeState {
     }
 }
 
-/// A per-process random `u64` (std's hasher keys are randomly seeded), halved so the counter
-/// has room to grow without wrapping.
+/// A per-process random start (std's hasher keys are randomly seeded) below 2^39: session
+/// ids are compared on their low [`SESSION_ID_BITS`] bits cluster-wide (nodes put their id
+/// above them when forwarding), and this leaves room to count up without leaving that range.
 fn random_start() -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(std::process::id().into());
-    hasher.finish() >> 1
+    hasher.finish() >> (64 - (SESSION_ID_BITS - 1))
 }

@@ -502,16 +502,27 @@ impl StreamService for Node {
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
     )]
+    async fn authorize_listen(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<u64, ServiceError> {
+        self.read_barrier(key).await?;
+        let ctx = self.context(key).await?;
+        let access = visible(&ctx, caller)?;
+        need(access.read() >= ReadLevel::MESSAGES, "listening needs read level messages (35)")?;
+        ctx.target
+            .map(|t| t.stream.message_count)
+            .ok_or_else(|| err(ErrorCode::NotFound, "stream not found"))
+    }
+
     async fn listen(
         &self,
         caller: &Caller,
         key: &StreamKey,
         since: Option<u64>,
     ) -> Result<Listening, ServiceError> {
-        self.read_barrier(key).await?;
-        let ctx = self.context(key).await?;
-        let access = visible(&ctx, caller)?;
-        need(access.read() >= ReadLevel::MESSAGES, "listening needs read level messages (35)")?;
+        self.authorize_listen(caller, key).await?;
         // Subscribe first, then read the count: every later message reaches the listen.
         let live = self.inner.hub.subscribe(key);
         let shard = self.shard_of(key);

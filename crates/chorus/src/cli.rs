@@ -19,6 +19,9 @@ pub enum Command {
     Dev(DevArgs),
     /// Run a storage node of a cluster (HTTP/WebSocket API plus gRPC to its peers).
     Node(NodeArgs),
+    /// Run an edge: client HTTP/WebSocket sessions and fan-out, no durable state; talks to
+    /// the cluster's nodes over gRPC.
+    Edge(EdgeArgs),
     /// Inspect a running cluster.
     Admin(AdminArgs),
     /// Print a JWT signed with a data dir's dev secret.
@@ -80,6 +83,29 @@ pub struct NodeArgs {
     /// The app's API key (the same on every node).
     #[arg(long, env = env::API_KEY, hide_env_values = true)]
     pub api_key: String,
+}
+
+#[derive(Args, Debug)]
+pub struct EdgeArgs {
+    /// HTTP/WebSocket listen address (also /metrics, /healthz, /readyz).
+    #[arg(long, env = env::LISTEN)]
+    pub listen: SocketAddr,
+    /// The cluster's nodes: `host:port` of their peer (gRPC) addresses, comma-separated.
+    /// Any one reachable node is enough; each routes to the shard leaders.
+    #[arg(long, env = env::NODES, value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// Config file (TOML, `version = 1`): log settings and `actors.request_timeout_ms`.
+    #[arg(long, env = env::CONFIG)]
+    pub config: Option<PathBuf>,
+    /// HS256 secret that signs user JWTs (the same as the nodes').
+    #[arg(long, env = env::JWT_SECRET, hide_env_values = true)]
+    pub jwt_secret: String,
+    /// The app's API key (the same as the nodes').
+    #[arg(long, env = env::API_KEY, hide_env_values = true)]
+    pub api_key: String,
+    /// Outbound frames buffered per WebSocket session before it is sent a `resync`.
+    #[arg(long, default_value_t = chorus_edge::config::DEFAULT_SESSION_QUEUE_LEN)]
+    pub session_queue: usize,
 }
 
 #[derive(Args, Debug)]

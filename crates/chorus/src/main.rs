@@ -9,6 +9,7 @@ mod admin;
 mod cli;
 mod client;
 mod dev;
+mod edge;
 mod logging;
 mod node;
 mod process_metrics;
@@ -40,6 +41,7 @@ fn run() -> anyhow::Result<()> {
         match cli.command {
             cli::Command::Dev(args) => dev::run(args).await,
             cli::Command::Node(args) => node::run(args).await,
+            cli::Command::Edge(args) => edge::run(args).await,
             cli::Command::Admin(args) => admin::run(args).await,
             cli::Command::Token(args) => token::run(args),
             cli::Command::Post(args) => client::post(args).await,

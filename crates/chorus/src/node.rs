@@ -77,11 +77,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut peer_stop = stop_rx.clone();
-    let peers = tokio::spawn(cluster::serve(node.clone(), peer_listener, async move {
-        let _ = peer_stop.wait_for(|s| *s).await;
-    }));
+    let router = Router::new(node.clone());
+    let peers =
+        tokio::spawn(cluster::serve(node.clone(), router.clone(), peer_listener, async move {
+            let _ = peer_stop.wait_for(|s| *s).await;
+        }));
     let router = chorus_edge::router(
-        Router::new(node.clone()),
+        router,
         EdgeConfig {
             jwt_secret: args.jwt_secret.clone(),
             api_key: args.api_key.clone(),

@@ -1,4 +1,5 @@
-//! A session's listens: which stream has a forwarder task, and the forwarder itself.
+//! A session's listens: which stream has a listen task, and the task itself, which catches up
+//! and then stays attached to the stream's feed (`fanout`).
 //!
 //! Listen and unlisten requests are handled concurrently, yet their effect must follow the
 //! order the client sent them in. The reader loop therefore stamps each with an increasing
@@ -9,17 +10,17 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use chorus_api::{EventStream, ListenEvent};
+use chorus_api::Caller;
 use chorus_types::StreamKey;
-use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use crate::metrics::{DELIVERIES, EPHEMERALS_DROPPED, GaugeGuard, LISTENS, RESYNCS};
+use crate::fanout::{Ended, Fanout, Listener};
+use crate::metrics::{GaugeGuard, LISTENS, RESYNCS};
 use crate::ws::frame::resync_frame;
-use crate::ws::outbound::{Offered, Outbound};
+use crate::ws::outbound::Outbound;
 
-/// Streams one session may listen to at once: each listen holds a task and buffers on the
-/// node, so a client cannot open them without bound.
+/// Streams one session may listen to at once: each listen holds a task and a place in a
+/// feed, so a client cannot open them without bound.
 pub(crate) const MAX_LISTENS: usize = 1000;
 
 /// The listen of one stream: the epoch of the latest listen/unlisten read for it, and its
@@ -115,59 +116,34 @@ pub(crate) async fn stop_forwarder(forwarder: Option<JoinHandle<()>>) {
     }
 }
 
-/// Moves one listen's events into the session's outbound queue.
-pub(crate) struct Forwarder {
+/// One session listen on its stream's feed: the backlog, then live messages until the
+/// session unlistens (the task is aborted, which detaches it) or falls behind.
+pub(crate) struct FeedListen {
     pub(crate) out: Outbound,
-    /// Ephemerals this session sent are not echoed back to it.
+    pub(crate) caller: Caller,
     pub(crate) session_id: u64,
     pub(crate) key: StreamKey,
     pub(crate) epoch: u64,
     pub(crate) registry: Arc<ListenRegistry>,
 }
 
-impl Forwarder {
-    /// Forwards until the listen ends. `next_from` is the ordinal a resync would ask the client
-    /// to fetch from if no message gets through at all.
-    pub(crate) async fn run(self, events: EventStream, next_from: u64) {
+impl FeedListen {
+    /// Runs until the listen ends; `last` is the last ordinal the session has.
+    pub(crate) async fn run(self, fanout: Arc<Fanout>, last: u64) {
         let _listening = GaugeGuard::hold(&LISTENS);
-        if let Some(from) = self.forward(events, next_from).await {
+        let mut feed = fanout.acquire(&self.key);
+        let who = Listener { caller: &self.caller, session: self.session_id, out: &self.out };
+        let ended = match feed.attach(who, last).await {
+            Ok(ended) => ended.await.unwrap_or(Ended::SessionGone),
+            Err(ended) => ended,
+        };
+        drop(feed);
+        if let Ended::Resync(from) = ended {
             RESYNCS.inc();
             tracing::debug!(stream = %self.key, from, "listen ended, sending resync");
             self.out.resync(resync_frame(&self.key, from)).await;
         }
         self.registry.finished(&self.key, self.epoch);
-    }
-
-    /// Returns the `from` of the resync that must end the listen, or `None` when the session
-    /// is gone. Dropping `events` on return ends the listen at the service.
-    async fn forward(&self, mut events: EventStream, mut next_from: u64) -> Option<u64> {
-        loop {
-            // The service ending the stream without a resync (it is shutting down, say) still
-            // leaves the client behind: tell it where to pick up rather than go quiet.
-            let Some(event) = events.next().await else { return Some(next_from) };
-            match event {
-                ListenEvent::Message(delivered) => match self.out.offer(delivered.frame.clone()) {
-                    Offered::Queued => {
-                        DELIVERIES.inc();
-                        next_from = delivered.record.ordinal.saturating_add(1);
-                    }
-                    Offered::Full => return Some(next_from),
-                    Offered::SessionClosed => return None,
-                },
-                ListenEvent::Ephemeral(relayed) => {
-                    if relayed.origin == Some(self.session_id) {
-                        continue;
-                    }
-                    match self.out.offer(relayed.frame.clone()) {
-                        Offered::Queued => {}
-                        // Ephemerals are best-effort by contract: a full queue drops them.
-                        Offered::Full => EPHEMERALS_DROPPED.inc(),
-                        Offered::SessionClosed => return None,
-                    }
-                }
-                ListenEvent::Resync { from } => return Some(from),
-            }
-        }
     }
 }
 

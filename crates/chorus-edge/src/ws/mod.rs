@@ -56,6 +56,7 @@ pub(crate) async fn upgrade(
         id,
         caller: Caller { principal, session: Some(id) },
         service: Arc::clone(&edge.service),
+        fanout: Arc::clone(&edge.fanout),
         queue_len: edge.session_queue_len,
         stop: stop.map(|Extension(SessionStop(stop))| stop),
     };

@@ -12,8 +12,6 @@
 //! before a resync, every frame queued ahead of it, so it never overtakes the listen's earlier
 //! messages.
 
-use std::sync::Arc;
-
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
@@ -28,8 +26,9 @@ const OVERFLOW_LEN: usize = 64;
 /// One outbound frame.
 #[derive(Debug)]
 pub(crate) enum OutFrame {
-    /// An event frame rendered once and shared by every session that gets it.
-    Shared(Arc<str>),
+    /// An event frame rendered once per edge and shared (reference-counted bytes) by every
+    /// session that gets it.
+    Shared(Utf8Bytes),
     /// A reply or a resync, rendered for this session.
     Owned(String),
     /// Close the socket with this code and reason; nothing after it is sent.
@@ -71,13 +70,24 @@ impl Outbound {
         self.queue.send(OutFrame::Owned(frame)).await.is_ok()
     }
 
-    /// Offers an event without waiting: a slow session must not hold up the listen.
-    pub(crate) fn offer(&self, frame: Arc<str>) -> Offered {
-        match self.queue.try_send(OutFrame::Shared(frame)) {
+    /// Offers an event without waiting: a slow session must not hold up the stream's feed.
+    pub(crate) fn offer(&self, frame: &Utf8Bytes) -> Offered {
+        match self.queue.try_send(OutFrame::Shared(frame.clone())) {
             Ok(()) => Offered::Queued,
             Err(TrySendError::Full(_)) => Offered::Full,
             Err(TrySendError::Closed(_)) => Offered::SessionClosed,
         }
+    }
+
+    /// Queues an event, waiting for room: for a listen's backlog, which holds up nobody but
+    /// this session. `false` when the session is gone.
+    pub(crate) async fn push(&self, frame: Utf8Bytes) -> bool {
+        self.queue.send(OutFrame::Shared(frame)).await.is_ok()
+    }
+
+    /// Frames the queue can take now without waiting.
+    pub(crate) fn room(&self) -> usize {
+        self.queue.capacity()
     }
 
     /// Sends a resync even when the queue is full. `false` when the session is gone.
@@ -137,7 +147,7 @@ pub(crate) async fn write_loop(
 
 async fn feed(sink: &mut SplitSink<WebSocket, Message>, frame: OutFrame) -> Flow {
     let message = match frame {
-        OutFrame::Shared(text) => Message::Text(Utf8Bytes::from(&*text)),
+        OutFrame::Shared(text) => Message::Text(text),
         OutFrame::Owned(text) => Message::Text(Utf8Bytes::from(text)),
         OutFrame::Close { code, reason } => {
             let close = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };

@@ -25,10 +25,11 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::instrument;
 
+use crate::fanout::Fanout;
 use crate::metrics::{GaugeGuard, SESSIONS, Transport, record_request, record_timed_request};
 use crate::ops::{OpName, Request, dispatch};
 use crate::ws::frame::{Command, Frame, FrameError, error_frame, ok_frame, parse_frame};
-use crate::ws::listen::{Forwarder, ListenRegistry, stop_forwarder};
+use crate::ws::listen::{FeedListen, ListenRegistry, stop_forwarder};
 use crate::ws::outbound::{Outbound, write_loop};
 
 /// Requests of one session running at once. The reader stops reading while this many are in
@@ -43,6 +44,7 @@ pub(crate) struct SessionSetup {
     pub(crate) id: u64,
     pub(crate) caller: Caller,
     pub(crate) service: Arc<dyn StreamService>,
+    pub(crate) fanout: Arc<Fanout>,
     pub(crate) queue_len: usize,
     /// Flips to `true` when the server shuts down; `None` when served without [`crate::serve`].
     pub(crate) stop: Option<watch::Receiver<bool>>,
@@ -54,6 +56,7 @@ struct Session {
     /// The authenticated caller, with `session` set to this session's id.
     caller: Caller,
     service: Arc<dyn StreamService>,
+    fanout: Arc<Fanout>,
     out: Outbound,
     listens: Arc<ListenRegistry>,
 }
@@ -85,6 +88,7 @@ pub(crate) async fn run(socket: WebSocket, setup: SessionSetup) {
         id: setup.id,
         caller: setup.caller,
         service: setup.service,
+        fanout: setup.fanout,
         out,
         listens: Arc::new(ListenRegistry::default()),
     });
@@ -241,8 +245,8 @@ async fn call(session: &Session, id: Value, request: Request) {
 #[instrument(skip_all, fields(op = "listen", stream = %key))]
 async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>, epoch: u64) {
     let started = std::time::Instant::now();
-    let listening = match session.service.listen(&session.caller, &key, since).await {
-        Ok(listening) => listening,
+    let count = match session.service.authorize_listen(&session.caller, &key).await {
+        Ok(count) => count,
         Err(error) => {
             record_timed_request(Transport::Ws, OpName::Listen, Some(error.error.code), started);
             session.listens.finished(&key, epoch);
@@ -251,25 +255,27 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
         }
     };
     record_timed_request(Transport::Ws, OpName::Listen, None, started);
-    let ok = json!({"recovered": listening.recovered, "messageCount": listening.message_count});
-    // The `ok` is queued before the forwarder exists, so no event of this listen precedes it.
+    // From `since` when the stream has it; from now without `since` or beyond the end.
+    let (last, recovered) = match since {
+        None => (count, true),
+        Some(s) if s <= count => (s, true),
+        Some(_) => (count, false),
+    };
+    let ok = json!({"recovered": recovered, "messageCount": count});
+    // The `ok` is queued before the listen task exists, so no event of this listen precedes it.
     if !session.out.reply(ok_frame(&id, ok)).await {
         return;
     }
-    // Where a resync points if no message gets through: the first message after `since`, or
-    // after `messageCount` when listening from now (or from beyond the end).
-    let resume = since.unwrap_or(listening.message_count).min(listening.message_count);
-    let forwarder = Forwarder {
+    let task = FeedListen {
         out: session.out.clone(),
+        caller: session.caller.clone(),
         session_id: session.id,
         key: key.clone(),
         epoch,
         registry: Arc::clone(&session.listens),
     };
-    let events = listening.events;
-    let started = session
-        .listens
-        .install(&key, epoch, || tokio::spawn(forwarder.run(events, resume.saturating_add(1))));
+    let fanout = Arc::clone(&session.fanout);
+    let started = session.listens.install(&key, epoch, || tokio::spawn(task.run(fanout, last)));
     if !started {
         tracing::debug!("listen superseded before it started");
     }

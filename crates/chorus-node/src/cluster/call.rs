@@ -14,8 +14,6 @@ use chorus_types::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::node::Node;
-
 /// [`Caller`] on the wire. The session id stays with the caller's edge: ephemerals are
 /// filtered there, so it is carried only to keep the sender from getting its own.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,6 +81,8 @@ pub enum OwnerCall {
     Access { key: StreamKey },
     SetAccess { key: StreamKey, rows: Vec<AccessRow> },
     Ephemeral { key: StreamKey, req: NewEphemeral },
+    AuthorizeListen { key: StreamKey },
+    Readiness,
 }
 
 impl OwnerCall {
@@ -101,7 +101,9 @@ impl OwnerCall {
             | OwnerCall::Participate { .. }
             | OwnerCall::Participants { .. }
             | OwnerCall::Access { .. }
-            | OwnerCall::SetAccess { .. } => true,
+            | OwnerCall::SetAccess { .. }
+            | OwnerCall::AuthorizeListen { .. }
+            | OwnerCall::Readiness => true,
         }
     }
 }
@@ -111,6 +113,11 @@ impl OwnerCall {
 pub struct CallEnvelope {
     pub caller: WireCaller,
     pub call: OwnerCall,
+    /// Set by edges, which do not track shard leaders: the receiving node routes the call to
+    /// the stream's leader itself. Unset between nodes: the sender already routed it, and the
+    /// receiver answers `not_leader` if it no longer leads.
+    #[serde(default)]
+    pub route: bool,
 }
 
 /// The result of an [`OwnerCall`].
@@ -125,6 +132,7 @@ pub enum OwnerReply {
     Page { participants: Vec<ParticipantRecord>, next: Option<String> },
     Access(Vec<AccessRow>),
     Done,
+    Count(u64),
     Error { error: ApiError, stream: Option<WireView> },
 }
 
@@ -206,6 +214,13 @@ impl OwnerReply {
         }
     }
 
+    pub fn into_count(self) -> Result<u64, ServiceError> {
+        match self.ok()? {
+            OwnerReply::Count(n) => Ok(n),
+            _ => Err(Self::unexpected()),
+        }
+    }
+
     pub fn into_done(self) -> Result<(), ServiceError> {
         match self.ok()? {
             OwnerReply::Done => Ok(()),
@@ -221,8 +236,14 @@ fn reply<T>(r: Result<T, ServiceError>, f: impl FnOnce(T) -> OwnerReply) -> Owne
     }
 }
 
-/// Runs `call` on this node (its leader side).
-pub async fn execute(node: &Node, caller: &Caller, call: OwnerCall) -> OwnerReply {
+/// Runs `call` on `node`: a [`Node`](crate::Node) runs it here (the leader side); a
+/// [`Router`](super::Router) routes it to the stream's leader (a call an edge sent to any
+/// node).
+pub async fn execute<S: StreamService + ?Sized>(
+    node: &S,
+    caller: &Caller,
+    call: OwnerCall,
+) -> OwnerReply {
     match call {
         OwnerCall::Create { req } => {
             reply(node.create(caller, req).await, |v| OwnerReply::View(v.into()))
@@ -260,6 +281,12 @@ pub async fn execute(node: &Node, caller: &Caller, call: OwnerCall) -> OwnerRepl
         }
         OwnerCall::Ephemeral { key, req } => {
             reply(node.ephemeral(caller, &key, req).await, |()| OwnerReply::Done)
+        }
+        OwnerCall::AuthorizeListen { key } => {
+            reply(node.authorize_listen(caller, &key).await, OwnerReply::Count)
+        }
+        OwnerCall::Readiness => {
+            reply(node.readiness().await.map_err(Into::into), |()| OwnerReply::Done)
         }
     }
 }

@@ -1,11 +1,13 @@
 //! A node as a cluster member: the gRPC services it offers its peers (`Peer` for Raft,
 //! `Owner` for forwarded stream operations, `Admin`), and the [`Router`] that the node's own
-//! HTTP/WebSocket API calls so each operation runs on the stream's shard leader.
+//! HTTP/WebSocket API calls so each operation runs on the stream's shard leader; and
+//! [`RemoteService`], what an edge process (`chorus edge`) calls instead of a local node.
 
 mod admin;
 mod call;
 mod owner;
 mod relay;
+mod remote;
 mod routed;
 mod router;
 
@@ -17,6 +19,7 @@ use chorus_raft::grpc::peers::MAX_MESSAGE;
 use tokio::net::TcpListener;
 
 pub use call::{OwnerCall, OwnerReply};
+pub use remote::RemoteService;
 pub use router::Router;
 
 use crate::error::NodeError;
@@ -41,13 +44,14 @@ fn incoming(
 /// Serves `Peer`, `Owner` and `Admin` on `listener` until `shutdown` resolves.
 pub async fn serve(
     node: Node,
+    router: std::sync::Arc<Router>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     let peer = PeerServer::new(PeerService::new(node.group_table()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let owner = OwnerServer::new(owner::OwnerService::new(node.clone()))
+    let owner = OwnerServer::new(owner::OwnerService::new(node.clone(), router))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let admin = AdminServer::new(admin::AdminService::new(node));

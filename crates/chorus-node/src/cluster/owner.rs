@@ -2,6 +2,7 @@
 //! to the node that leads the stream's shard.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use chorus_api::{ListenEvent, StreamService};
 use chorus_proto::pb;
@@ -12,6 +13,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
+use super::Router;
 use super::call::{CallEnvelope, OwnerReply, WireCaller, execute};
 use crate::node::Node;
 
@@ -21,6 +23,10 @@ pub struct ListenCall {
     pub caller: WireCaller,
     pub key: StreamKey,
     pub since: Option<u64>,
+    /// Set by edges: open the listen on the stream's leader, wherever it is, and carry it
+    /// across leader changes (the relay). Unset between nodes: open it here or fail.
+    #[serde(default)]
+    pub route: bool,
 }
 
 /// One item of an `Owner.Listen` stream: first `Started` (or `Failed`), then events.
@@ -36,11 +42,13 @@ pub enum ListenItem {
 
 pub struct OwnerService {
     node: Node,
+    /// Routes what edges send (`route: true`) to the stream's leader.
+    router: Arc<Router>,
 }
 
 impl OwnerService {
-    pub fn new(node: Node) -> Self {
-        OwnerService { node }
+    pub fn new(node: Node, router: Arc<Router>) -> Self {
+        OwnerService { node, router }
     }
 }
 
@@ -63,7 +71,11 @@ impl Owner for OwnerService {
         let env: CallEnvelope = serde_json::from_slice(&request.into_inner().call)
             .map_err(|e| Status::invalid_argument(format!("bad owner call: {e}")))?;
         let caller = env.caller.into();
-        let reply: OwnerReply = execute(&self.node, &caller, env.call).await;
+        let reply: OwnerReply = if env.route {
+            execute(&*self.router, &caller, env.call).await
+        } else {
+            execute(&self.node, &caller, env.call).await
+        };
         Ok(Response::new(pb::OwnerResponse { reply: encode(&reply)? }))
     }
 
@@ -76,7 +88,12 @@ impl Owner for OwnerService {
         let call: ListenCall = serde_json::from_slice(&request.into_inner().call)
             .map_err(|e| Status::invalid_argument(format!("bad listen call: {e}")))?;
         let caller = call.caller.into();
-        let stream: EventStream = match self.node.listen(&caller, &call.key, call.since).await {
+        let opened = if call.route {
+            self.router.listen(&caller, &call.key, call.since).await
+        } else {
+            self.node.listen(&caller, &call.key, call.since).await
+        };
+        let stream: EventStream = match opened {
             Err(e) => {
                 let first = item(&ListenItem::Failed { error: e.error });
                 Box::pin(futures_util::stream::iter([first]))

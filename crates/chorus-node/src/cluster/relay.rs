@@ -61,8 +61,9 @@ async fn open(
     let mut client = router.owner_client(id).map_err(OpenFailure::Retry)?;
     let mut wire = WireCaller::from(caller);
     wire.session = router.tag_session(caller.session);
-    let body = serde_json::to_vec(&ListenCall { caller: wire, key: key.clone(), since })
-        .map_err(|e| OpenFailure::Final(err(ErrorCode::Internal, &e.to_string())))?;
+    let body =
+        serde_json::to_vec(&ListenCall { caller: wire, key: key.clone(), since, route: false })
+            .map_err(|e| OpenFailure::Final(err(ErrorCode::Internal, &e.to_string())))?;
     let unreachable =
         || OpenFailure::Retry(err(ErrorCode::Unavailable, "stream owner unreachable"));
     let mut stream = client
@@ -96,12 +97,16 @@ async fn open(
     Ok(Listening { recovered, message_count, events: Box::pin(events) })
 }
 
-fn to_event(router: Option<&Router>, item: ListenItem) -> Option<ListenEvent> {
+pub(super) fn to_event(router: Option<&Router>, item: ListenItem) -> Option<ListenEvent> {
     match item {
         ListenItem::Message { message } => Some(ListenEvent::Message(delivered(message))),
         ListenItem::Ephemeral { origin, frame } => {
-            // Sessions of this node know themselves by their local id.
-            let origin = router.and_then(|r| r.untag_session(origin));
+            // Sessions of this node know themselves by their local id; an edge's session
+            // compares the low bits of a foreign tag (`chorus_api::same_session`).
+            let origin = match router {
+                Some(r) => r.untag_session(origin).or(origin),
+                None => origin,
+            };
             Some(ListenEvent::Ephemeral(Arc::new(Relayed { origin, frame: frame.into() })))
         }
         ListenItem::Resync { from } => Some(ListenEvent::Resync { from }),

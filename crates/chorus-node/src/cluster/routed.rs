@@ -147,6 +147,16 @@ impl StreamService for Router {
         }
     }
 
+    async fn authorize_listen(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<u64, ServiceError> {
+        self.dispatch(caller, key, OwnerCall::AuthorizeListen { key: key.clone() })
+            .await
+            .into_count()
+    }
+
     async fn listen(
         &self,
         caller: &Caller,

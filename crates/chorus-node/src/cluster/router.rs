@@ -27,7 +27,7 @@ use crate::node::Node;
 
 /// Bits of a forwarded session id that hold the session; the node id sits above them, so a
 /// session id is unique across the cluster when it travels.
-const SESSION_BITS: u32 = 40;
+const SESSION_BITS: u32 = chorus_api::SESSION_ID_BITS;
 
 /// Where an operation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,7 +166,7 @@ impl Router {
         let mut client = self.owner_client(id).map_err(Failure::NotRun)?;
         let mut wire = WireCaller::from(caller);
         wire.session = self.tag_session(caller.session);
-        let body = serde_json::to_vec(&CallEnvelope { caller: wire, call })
+        let body = serde_json::to_vec(&CallEnvelope { caller: wire, call, route: false })
             .map_err(|e| Failure::NotRun(err(ErrorCode::Internal, &e.to_string())))?;
         match client.call(pb::OwnerRequest { call: body }).await {
             Ok(resp) => serde_json::from_slice(&resp.into_inner().reply)
@@ -228,7 +228,7 @@ impl Router {
     }
 }
 
-fn unknown_outcome(why: &str) -> OwnerReply {
+pub(super) fn unknown_outcome(why: &str) -> OwnerReply {
     OwnerReply::from(ServiceError::from(ApiError::new(
         ErrorCode::Timeout,
         format!("{why}; outcome unknown (retry with a clientMsgId to make retries safe)"),
@@ -236,7 +236,7 @@ fn unknown_outcome(why: &str) -> OwnerReply {
 }
 
 /// A call that failed before it reached the peer (connect refused or timed out).
-fn is_connect_failure(status: &tonic::Status) -> bool {
+pub(super) fn is_connect_failure(status: &tonic::Status) -> bool {
     use std::error::Error;
     if status.code() != tonic::Code::Unavailable {
         return false;

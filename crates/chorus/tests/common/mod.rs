@@ -141,6 +141,7 @@ impl Drop for Server {
 }
 
 pub mod cluster;
+pub mod edge;
 
 /// Status code of a plain GET, for readiness polling.
 pub fn plain_http_get(url: &str) -> std::io::Result<u16> {

@@ -1,0 +1,213 @@
+//! Fan-out: one upstream listen per stream per edge, shared by every local session.
+//!
+//! ```text
+//!  owner ──(one listen per stream)──▶ upstream task ──▶ Feed: ring + sinks ──offer──▶ session queues
+//!                                                          ▲
+//!  session listen ─ authorize ─ `ok` ─ backlog (history) ──┘ attach under the feed's lock
+//! ```
+//!
+//! A session's listen is authorised on its own (`authorize_listen`), then gets the messages
+//! after its `since`: from the stream's history (read with the session's own rights) until
+//! the feed's ring covers the rest, then from the ring and live, attached under the same lock
+//! that publishes, so there is no gap and no duplicate at the switch. A committed message
+//! reaches the edge once, is rendered once, and its bytes are shared by every session.
+//!
+//! The feed closes when its last session listen ends; the upstream follows owner leader
+//! changes and broken connections by listening again from the last ordinal it has
+//! (`upstream`), so sessions see only a delay.
+
+mod feed;
+mod upstream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::extract::ws::Utf8Bytes;
+use chorus_api::{Caller, HistoryQuery, Order, StreamService, wire};
+use chorus_types::StreamKey;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+
+pub(crate) use feed::Ended;
+use feed::{Entry, Feed, Phase, Sink};
+
+use crate::metrics::FEEDS;
+use crate::ws::outbound::{Offered, Outbound};
+
+/// Messages of history read per request while a session catches up.
+const BACKLOG_PAGE: u64 = 1000;
+
+pub(crate) struct Fanout {
+    service: Arc<dyn StreamService>,
+    feeds: Mutex<HashMap<StreamKey, (Arc<Feed>, AbortHandle)>>,
+    ring_len: usize,
+}
+
+impl Fanout {
+    pub(crate) fn new(service: Arc<dyn StreamService>, ring_len: usize) -> Arc<Fanout> {
+        Arc::new(Fanout { service, feeds: Mutex::default(), ring_len })
+    }
+
+    fn feeds(&self) -> MutexGuard<'_, HashMap<StreamKey, (Arc<Feed>, AbortHandle)>> {
+        self.feeds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The feed of `key`, opened if needed, counted as used until the returned guard drops.
+    pub(crate) fn acquire(self: &Arc<Self>, key: &StreamKey) -> FeedUse {
+        let mut feeds = self.feeds();
+        let feed = match feeds.get(key) {
+            Some((feed, _)) if !feed.failed() => Arc::clone(feed),
+            _ => {
+                let feed = Arc::new(Feed::new(key.clone(), self.ring_len));
+                let task = tokio::spawn(upstream::run(Arc::clone(&feed), self.service.clone()));
+                if let Some((_, old)) =
+                    feeds.insert(key.clone(), (feed.clone(), task.abort_handle()))
+                {
+                    old.abort();
+                } else {
+                    FEEDS.inc();
+                }
+                feed
+            }
+        };
+        feed.lock().users += 1;
+        FeedUse { fanout: Arc::clone(self), feed, sink: None }
+    }
+
+    fn release(&self, feed: &Arc<Feed>) {
+        let mut feeds = self.feeds();
+        let mut st = feed.lock();
+        st.users = st.users.saturating_sub(1);
+        if st.users > 0 {
+            return;
+        }
+        drop(st);
+        // A failed feed may already have been replaced by a newer one for the same stream.
+        if feeds.get(&feed.key).is_some_and(|(current, _)| Arc::ptr_eq(current, feed))
+            && let Some((_, task)) = feeds.remove(&feed.key)
+        {
+            task.abort();
+            FEEDS.dec();
+        }
+    }
+}
+
+/// Who is listening, for the backlog reads and the delivery.
+pub(crate) struct Listener<'a> {
+    pub(crate) caller: &'a Caller,
+    pub(crate) session: u64,
+    pub(crate) out: &'a Outbound,
+}
+
+/// What a session listen does next while catching up.
+enum Step {
+    /// Read history up to this ordinal (the ring starts after it).
+    Backlog(u64),
+    /// Send these ring entries, waiting for queue room.
+    Push(Vec<Entry>),
+    Attached(oneshot::Receiver<Ended>),
+}
+
+/// A session listen's hold on a feed; dropping it detaches the session.
+pub(crate) struct FeedUse {
+    fanout: Arc<Fanout>,
+    feed: Arc<Feed>,
+    sink: Option<u64>,
+}
+
+impl Drop for FeedUse {
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            self.feed.detach(sink);
+        }
+        self.fanout.release(&self.feed);
+    }
+}
+
+impl FeedUse {
+    /// Delivers every message after `last` to the listener, backlog first, then attaches it
+    /// for live messages. Returns what ends the attachment, or why it ended before.
+    pub(crate) async fn attach(
+        &mut self,
+        who: Listener<'_>,
+        mut last: u64,
+    ) -> Result<oneshot::Receiver<Ended>, Ended> {
+        let mut phase = self.feed.phase();
+        loop {
+            match phase.wait_for(|p| !matches!(p, Phase::Opening)).await.map(|p| p.clone()) {
+                Ok(Phase::Live) => {}
+                // Refused upstream (or the feed is gone): a new listen finds out why.
+                Ok(_) | Err(_) => return Err(Ended::Resync(last + 1)),
+            }
+            match self.step(&who, &mut last)? {
+                Step::Attached(ended) => return Ok(ended),
+                Step::Push(pending) => {
+                    // More than the queue takes at once: send these waiting, then look again
+                    // (the ring moves on meanwhile).
+                    for entry in pending {
+                        if !who.out.push(entry.frame).await {
+                            return Err(Ended::SessionGone);
+                        }
+                        last = entry.ordinal;
+                    }
+                }
+                Step::Backlog(upto) => last = self.backlog(&who, last, upto).await?,
+            }
+        }
+    }
+
+    /// Under the feed's lock, one step of the catch-up: attach when what the session lacks is
+    /// in the ring and fits its queue.
+    fn step(&mut self, who: &Listener<'_>, last: &mut u64) -> Result<Step, Ended> {
+        let mut st = self.feed.lock();
+        if *last + 1 < st.ring_first() {
+            return Ok(Step::Backlog(st.ring_first() - 1));
+        }
+        let pending: Vec<Entry> = st.ring_after(*last).cloned().collect();
+        if pending.len() > who.out.room() {
+            return Ok(Step::Push(pending));
+        }
+        for entry in &pending {
+            match who.out.offer(&entry.frame) {
+                Offered::Queued => *last = entry.ordinal,
+                Offered::Full => return Err(Ended::Resync(*last + 1)),
+                Offered::SessionClosed => return Err(Ended::SessionGone),
+            }
+        }
+        let (end, ended) = oneshot::channel();
+        let id = st.next_sink;
+        st.next_sink += 1;
+        let skip_upto = (*last).max(st.last);
+        st.sinks.insert(id, Sink { out: who.out.clone(), session: who.session, skip_upto, end });
+        self.sink = Some(id);
+        Ok(Step::Attached(ended))
+    }
+
+    /// Sends history `last+1 ..= upto` (one page at most); returns the new `last`.
+    async fn backlog(&self, who: &Listener<'_>, last: u64, upto: u64) -> Result<u64, Ended> {
+        let query = HistoryQuery {
+            min: Some(last + 1),
+            max: Some(upto),
+            limit: Some(BACKLOG_PAGE),
+            order: Some(Order::Asc),
+        };
+        let page = match self.fanout.service.messages(who.caller, &self.feed.key, query).await {
+            Ok(page) if !page.is_empty() => page,
+            // Access revoked, owner unreachable, history gone: the client resyncs and, asking
+            // again, learns why.
+            Ok(_) | Err(_) => return Err(Ended::Resync(last + 1)),
+        };
+        let mut last = last;
+        for m in page {
+            if m.ordinal != last + 1 {
+                return Err(Ended::Resync(last + 1));
+            }
+            let frame = Utf8Bytes::from(wire::message_event(&m));
+            if !who.out.push(frame).await {
+                return Err(Ended::SessionGone);
+            }
+            last = m.ordinal;
+        }
+        Ok(last)
+    }
+}

@@ -1,0 +1,81 @@
+//! The one listen a feed holds at the stream's owner, kept open for as long as the feed lives.
+//!
+//! It listens as the app (each session was authorised on its own) from now, then, whenever
+//! the listen ends — the owner connection broke, the owner's node failed over, or the owner
+//! fell behind and asked for a resync — listens again with `since` = the last ordinal the
+//! feed has. Sessions see a pause, then the next ordinal. Errors that a retry may cure
+//! (`unavailable`, `not_leader`, `timeout`) are retried with backoff for as long as sessions
+//! listen; any other error fails the feed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chorus_api::{Caller, ListenEvent, StreamService};
+use chorus_types::ErrorCode;
+use futures_util::StreamExt;
+
+use super::feed::Feed;
+use crate::metrics::FEED_REOPENS;
+
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+/// An upstream listen that lasted this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(1);
+
+fn retryable(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::Timeout)
+}
+
+pub(crate) async fn run(feed: Arc<Feed>, service: Arc<dyn StreamService>) {
+    let app = Caller::app();
+    let mut since: Option<u64> = None;
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let listening = match service.listen(&app, &feed.key, since).await {
+            Ok(listening) => listening,
+            Err(e) if retryable(e.error.code) => {
+                tracing::debug!(stream = %feed.key, error = %e.error, "feed upstream retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(stream = %feed.key, error = %e.error, "feed upstream refused");
+                feed.fail();
+                return;
+            }
+        };
+        match since {
+            None => feed.opened(listening.message_count),
+            Some(_) if !listening.recovered => {
+                tracing::warn!(
+                    stream = %feed.key,
+                    last = feed.last(),
+                    count = listening.message_count,
+                    "stream has fewer messages than this edge delivered; sessions resync"
+                );
+                feed.restart_at(listening.message_count);
+            }
+            Some(_) => {}
+        }
+        let opened_at = Instant::now();
+        let mut events = listening.events;
+        while let Some(event) = events.next().await {
+            match event {
+                ListenEvent::Message(delivered) => feed.publish(&delivered),
+                ListenEvent::Ephemeral(relayed) => feed.relay(&relayed),
+                // The owner's listen fell behind: listen again from what we have.
+                ListenEvent::Resync { .. } => break,
+            }
+        }
+        FEED_REOPENS.inc();
+        since = Some(feed.last());
+        // A listen that keeps ending at once (an owner shutting down) must not spin.
+        if opened_at.elapsed() < STABLE {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        } else {
+            pause = FIRST_PAUSE;
+        }
+    }
+}

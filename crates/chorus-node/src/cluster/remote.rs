@@ -1,0 +1,333 @@
+//! An edge's [`StreamService`]: every operation goes over `Owner` gRPC to a node of the
+//! cluster, which routes it to the stream's shard leader (`route: true`) and follows leader
+//! changes there. The edge keeps no shard map: nodes already track leaders (each holds a
+//! replica of every shard), so an edge only needs one reachable node.
+//!
+//! Calls go to the node that answered last; when it cannot be reached the next one is tried.
+//! As on a node's router, a call whose fate is unknown (sent, connection lost) is tried again
+//! only when it is safe to repeat ([`OwnerCall::is_idempotent`]); otherwise it answers
+//! `timeout` (outcome unknown). A listen is a read, so opening one simply moves on to the next
+//! node; once open, its events end when the node's connection breaks, and the edge's feed
+//! listens again from the last ordinal it has.
+//!
+//! Each node is one HTTP/2 connection ([`endpoint`]); listens are streams on it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chorus_api::{
+    Caller, CreateStream, HistoryQuery, Listening, NewEphemeral, NewPost, ParticipantBody,
+    ParticipantOp, ParticipantPage, ParticipantQuery, Posted, ServiceError, StreamService,
+    StreamView, UpdateStream,
+};
+use chorus_proto::pb;
+use chorus_proto::pb::owner_client::OwnerClient;
+use chorus_raft::grpc::peers::{MAX_MESSAGE, endpoint};
+use chorus_types::{AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, StreamKey};
+use futures_util::StreamExt;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller};
+use super::owner::{ListenCall, ListenItem};
+use super::relay::to_event;
+use super::router::{is_connect_failure, unknown_outcome};
+use crate::error::{NodeError, err};
+
+/// Longest pause between rounds over every node.
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+/// How long a readiness probe waits for a node.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct NodeConn {
+    addr: String,
+    client: OwnerClient<Channel>,
+}
+
+/// [`StreamService`] over the `Owner` gRPC service of a cluster's nodes.
+pub struct RemoteService {
+    nodes: Vec<NodeConn>,
+    /// The node that answered last: calls start there.
+    preferred: AtomicUsize,
+    /// How long one operation may take, retries included. Longer than a node's own request
+    /// timeout, so the node's answer (even `timeout`) arrives before the edge gives up.
+    timeout: Duration,
+}
+
+impl RemoteService {
+    /// A service over the nodes at `addrs` (their peer gRPC addresses). Connections are made
+    /// on first use.
+    pub fn new(addrs: &[String], timeout: Duration) -> Result<Arc<RemoteService>, NodeError> {
+        if addrs.is_empty() {
+            return Err(NodeError::Config("an edge needs at least one node address".into()));
+        }
+        let mut nodes = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            let channel = endpoint(addr)
+                .map_err(|e| NodeError::Config(format!("node address {addr:?}: {e}")))?
+                .connect_lazy();
+            let client = OwnerClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
+            nodes.push(NodeConn { addr: addr.clone(), client });
+        }
+        Ok(Arc::new(RemoteService { nodes, preferred: AtomicUsize::new(0), timeout }))
+    }
+
+    fn node(&self, attempt: usize) -> (usize, &NodeConn) {
+        let i = (self.preferred.load(Ordering::Relaxed) + attempt) % self.nodes.len();
+        (i, &self.nodes[i])
+    }
+
+    /// Waits before the next try; after a full round over the nodes, longer.
+    async fn pause(&self, attempt: usize, pause: &mut Duration) {
+        if attempt.is_multiple_of(self.nodes.len()) {
+            tokio::time::sleep(*pause).await;
+            *pause = (*pause * 2).min(MAX_PAUSE);
+        }
+    }
+
+    async fn call(&self, caller: &Caller, call: OwnerCall) -> OwnerReply {
+        let retry_unknown = call.is_idempotent();
+        let envelope = CallEnvelope { caller: WireCaller::from(caller), call, route: true };
+        let body = match serde_json::to_vec(&envelope) {
+            Ok(body) => body,
+            Err(e) => return OwnerReply::from(err(ErrorCode::Internal, &e.to_string())),
+        };
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(20);
+        let mut attempt = 0;
+        loop {
+            let (i, node) = self.node(attempt);
+            let mut request = tonic::Request::new(pb::OwnerRequest { call: body.clone() });
+            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+            match node.client.clone().call(request).await {
+                Ok(response) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return serde_json::from_slice(&response.into_inner().reply).unwrap_or_else(
+                        |e| OwnerReply::from(err(ErrorCode::Internal, &e.to_string())),
+                    );
+                }
+                Err(status) => {
+                    tracing::debug!(node = %node.addr, %status, "owner call failed");
+                    if !is_connect_failure(&status) && !retry_unknown {
+                        return unknown_outcome("lost the connection to the cluster");
+                    }
+                }
+            }
+            attempt += 1;
+            if Instant::now() >= deadline {
+                return OwnerReply::from(err(
+                    ErrorCode::Unavailable,
+                    "no node of the cluster could be reached",
+                ));
+            }
+            self.pause(attempt, &mut pause).await;
+        }
+    }
+
+    /// Opens a listen on one node, which routes it; `Err(None)` when that node could not be
+    /// reached or has no leader to offer (try another).
+    async fn open(
+        &self,
+        node: &NodeConn,
+        body: Vec<u8>,
+    ) -> Result<Listening, Option<ServiceError>> {
+        let mut stream = match node.client.clone().listen(pb::OwnerRequest { call: body }).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::debug!(node = %node.addr, %status, "owner listen failed");
+                return Err(None);
+            }
+        };
+        let first = match stream.message().await {
+            Ok(Some(event)) => serde_json::from_slice::<ListenItem>(&event.event)
+                .map_err(|e| Some(err(ErrorCode::Internal, &e.to_string())))?,
+            _ => return Err(None),
+        };
+        let (recovered, message_count) = match first {
+            ListenItem::Started { recovered, message_count } => (recovered, message_count),
+            ListenItem::Failed { error }
+                if matches!(error.code, ErrorCode::NotLeader | ErrorCode::Unavailable) =>
+            {
+                return Err(None);
+            }
+            ListenItem::Failed { error } => return Err(Some(error.into())),
+            _ => {
+                return Err(Some(err(ErrorCode::Internal, "listen stream began without a reply")));
+            }
+        };
+        let events = stream.take_while(|r| std::future::ready(r.is_ok())).filter_map(|r| {
+            let item = r.ok().and_then(|ev| serde_json::from_slice::<ListenItem>(&ev.event).ok());
+            std::future::ready(item.and_then(|item| to_event(None, item)))
+        });
+        Ok(Listening { recovered, message_count, events: Box::pin(events) })
+    }
+}
+
+#[async_trait::async_trait]
+impl StreamService for RemoteService {
+    async fn create(&self, caller: &Caller, req: CreateStream) -> Result<StreamView, ServiceError> {
+        self.call(caller, OwnerCall::Create { req }).await.into_view()
+    }
+
+    async fn fetch(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
+        self.call(caller, OwnerCall::Fetch { key: key.clone() }).await.into_view()
+    }
+
+    async fn batch_get(
+        &self,
+        caller: &Caller,
+        keys: Vec<StreamKey>,
+    ) -> Result<Vec<Option<StreamView>>, ServiceError> {
+        self.call(caller, OwnerCall::BatchGet { keys }).await.into_views()
+    }
+
+    async fn update(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: UpdateStream,
+    ) -> Result<StreamView, ServiceError> {
+        self.call(caller, OwnerCall::Update { key: key.clone(), req }).await.into_view()
+    }
+
+    async fn close(&self, caller: &Caller, key: &StreamKey) -> Result<StreamView, ServiceError> {
+        self.call(caller, OwnerCall::Close { key: key.clone() }).await.into_view()
+    }
+
+    async fn post(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: NewPost,
+    ) -> Result<Posted, ServiceError> {
+        self.call(caller, OwnerCall::Post { key: key.clone(), req }).await.into_posted()
+    }
+
+    async fn messages(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        query: HistoryQuery,
+    ) -> Result<Vec<MessageRecord>, ServiceError> {
+        self.call(caller, OwnerCall::Messages { key: key.clone(), query }).await.into_messages()
+    }
+
+    async fn participate(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        op: ParticipantOp,
+        body: ParticipantBody,
+    ) -> Result<ParticipantRecord, ServiceError> {
+        self.call(caller, OwnerCall::Participate { key: key.clone(), op, body })
+            .await
+            .into_participant()
+    }
+
+    async fn participants(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        query: ParticipantQuery,
+    ) -> Result<ParticipantPage, ServiceError> {
+        self.call(caller, OwnerCall::Participants { key: key.clone(), query }).await.into_page()
+    }
+
+    async fn access(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<Vec<AccessRow>, ServiceError> {
+        self.call(caller, OwnerCall::Access { key: key.clone() }).await.into_access()
+    }
+
+    async fn set_access(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        rows: Vec<AccessRow>,
+    ) -> Result<Vec<AccessRow>, ServiceError> {
+        self.call(caller, OwnerCall::SetAccess { key: key.clone(), rows }).await.into_access()
+    }
+
+    async fn ephemeral(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        req: NewEphemeral,
+    ) -> Result<(), ServiceError> {
+        self.call(caller, OwnerCall::Ephemeral { key: key.clone(), req }).await.into_done()
+    }
+
+    /// Ready when some node answers that every shard has a leader.
+    async fn readiness(&self) -> Result<(), ApiError> {
+        let body = serde_json::to_vec(&CallEnvelope {
+            caller: WireCaller::from(&Caller::app()),
+            call: OwnerCall::Readiness,
+            route: true,
+        })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        let mut last = ApiError::new(ErrorCode::Unavailable, "no node of the cluster answers");
+        for attempt in 0..self.nodes.len() {
+            let (i, node) = self.node(attempt);
+            let mut request = tonic::Request::new(pb::OwnerRequest { call: body.clone() });
+            request.set_timeout(PROBE_TIMEOUT);
+            let Ok(response) = node.client.clone().call(request).await else { continue };
+            let reply: Result<OwnerReply, _> = serde_json::from_slice(&response.into_inner().reply);
+            match reply.map(OwnerReply::into_done) {
+                Ok(Ok(())) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(Err(e)) => last = e.error,
+                Err(e) => last = ApiError::internal(e.to_string()),
+            }
+        }
+        Err(last)
+    }
+
+    async fn authorize_listen(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<u64, ServiceError> {
+        self.call(caller, OwnerCall::AuthorizeListen { key: key.clone() }).await.into_count()
+    }
+
+    async fn listen(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        since: Option<u64>,
+    ) -> Result<Listening, ServiceError> {
+        let call =
+            ListenCall { caller: WireCaller::from(caller), key: key.clone(), since, route: true };
+        let body =
+            serde_json::to_vec(&call).map_err(|e| err(ErrorCode::Internal, &e.to_string()))?;
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = Duration::from_millis(20);
+        let mut attempt = 0;
+        loop {
+            let (i, node) = self.node(attempt);
+            match self.open(node, body.clone()).await {
+                Ok(listening) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(listening);
+                }
+                Err(Some(e)) => return Err(e),
+                Err(None) => {}
+            }
+            attempt += 1;
+            if Instant::now() >= deadline {
+                return Err(err(
+                    ErrorCode::Unavailable,
+                    "no node of the cluster could open the listen",
+                ));
+            }
+            self.pause(attempt, &mut pause).await;
+        }
+    }
+}

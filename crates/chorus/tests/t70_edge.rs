@@ -1,0 +1,324 @@
+//! `chorus edge` processes in front of a 3-node cluster, with real WebSocket clients: every
+//! session on two edges gets every message of a stream once and in order while it is posted
+//! to; each edge follows the stream once however many sessions listen; a slow session gets
+//! `resync` while the others go on; an edge restart and a SIGKILL of the stream's shard leader
+//! during fan-out leave every session with a gap-free history after it resumes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::cluster::{API_KEY, Cluster};
+use common::edge::Edge;
+use common::{Api, enc, ws_connect_addr, ws_next, ws_reply, ws_send};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+const FAST_RAFT: &str = "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\n";
+const PUBLISHER: &str = "app";
+
+fn stream(name: &str) -> Value {
+    json!({"publisherId": PUBLISHER, "name": name})
+}
+
+fn messages_path(name: &str) -> String {
+    format!("/v1/streams/{PUBLISHER}/{}/messages", enc(name))
+}
+
+async fn metric(addr: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing on {addr}"))
+}
+
+fn edge_api(edge: &Edge) -> Api {
+    Api::at(format!("http://{}", edge.addr), API_KEY.into(), None)
+}
+
+async fn create(api: &Api, name: &str) {
+    let body = json!({"publisherId": PUBLISHER, "name": name, "type": "Chat/room", "readLevel": 40, "writeLevel": 40});
+    let (s, v) = api.call("POST", "/v1/streams", Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+}
+
+/// Posts `content` with its own clientMsgId, retrying until it is acknowledged (the edge or
+/// the leader may be down for a moment). Returns the ordinal.
+async fn post(api: &Api, name: &str, content: &str) -> u64 {
+    let body = json!({"type": "Chat/message", "content": content, "clientMsgId": content});
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200 | 201, v)) =
+            api.try_call("POST", &messages_path(name), Some(body.clone())).await
+        {
+            return v["ordinal"].as_u64().expect("ordinal");
+        }
+        assert!(Instant::now() < deadline, "post {content} never acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The stream's messageCount once posting is over.
+async fn message_count(api: &Api, name: &str) -> u64 {
+    let (s, v) = api.call("GET", &format!("/v1/streams/{PUBLISHER}/{}", enc(name)), None).await;
+    assert_eq!(s, 200, "{v}");
+    v["messageCount"].as_u64().unwrap()
+}
+
+/// A client that follows a stream the way an SDK does: listen with `since` = the last ordinal
+/// it has; on a broken socket, reconnect (to any of `edges`) and listen again; on `resync`,
+/// fetch history from `from`, then listen again. Panics on a gap, duplicate or reordering.
+/// Returns the ordinals received (each must be the previous + 1), once `target` is reached.
+async fn follow(edges: Vec<String>, name: String, target: watch::Receiver<u64>) -> Vec<u64> {
+    follow_counting(edges, name, target, Arc::default()).await
+}
+
+/// [`follow`], counting in `resumes` the listens it opened again after a broken socket.
+async fn follow_counting(
+    edges: Vec<String>,
+    name: String,
+    mut target: watch::Receiver<u64>,
+    resumes: Arc<AtomicUsize>,
+) -> Vec<u64> {
+    let mut got: Vec<u64> = Vec::new();
+    let mut attempt = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    'session: loop {
+        let done = |got: &Vec<u64>, t: u64| t > 0 && got.last().copied().unwrap_or(0) >= t;
+        if done(&got, *target.borrow()) {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "follower of {name} stuck at {:?}", got.last());
+        let addr = &edges[attempt % edges.len()];
+        attempt += 1;
+        let mut req = format!("ws://{addr}/v1/ws").into_client_request().unwrap();
+        req.headers_mut().insert("Authorization", format!("Bearer {API_KEY}").parse().unwrap());
+        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(req).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let last = got.last().copied().unwrap_or(0);
+        if attempt > 1 {
+            resumes.fetch_add(1, Ordering::Relaxed);
+        }
+        let listen = json!({"id": 1, "op": "listen", "stream": stream(&name), "since": last});
+        if futures_util::SinkExt::send(&mut ws, Message::text(listen.to_string())).await.is_err() {
+            continue;
+        }
+        loop {
+            if done(&got, *target.borrow()) {
+                return got;
+            }
+            let next = tokio::select! {
+                frame = ws.next() => frame,
+                // The sender outlives every follower; re-check the target above.
+                _ = target.changed() => continue,
+            };
+            let Some(Ok(frame)) = next else { continue 'session };
+            let Message::Text(text) = frame else { continue };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["re"] == json!(1) {
+                assert_eq!(v["ok"]["recovered"], true, "resume after {last}: {v}");
+            } else if v["ev"] == "message" {
+                let ordinal = v["message"]["ordinal"].as_u64().unwrap();
+                let expected = got.last().copied().unwrap_or(0) + 1;
+                assert_eq!(ordinal, expected, "{name}: gap, duplicate or reorder");
+                got.push(ordinal);
+            } else if v["ev"] == "resync" {
+                let from = v["from"].as_u64().unwrap();
+                assert_eq!(from, got.last().copied().unwrap_or(0) + 1, "resync {v}");
+                catch_up(&edges, &name, &mut got).await;
+                continue 'session;
+            }
+        }
+    }
+}
+
+/// Reads history after the last ordinal in `got` until it is exhausted.
+async fn catch_up(edges: &[String], name: &str, got: &mut Vec<u64>) {
+    let api = Api::at(format!("http://{}", edges[0]), API_KEY.into(), None);
+    loop {
+        let min = got.last().copied().unwrap_or(0) + 1;
+        let path = format!("{}?min={min}&limit=1000", messages_path(name));
+        let Ok((200, v)) = api.try_call("GET", &path, None).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let page = v["messages"].as_array().unwrap();
+        if page.is_empty() {
+            return;
+        }
+        for m in page {
+            let ordinal = m["ordinal"].as_u64().unwrap();
+            assert_eq!(ordinal, got.last().copied().unwrap_or(0) + 1, "history gap");
+            got.push(ordinal);
+        }
+    }
+}
+
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_on_two_edges_get_every_message_once_in_order() {
+    let cluster = Cluster::start(3, 4, FAST_RAFT);
+    let edges = [Edge::start(&cluster, &[]), Edge::start(&cluster, &[])];
+    const NAME: &str = "Chat/room/fanout";
+    create(&edge_api(&edges[0]), NAME).await;
+
+    // 40 sessions per edge; half listen before the posts start, half join in the middle
+    // (backlog from history or the ring, then live).
+    const SESSIONS: usize = 40;
+    const POSTS: u64 = 150;
+    let (target_tx, target) = watch::channel(0u64);
+    let mut followers = Vec::new();
+    for i in 0..SESSIONS {
+        let edge = edges[i % 2].addr.clone();
+        followers.push(tokio::spawn(follow(vec![edge], NAME.into(), target.clone())));
+    }
+    let poster = edge_api(&edges[1]);
+    for k in 0..POSTS {
+        if k == POSTS / 2 {
+            for i in 0..SESSIONS {
+                let edge = edges[i % 2].addr.clone();
+                followers.push(tokio::spawn(follow(vec![edge], NAME.into(), target.clone())));
+            }
+        }
+        post(&poster, NAME, &format!("m{k}")).await;
+    }
+    let total = message_count(&poster, NAME).await;
+    assert!(total > POSTS);
+    // While all 80 sessions still listen: each edge follows the stream once, and the nodes
+    // serve exactly one listen per edge.
+    for edge in &edges {
+        assert_eq!(metric(&edge.addr, "chorus_edge_feeds").await, 1.0);
+        assert_eq!(metric(&edge.addr, "chorus_edge_listens").await, SESSIONS as f64);
+    }
+    let mut node_listens = 0.0;
+    for m in &cluster.members {
+        node_listens += metric(&m.api, "chorus_node_listens").await;
+    }
+    assert_eq!(node_listens, 2.0, "one upstream listen per edge");
+    target_tx.send_replace(total);
+    for f in followers {
+        let got = f.await.expect("follower");
+        assert_eq!(got, (1..=total).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_session_gets_resync_while_the_others_go_on() {
+    let cluster = Cluster::start(3, 4, FAST_RAFT);
+    // A short outbound queue, so a session that stops reading falls behind quickly.
+    let edge = Edge::start(&cluster, &["--session-queue", "8"]);
+    const NAME: &str = "Chat/room/slow";
+    let api = edge_api(&edge);
+    create(&api, NAME).await;
+
+    let (target_tx, target) = watch::channel(0u64);
+    let fast = tokio::spawn(follow(vec![edge.addr.clone()], NAME.into(), target));
+    // The slow session listens, then reads nothing while large messages pile up.
+    let mut slow = ws_connect_addr(&edge.addr, API_KEY).await;
+    ws_send(&mut slow, json!({"id": 1, "op": "listen", "stream": stream(NAME), "since": 0})).await;
+    assert_eq!(ws_reply(&mut slow, 1).await["ok"]["recovered"], true);
+
+    // Enough bytes to fill the loopback socket buffers (a few MiB each way) and then the queue.
+    let big = "x".repeat(60_000);
+    const POSTS: u64 = 300;
+    for k in 0..POSTS {
+        let body = json!({"type": "Chat/message", "content": format!("b{k}"), "instructions": {"pad": big}, "clientMsgId": format!("b{k}")});
+        let (s, v) = api.call("POST", &messages_path(NAME), Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let total = message_count(&api, NAME).await;
+    target_tx.send_replace(total);
+    // The fast session got everything while the slow one was stuck.
+    assert_eq!(fast.await.expect("fast follower"), (1..=total).collect::<Vec<_>>());
+
+    // The slow session now reads: messages in order, then a resync pointing right after the
+    // last one it got; history from there completes it.
+    let mut last = 0;
+    let from = loop {
+        let v = ws_next(&mut slow).await;
+        match v["ev"].as_str() {
+            Some("message") => {
+                let ordinal = v["message"]["ordinal"].as_u64().unwrap();
+                assert_eq!(ordinal, last + 1);
+                last = ordinal;
+            }
+            Some("resync") => break v["from"].as_u64().unwrap(),
+            _ => panic!("unexpected {v}"),
+        }
+    };
+    assert_eq!(from, last + 1);
+    assert!(last < total, "the slow session fell behind");
+    assert!(metric(&edge.addr, "chorus_edge_resyncs_total").await >= 1.0);
+    let mut got: Vec<u64> = (1..=last).collect();
+    catch_up(std::slice::from_ref(&edge.addr), NAME, &mut got).await;
+    assert_eq!(got, (1..=total).collect::<Vec<_>>());
+    // Listening again from there works: a new message arrives live.
+    ws_send(&mut slow, json!({"id": 2, "op": "listen", "stream": stream(NAME), "since": total}))
+        .await;
+    assert_eq!(ws_reply(&mut slow, 2).await["ok"]["recovered"], true);
+    let ordinal = post(&api, NAME, "after").await;
+    let v = ws_next(&mut slow).await;
+    assert_eq!(v["message"]["ordinal"].as_u64(), Some(ordinal), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edge_restart_and_leader_kill_during_fanout_leave_gap_free_histories() {
+    let mut cluster = Cluster::start(3, 4, FAST_RAFT);
+    let mut edges = [Edge::start(&cluster, &[]), Edge::start(&cluster, &[])];
+    const NAME: &str = "Chat/room/chaos";
+    let shard = {
+        use chorus_types::{PublisherId, StreamKey, StreamName, shard::shard_of};
+        let key =
+            StreamKey::new(PublisherId::new(PUBLISHER).unwrap(), StreamName::new(NAME).unwrap());
+        u32::from(shard_of(&key, 4).0)
+    };
+    create(&edge_api(&edges[1]), NAME).await;
+
+    // 20 sessions on edge 0 (which will restart: they reconnect to it, or to edge 1), 20 on
+    // edge 1.
+    let (target_tx, target) = watch::channel(0u64);
+    let addrs = [edges[0].addr.clone(), edges[1].addr.clone()];
+    let mut followers = Vec::new();
+    let resumes = Arc::new(AtomicUsize::new(0));
+    for i in 0..40 {
+        let list = if i % 2 == 0 {
+            vec![addrs[0].clone(), addrs[1].clone()]
+        } else {
+            vec![addrs[1].clone()]
+        };
+        let follower = follow_counting(list, NAME.into(), target.clone(), resumes.clone());
+        followers.push(tokio::spawn(follower));
+    }
+
+    let poster = edge_api(&edges[1]);
+    const POSTS: u64 = 120;
+    for k in 0..POSTS {
+        if k == 30 {
+            edges[0].kill();
+        }
+        if k == 50 {
+            edges[0].spawn();
+        }
+        if k == 70 {
+            let leader = cluster.leader_of(0, shard).await;
+            cluster.kill(cluster.index_of(leader));
+        }
+        post(&poster, NAME, &format!("c{k}")).await;
+    }
+    let total = message_count(&poster, NAME).await;
+    target_tx.send_replace(total);
+    for f in followers {
+        assert_eq!(f.await.expect("follower"), (1..=total).collect::<Vec<_>>());
+    }
+    // Every session of the killed edge resumed (with `since`, `recovered: true`).
+    assert!(resumes.load(Ordering::Relaxed) >= 20, "{resumes:?}");
+}
