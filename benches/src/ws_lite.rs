@@ -267,8 +267,16 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The unsigned decimal number right after the first `key` in `text` (e.g. `"ordinal":`).
 pub fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
-    let at = find(text, key)? + key.len();
-    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit());
+    number_after_found(text, memchr::memmem::find(text, key)?, key.len())
+}
+
+/// [`number_after`] with a searcher built once (building one costs as much as a short search).
+pub fn number_after_with(text: &[u8], key: &memchr::memmem::Finder<'_>) -> Option<u64> {
+    number_after_found(text, key.find(text)?, key.needle().len())
+}
+
+fn number_after_found(text: &[u8], key_at: usize, key_len: usize) -> Option<u64> {
+    let digits = text[key_at + key_len..].iter().take_while(|b| b.is_ascii_digit());
     let mut value: u64 = 0;
     let mut any = false;
     for d in digits {

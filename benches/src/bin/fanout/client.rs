@@ -20,14 +20,15 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use chorus_bench::cluster::user_token;
-use chorus_bench::ws_lite::{Source, WsConn, find, number_after, tcp_connect};
+use chorus_bench::ws_lite::{Source, WsConn, find, number_after, number_after_with, tcp_connect};
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
+use memchr::memmem::Finder;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
@@ -38,6 +39,11 @@ use crate::report::{StepReport, histogram_pairs, new_histogram};
 pub const PUBLISHER: &str = "bench";
 pub const STREAM: &str = "Bench/room/1";
 pub const SUBJECT: &str = "bench.room";
+
+/// Searchers for the keys looked up in every received frame, built once.
+static EV_MESSAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"ev\":\"message\""));
+static ORDINAL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"ordinal\":"));
+static SENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\"t="));
 
 /// A session not listening (yet, or any more).
 const NOT_LISTENING: u64 = u64::MAX;
@@ -353,9 +359,9 @@ async fn run_ws(mut conn: WsConn, shared: &Shared, i: usize) -> anyhow::Result<(
     let mut next_id = 2;
     loop {
         let Some(text) = conn.next_text().await? else { return Ok(()) };
-        if find(text, b"\"ev\":\"message\"").is_some() {
-            let ordinal = number_after(text, b"\"ordinal\":").context("message without ordinal")?;
-            let sent = number_after(text, b"\"content\":\"t=");
+        if EV_MESSAGE.find(text).is_some() {
+            let ordinal = number_after_with(text, &ORDINAL).context("message without ordinal")?;
+            let sent = number_after_with(text, &SENT);
             shared.received(i, ordinal, sent);
         } else if find(text, b"\"ev\":\"resync\"").is_some() {
             shared.count(|r| r.resyncs += 1);

@@ -76,15 +76,37 @@ impl CpuGroups {
     }
 }
 
-/// Busy and total jiffies of the whole machine (the `cpu` line of `/proc/stat`).
-fn machine_jiffies() -> Option<(u64, u64)> {
+/// Jiffies of the whole machine from the `cpu` line of `/proc/stat`.
+#[derive(Copy, Clone, Default)]
+struct Jiffies {
+    total: u64,
+    busy: u64,
+    /// Interrupt and softirq time: on loopback most of the TCP receive path runs here, and it
+    /// is charged to no process.
+    irq: u64,
+}
+
+fn machine_jiffies() -> Option<Jiffies> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
+    // user nice system idle iowait irq softirq steal …
     let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
     let total: u64 = values.iter().sum();
-    // idle and iowait
     let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
-    Some((total - idle, total))
+    let irq = values.get(5).copied().unwrap_or(0) + values.get(6).copied().unwrap_or(0);
+    Some(Jiffies { total, busy: total - idle, irq })
+}
+
+/// Machine CPU busy over `over`, % of all cores.
+pub async fn machine_busy_percent(over: Duration) -> f64 {
+    let before = machine_jiffies();
+    tokio::time::sleep(over).await;
+    match (before, machine_jiffies()) {
+        (Some(b), Some(a)) if a.total > b.total => {
+            (a.busy - b.busy) as f64 / (a.total - b.total) as f64 * 100.0
+        }
+        _ => 0.0,
+    }
 }
 
 pub struct StepResult {
@@ -100,8 +122,10 @@ pub struct StepResult {
     pub deliveries_per_s: f64,
     /// CPU per group over the publishing window, % of one core.
     pub cpu: Vec<(&'static str, f64)>,
-    /// Machine CPU busy over the publishing window, % of all cores.
+    /// Machine CPU busy over the publishing window, % of all cores, and the part of it in
+    /// interrupts and softirqs.
     pub machine_busy: f64,
+    pub machine_irq: f64,
 }
 
 impl StepResult {
@@ -120,7 +144,7 @@ impl StepResult {
         let cpu: Vec<String> =
             self.cpu.iter().map(|(name, pct)| format!("{name} {pct:.0}%")).collect();
         format!(
-            "{system:<6} rate {:>5}/s  sent {:>4} (errors {})  delivered {}/{}  {:>9.0} deliveries/s  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  gaps {} dup/reorder {} resyncs {} closed {} behind {}  cpu: {} machine {:.0}%",
+            "{system:<6} rate {:>5}/s  sent {:>4} (errors {})  delivered {}/{}  {:>9.0} deliveries/s  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  gaps {} dup/reorder {} resyncs {} closed {} behind {}  cpu: {} | machine {:.0}% busy (irq+softirq {:.0}%)",
             self.rate,
             self.sent,
             self.post_errors,
@@ -137,6 +161,7 @@ impl StepResult {
             r.behind_sessions,
             cpu.join(" "),
             self.machine_busy,
+            self.machine_irq,
         )
     }
 }
@@ -235,11 +260,12 @@ impl Ladder<'_> {
             .map(|((name, _), (b, a))| (*name, (a - b) / window * 100.0))
             .collect();
         cpu.push(("bench", (self_after - self_before) / window * 100.0));
-        let machine_busy = match (machine_before, machine_after) {
-            (Some((busy_b, total_b)), Some((busy_a, total_a))) if total_a > total_b => {
-                (busy_a - busy_b) as f64 / (total_a - total_b) as f64 * 100.0
+        let (machine_busy, machine_irq) = match (machine_before, machine_after) {
+            (Some(b), Some(a)) if a.total > b.total => {
+                let total = (a.total - b.total) as f64;
+                ((a.busy - b.busy) as f64 / total * 100.0, (a.irq - b.irq) as f64 / total * 100.0)
             }
-            _ => 0.0,
+            _ => (0.0, 0.0),
         };
         Ok(StepResult {
             rate,
@@ -253,6 +279,7 @@ impl Ladder<'_> {
             report,
             cpu,
             machine_busy,
+            machine_irq,
         })
     }
 }

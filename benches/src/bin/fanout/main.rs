@@ -123,6 +123,7 @@ fn main() -> anyhow::Result<()> {
     let clean = runtime.block_on(async {
         tokio::select! {
             result = run(&cli.args) => result,
+            result = memory_guard() => result,
             _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
         }
     })?;
@@ -132,6 +133,29 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Free memory below which a run stops (every child is killed on the way out) rather than
+/// push this shared machine into the OOM killer.
+const MEMORY_FLOOR_KIB: u64 = 2 * 1024 * 1024;
+
+/// `MemAvailable` of `/proc/meminfo`, KiB.
+fn mem_available_kib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Returns (an error) only when the machine runs short of memory.
+async fn memory_guard() -> anyhow::Result<bool> {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if let Some(available) = mem_available_kib()
+            && available < MEMORY_FLOOR_KIB
+        {
+            anyhow::bail!("stopping: only {} MiB of memory left on the machine", available / 1024);
+        }
+    }
 }
 
 /// Runs both sides and prints the summary; answers whether every delivery was in order.
@@ -145,6 +169,12 @@ async fn run(args: &Args) -> anyhow::Result<bool> {
     let run_chorus = args.only.as_deref().is_none_or(|o| o == "chorus");
     let run_nats = args.only.as_deref().is_none_or(|o| o == "nats");
     let mut setup = Vec::new();
+    let busy = ladder::machine_busy_percent(std::time::Duration::from_secs(3)).await;
+    let line = format!(
+        "machine: {busy:.0}% of all cores busy before the run (other work here skews every figure)"
+    );
+    println!("{line}");
+    setup.push(line);
     let mut rows: Vec<(&str, StepResult)> = Vec::new();
     if run_chorus {
         let outcome = chorus_side::run(args).await?;
@@ -173,7 +203,7 @@ fn print_summary(args: &Args, setup: &[String], rows: &[(&str, StepResult)]) {
     }
     println!();
     println!(
-        "| system | sessions | msg/s | delivered / expected | deliveries/s | p50 ms | p99 ms | max ms | gaps | dup/reorder | resyncs | CPU % of one core |"
+        "| system | sessions | msg/s | delivered / expected | deliveries/s | p50 ms | p99 ms | max ms | gaps | dup/reorder | resyncs | CPU: % of one core per role; machine % of all cores |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (system, step) in rows {
@@ -181,7 +211,7 @@ fn print_summary(args: &Args, setup: &[String], rows: &[(&str, StepResult)]) {
         let cpu: Vec<String> =
             step.cpu.iter().map(|(name, pct)| format!("{name} {pct:.0}")).collect();
         println!(
-            "| {system} | {} | {} | {} / {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {}; machine {:.0}% busy |",
+            "| {system} | {} | {} | {} / {} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {}; machine {:.0}% busy, {:.0}% irq |",
             step.sessions,
             step.rate,
             r.delivered,
@@ -195,6 +225,7 @@ fn print_summary(args: &Args, setup: &[String], rows: &[(&str, StepResult)]) {
             r.resyncs,
             cpu.join(", "),
             step.machine_busy,
+            step.machine_irq,
         );
     }
     println!();
