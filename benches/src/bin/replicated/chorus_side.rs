@@ -1,7 +1,6 @@
 //! The Chorus side: three `chorus node` processes on loopback, clients over WebSocket (W1) and
 //! HTTP (W3), every post acknowledged only after a quorum fsynced it.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,73 +12,15 @@ use chorus_types::{PublisherId, StreamKey, StreamName};
 use serde_json::{Value, json};
 
 use crate::Args;
-use crate::procs::{Proc, free_port};
+use chorus_bench::cluster::{API_KEY, NodeCluster, chorus_binary};
 use chorus_bench::stats::{Failover, Window};
 
-const API_KEY: &str = "chorus_bench_api_key_0123456789abcdef";
 const SHARDS: u16 = 64;
 
-struct Cluster {
-    procs: Vec<Proc>,
-    api: Vec<String>,
-    peer: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start(args: &Args) -> anyhow::Result<Cluster> {
-        let bin = match &args.chorus {
-            Some(b) => b.clone(),
-            None => std::env::current_exe()?.with_file_name("chorus"),
-        };
-        let dir = tempfile::Builder::new().prefix("chorus-bench").tempdir_in(".")?;
-        let api: Vec<String> = (0..3)
-            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-            .collect::<Result<_, _>>()?;
-        let peer: Vec<String> = (0..3)
-            .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
-            .collect::<Result<_, _>>()?;
-        let peers: Vec<String> =
-            peer.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
-        let mut procs = Vec::new();
-        for i in 0..3 {
-            procs.push(Proc::spawn(
-                Command::new(&bin)
-                    .args(["node", "--id", &(i + 1).to_string(), "--listen", &api[i]])
-                    .args(["--peer-listen", &peer[i], "--peers", &peers.join(",")])
-                    .args(["--shards", &SHARDS.to_string()])
-                    .arg("--data")
-                    .arg(dir.path().join(format!("n{}", i + 1)))
-                    .env("CHORUS_JWT_SECRET", "bench-jwt-secret-0123456789abcdef")
-                    .env("CHORUS_API_KEY", API_KEY)
-                    .env("RUST_LOG", "error"),
-            )?);
-        }
-        let cluster = Cluster { procs, api, peer, _dir: dir };
-        for a in &cluster.api {
-            wait_ready(a).await?;
-        }
-        Ok(cluster)
-    }
-
-    async fn leader_of(&self, ask: usize, shard: u16) -> anyhow::Result<u64> {
-        let mut c = AdminClient::connect(format!("http://{}", self.peer[ask])).await?;
-        let st = c.status(pb::StatusRequest {}).await?.into_inner();
-        Ok(st.groups.iter().find(|g| g.group == u32::from(shard)).map_or(0, |g| g.leader))
-    }
-}
-
-async fn wait_ready(addr: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while Instant::now() < deadline {
-        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("chorus node {addr} not ready")
+async fn leader_of(cluster: &NodeCluster, ask: usize, shard: u16) -> anyhow::Result<u64> {
+    let mut c = AdminClient::connect(format!("http://{}", cluster.peer[ask])).await?;
+    let st = c.status(pb::StatusRequest {}).await?.into_inner();
+    Ok(st.groups.iter().find(|g| g.group == u32::from(shard)).map_or(0, |g| g.leader))
 }
 
 fn shard(name: &str) -> anyhow::Result<u16> {
@@ -100,7 +41,7 @@ async fn create(client: &reqwest::Client, addr: &str, name: &str) -> anyhow::Res
     Ok(())
 }
 
-async fn w1(cluster: &Cluster, args: &Args, in_flight: usize) -> anyhow::Result<String> {
+async fn w1(cluster: &NodeCluster, args: &Args, in_flight: usize) -> anyhow::Result<String> {
     let streams: Arc<Vec<String>> =
         Arc::new((0..args.streams.max(1)).map(|i| format!("Bench/room/{i}")).collect());
     let window = Arc::new(Window::new(Duration::from_secs(2), Duration::from_secs(args.seconds))?);
@@ -162,15 +103,15 @@ async fn post_until_acked(
     failover.unknown.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
-async fn w3(mut cluster: Cluster, args: &Args) -> anyhow::Result<String> {
+async fn w3(mut cluster: NodeCluster, args: &Args) -> anyhow::Result<String> {
     let client = reqwest::Client::new();
     // Streams whose shards the victim leads, so every post feels the failover.
-    let victim = cluster.leader_of(0, shard("W3/room/0")?).await?;
+    let victim = leader_of(&cluster, 0, shard("W3/room/0")?).await?;
     let mut streams = Vec::new();
     let mut i = 0;
     while streams.len() < 8 && i < 10_000 {
         let name = format!("W3/room/{i}");
-        if cluster.leader_of(0, shard(&name)?).await? == victim {
+        if leader_of(&cluster, 0, shard(&name)?).await? == victim {
             create(&client, &cluster.api[0], &name).await?;
             streams.push(name);
         }
@@ -244,27 +185,13 @@ async fn w3(mut cluster: Cluster, args: &Args) -> anyhow::Result<String> {
     ))
 }
 
-/// CPU used by the idle cluster (64 shards × 3 replicas, heartbeats only).
-async fn idle_cpu(cluster: &Cluster, label: &str, over: Duration) -> String {
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let before: Vec<f64> = cluster.procs.iter().map(|p| p.cpu_seconds().unwrap_or(0.0)).collect();
-    tokio::time::sleep(over).await;
-    let after: Vec<f64> = cluster.procs.iter().map(|p| p.cpu_seconds().unwrap_or(0.0)).collect();
-    let per: Vec<String> = before
-        .iter()
-        .zip(&after)
-        .map(|(b, a)| format!("{:.1}%", (a - b) / over.as_secs_f64() * 100.0))
-        .collect();
-    format!(
-        "{label} idle CPU per node ({SHARDS} shards x 3 replicas, no traffic): {}",
-        per.join(" ")
-    )
-}
-
 pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
-    let cluster = Cluster::start(args).await.context("starting the chorus cluster")?;
-    let line = idle_cpu(&cluster, "chorus ", Duration::from_secs(10)).await;
+    let bin = chorus_binary(args.chorus.as_deref())?;
+    let cluster = NodeCluster::start(&bin, SHARDS).await.context("starting the chorus cluster")?;
+    let idle = chorus_bench::procs::idle_cpu(&cluster.procs, Duration::from_secs(10)).await;
+    let line =
+        format!("chorus  idle CPU per node ({SHARDS} shards x 3 replicas, no traffic): {idle}");
     println!("{line}");
     out.push(line);
     let client = reqwest::Client::new();

@@ -14,7 +14,6 @@
 
 mod chorus_side;
 mod nats_side;
-mod procs;
 
 use clap::Parser;
 

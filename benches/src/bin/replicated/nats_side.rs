@@ -12,7 +12,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 
 use crate::Args;
-use crate::procs::{Proc, free_port};
+use chorus_bench::procs::{Proc, free_port};
 use chorus_bench::stats::{Failover, Window};
 
 struct Cluster {
@@ -213,7 +213,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
     let cluster = Cluster::start(args)?;
     let js = jetstream::new(cluster.connect(0).await?);
     make_stream(&js, "BENCH", "bench.>").await?;
-    let idle = crate::procs::idle_cpu(&cluster.procs, Duration::from_secs(10)).await;
+    let idle = chorus_bench::procs::idle_cpu(&cluster.procs, Duration::from_secs(10)).await;
     let line = format!("nats R3 idle CPU per server (1 R3 stream, no traffic): {idle}");
     println!("{line}");
     out.push(line);
