@@ -215,12 +215,9 @@ fn check_listeners(r: &mut Report, history: &History, reference: &[Copy]) {
                     r.listened_messages += 1;
                     if *ordinal != next {
                         r.violation(format!(
-                            "listen session {k} (listener {}, node {}, stream {}, since {}): \
+                            "listen session {k} (listener {}, {}, stream {}, since {}): \
                              expected ordinal {next}, got {ordinal}",
-                            session.listener,
-                            session.node + 1,
-                            session.stream,
-                            session.since
+                            session.listener, session.via, session.stream, session.since
                         ));
                         break;
                     }

@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::history::{ListenSession, Post};
+use crate::history::{ListenSession, Post, Via};
 
 fn msg(ordinal: u64, id: Option<&str>) -> Value {
     let kind = if ordinal == 1 { "Streams/created" } else { "Chat/message" };
@@ -26,6 +26,7 @@ fn acked(seq: usize, ordinal: u64) -> Post {
         seq,
         stream: 0,
         client_msg_id: format!("c0-{seq}"),
+        via_edge: false,
         outcome: Outcome::Ok(ordinal),
         end_ms: 0,
     }
@@ -102,7 +103,7 @@ fn a_listener_that_skips_an_ordinal_is_a_violation() {
     };
     h.sessions.push(ListenSession {
         listener: 0,
-        node: 0,
+        via: Via::Edge(0),
         stream: 0,
         since: 1,
         events: vec![ev(3, "c0-1")],

@@ -1,5 +1,7 @@
 //! Three `chorus node` processes whose peer traffic all goes through [`Proxy`]s: node i
 //! reaches node j at the proxy of link i→j, so each direction of each pair can fail alone.
+//! Beside them, `chorus edge` processes, each reaching each node through a proxy of its own
+//! (link edge e→node j), so that partitioning a node cuts it off from the edges too.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,10 +32,19 @@ pub struct Node {
     pub paused: bool,
 }
 
+/// A `chorus edge`: client HTTP/WS in front of the nodes, no state of its own.
+pub struct Edge {
+    pub api: String,
+    child: Option<Child>,
+}
+
 pub struct Cluster {
     pub nodes: Vec<Node>,
     /// `links[i][j]`: the proxy node i dials to reach node j (`None` on the diagonal).
     pub links: Vec<Vec<Option<Proxy>>>,
+    pub edges: Vec<Edge>,
+    /// `edge_links[e][j]`: the proxy edge e dials to reach node j's peer (gRPC) address.
+    pub edge_links: Vec<Vec<Proxy>>,
     binary: PathBuf,
     dir: PathBuf,
     shards: u16,
@@ -44,7 +55,7 @@ fn free_port() -> Result<u16> {
 }
 
 impl Cluster {
-    pub async fn start(binary: &Path, dir: &Path, shards: u16) -> Result<Cluster> {
+    pub async fn start(binary: &Path, dir: &Path, shards: u16, edges: usize) -> Result<Cluster> {
         std::fs::write(dir.join("chorus.toml"), RAFT_CONFIG)?;
         let mut nodes = Vec::new();
         for id in 1..=NODES as u64 {
@@ -69,15 +80,115 @@ impl Cluster {
             }
             links.push(row);
         }
-        let mut cluster =
-            Cluster { nodes, links, binary: binary.to_owned(), dir: dir.to_owned(), shards };
+        let mut edge_links = Vec::new();
+        let mut edge_list = Vec::new();
+        for _ in 0..edges {
+            let mut row = Vec::new();
+            for target in &nodes {
+                row.push(Proxy::start(target.peer.clone()).await?);
+            }
+            edge_links.push(row);
+            edge_list.push(Edge { api: format!("127.0.0.1:{}", free_port()?), child: None });
+        }
+        let mut cluster = Cluster {
+            nodes,
+            links,
+            edges: edge_list,
+            edge_links,
+            binary: binary.to_owned(),
+            dir: dir.to_owned(),
+            shards,
+        };
         for i in 0..NODES {
             cluster.spawn(i).await?;
         }
         for i in 0..NODES {
             cluster.wait_ready(i, Duration::from_secs(60)).await?;
         }
+        for e in 0..edges {
+            cluster.spawn_edge(e).await?;
+        }
+        for e in 0..edges {
+            cluster.wait_edge_ready(e, Duration::from_secs(60)).await?;
+        }
         Ok(cluster)
+    }
+
+    /// Edge e's `--nodes`: its proxy to every node, starting with node `e % NODES` (an edge
+    /// sends everything to the node that answered last, so the edges start on different nodes).
+    fn edge_nodes_arg(&self, e: usize) -> String {
+        let n = self.edge_links[e].len();
+        (0..n).map(|k| self.edge_links[e][(e + k) % n].addr.clone()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Starts edge `e`'s process (again, on the same address) and waits until it listens.
+    pub async fn spawn_edge(&mut self, e: usize) -> Result<()> {
+        let nodes = self.edge_nodes_arg(e);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("edge{}.log", e + 1)))?;
+        let edge = &mut self.edges[e];
+        if edge.child.is_some() {
+            bail!("edge {} already runs", e + 1);
+        }
+        let mut child = Command::new(&self.binary)
+            .args(["edge", "--listen", &edge.api, "--nodes", &nodes])
+            .env("CHORUS_JWT_SECRET", JWT_SECRET)
+            .env("CHORUS_API_KEY", API_KEY)
+            .env("RUST_LOG", std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {} edge", self.binary.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let banner = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("chorus edge ") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if banner != Ok(true) {
+            bail!("edge {} did not start (see edge{}.log)", e + 1, e + 1);
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        edge.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL an edge: its sessions' sockets drop without a close frame.
+    pub async fn kill_edge(&mut self, e: usize) -> Result<()> {
+        if let Some(mut c) = self.edges[e].child.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+
+    pub fn edge_is_up(&self, e: usize) -> bool {
+        self.edges[e].child.is_some()
+    }
+
+    pub fn edge_url(&self, e: usize) -> String {
+        format!("http://{}", self.edges[e].api)
+    }
+
+    /// Waits until edge `e` answers `/readyz` with 200 (a node answers ready through it).
+    pub async fn wait_edge_ready(&self, e: usize, bound: Duration) -> Result<()> {
+        wait_ready_at(&self.edge_url(e), bound)
+            .await
+            .with_context(|| format!("edge {} not ready within {bound:?}", e + 1))
+    }
+
+    /// Cuts (or heals) every edge's link to node `n`.
+    pub fn set_edges_to(&self, n: usize, state: LinkState) {
+        for row in &self.edge_links {
+            row[n].set(state);
+        }
     }
 
     /// Node i's `--peers`: itself at its own address, every other node at i's proxy to it.
@@ -195,6 +306,9 @@ impl Cluster {
                 p.set(LinkState::HEALTHY);
             }
         }
+        for p in self.edge_links.iter().flatten() {
+            p.set(LinkState::HEALTHY);
+        }
     }
 
     pub fn api_url(&self, i: usize) -> String {
@@ -203,20 +317,9 @@ impl Cluster {
 
     /// Waits until node `i` answers `/readyz` with 200 (every shard has a leader).
     pub async fn wait_ready(&self, i: usize, bound: Duration) -> Result<()> {
-        let deadline = Instant::now() + bound;
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
-        let url = format!("{}/readyz", self.api_url(i));
-        loop {
-            if let Ok(r) = client.get(&url).send().await
-                && r.status().as_u16() == 200
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("node {} not ready within {bound:?}", self.nodes[i].id);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready_at(&self.api_url(i), bound)
+            .await
+            .with_context(|| format!("node {} not ready within {bound:?}", self.nodes[i].id))
     }
 
     async fn admin(&self, i: usize) -> Result<AdminClient<tonic::transport::Channel>> {
@@ -265,8 +368,31 @@ impl Cluster {
     }
 }
 
+/// Waits until `base` answers `/readyz` with 200.
+async fn wait_ready_at(base: &str, bound: Duration) -> Result<()> {
+    let deadline = Instant::now() + bound;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let url = format!("{base}/readyz");
+    loop {
+        if let Ok(r) = client.get(&url).send().await
+            && r.status().as_u16() == 200
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{base}/readyz not 200 within {bound:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        for edge in &mut self.edges {
+            if let Some(c) = edge.child.as_mut() {
+                let _ = c.start_kill();
+            }
+        }
         for i in 0..self.nodes.len() {
             // A stopped process must be continued before it can die and be reaped cleanly.
             let _ = self.resume(i);

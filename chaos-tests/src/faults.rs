@@ -24,6 +24,8 @@ pub enum Fault {
     /// `from`'s bytes to `to` stalled (requests on from's link and answers on to's link);
     /// the other direction flows.
     OneWay { from: usize, to: usize },
+    /// SIGKILL an edge (its client sessions drop), restarted on the same address when healed.
+    KillEdge(usize),
 }
 
 impl fmt::Display for Fault {
@@ -35,6 +37,7 @@ impl fmt::Display for Fault {
             Fault::IsolateLeader { group } => write!(f, "isolate leader of shard {group}"),
             Fault::Slow(a, b, ms) => write!(f, "slow link {}<->{} by {ms} ms", a + 1, b + 1),
             Fault::OneWay { from, to } => write!(f, "cut {}->{} one way", from + 1, to + 1),
+            Fault::KillEdge(e) => write!(f, "kill edge {}", e + 1),
         }
     }
 }
@@ -48,6 +51,7 @@ impl Fault {
             Fault::IsolateLeader { .. } => "isolate-leader",
             Fault::Slow(..) => "slow",
             Fault::OneWay { .. } => "one-way",
+            Fault::KillEdge(_) => "kill-edge",
         }
     }
 }
@@ -61,27 +65,31 @@ pub struct Step {
     pub hold_ms: u64,
 }
 
-/// One fault at a time, so a majority is always whole between faults; each fault still hits
-/// leaders, followers and links at random.
+/// One fault at a time, so a majority is always whole between faults (and, with two edges or
+/// more, an edge is always up); each fault still hits leaders, followers and links at random.
+/// With edges, `kill-edge` is one kind among seven, as likely as each of the others.
 pub fn schedule(
     seed: u64,
     faults: usize,
     shards: u16,
+    edges: usize,
     max_hold_ms: u64,
     max_gap_ms: u64,
 ) -> Vec<Step> {
     let mut rng = Rng::new(seed);
+    let kinds = if edges > 0 { 7 } else { 6 };
     (0..faults)
         .map(|_| {
             let node = rng.below(NODES);
             let other = (node + 1 + rng.below(NODES - 1)) % NODES;
-            let fault = match rng.below(6) {
+            let fault = match rng.below(kinds) {
                 0 => Fault::Kill(node),
                 1 => Fault::Pause(node),
                 2 => Fault::Partition(node),
                 3 => Fault::IsolateLeader { group: rng.below(shards as usize) as u32 },
                 4 => Fault::Slow(node, other, rng.range(20, 250)),
-                _ => Fault::OneWay { from: node, to: other },
+                5 => Fault::OneWay { from: node, to: other },
+                _ => Fault::KillEdge(rng.below(edges)),
             };
             Step {
                 gap_ms: rng.range(300, max_gap_ms.max(301)),
@@ -94,10 +102,12 @@ pub fn schedule(
 
 const CUT: LinkState = LinkState { cut: true, forward: Flow::Pass, backward: Flow::Pass };
 
+/// Node `n` cut off from the other nodes and from every edge.
 fn partition(cluster: &Cluster, n: usize) {
     for j in (0..NODES).filter(|j| *j != n) {
         cluster.set_pair(n, j, CUT);
     }
+    cluster.set_edges_to(n, CUT);
 }
 
 /// Who leads `group`, asked of the nodes in turn (the first that knows).
@@ -135,17 +145,23 @@ pub async fn inject(cluster: &mut Cluster, fault: Fault) -> Result<Option<usize>
             to,
             LinkState { cut: false, forward: Flow::Stall, backward: Flow::Pass },
         ),
+        Fault::KillEdge(e) => cluster.kill_edge(e).await?,
     }
     Ok(None)
 }
 
-/// Undoes every fault: links whole, stopped nodes continued, dead nodes restarted.
+/// Undoes every fault: links whole, stopped nodes continued, dead nodes and edges restarted.
 pub async fn heal(cluster: &mut Cluster) -> Result<()> {
     cluster.heal_links();
     for i in 0..NODES {
         cluster.resume(i)?;
         if !cluster.is_up(i) {
             cluster.spawn(i).await?;
+        }
+    }
+    for e in 0..cluster.edges.len() {
+        if !cluster.edge_is_up(e) {
+            cluster.spawn_edge(e).await?;
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! What the clients did and what they were told: the input of the checker.
 
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -22,6 +23,8 @@ pub struct Post {
     pub seq: usize,
     pub stream: usize,
     pub client_msg_id: String,
+    /// Sent through the edges (rather than straight to the nodes' own API).
+    pub via_edge: bool,
     pub outcome: Outcome,
     /// When it was acknowledged (or given up), in milliseconds since the run started.
     pub end_ms: u64,
@@ -41,11 +44,27 @@ pub enum Event {
     Resync { from: u64 },
 }
 
+/// Where a client's connection went: a node's own API or a `chorus edge` (0-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    Node(usize),
+    Edge(usize),
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Via::Node(n) => write!(f, "node {}", n + 1),
+            Via::Edge(e) => write!(f, "edge {}", e + 1),
+        }
+    }
+}
+
 /// One `listen` from `since` on one WebSocket, until it broke or was told to resync.
 #[derive(Clone, Debug)]
 pub struct ListenSession {
     pub listener: usize,
-    pub node: usize,
+    pub via: Via,
     pub stream: usize,
     pub since: u64,
     pub events: Vec<Event>,

@@ -1,6 +1,7 @@
-//! `chorus-chaos`: starts a 3-node Chorus cluster behind proxies it controls, runs clients
-//! that record a history, injects a seeded schedule of faults, heals, and checks that nothing
-//! acknowledged was lost, duplicated or reordered on any replica.
+//! `chorus-chaos`: starts a 3-node Chorus cluster and `chorus edge`s behind proxies it
+//! controls, runs clients (on nodes and edges) that record a history, injects a seeded schedule
+//! of faults, heals, and checks that nothing acknowledged was lost, duplicated or reordered on
+//! any replica and that every listener saw a gap-free, duplicate-free prefix.
 
 mod api;
 mod check;
@@ -38,8 +39,11 @@ pub struct Args {
     pub streams: usize,
     #[arg(long, default_value_t = 4)]
     pub writers: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 4)]
     pub listeners: usize,
+    /// `chorus edge` processes beside the nodes (0: none, and no `kill-edge` faults).
+    #[arg(long, default_value_t = 2)]
+    pub edges: usize,
     #[arg(long, default_value_t = 8)]
     pub shards: u16,
     /// After the faults, delete every node's data: a fault Chorus does not protect against,

@@ -16,7 +16,7 @@ use crate::api::{self, PUBLISHER, Reply, stream_name, stream_path};
 use crate::check::{self, Copy, Fetched};
 use crate::cluster::{Cluster, NODES};
 use crate::faults::{self, Fault};
-use crate::history::{History, Outcome, Post};
+use crate::history::{Event, History, Outcome, Post, Via};
 use crate::workload::{self, Env};
 
 /// After healing, the cluster must take a post on every stream within this bound.
@@ -24,9 +24,20 @@ const LIVENESS_BOUND: Duration = Duration::from_secs(30);
 
 /// Returns the number of violations found.
 pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
-    let steps =
-        faults::schedule(seed, args.faults, args.shards, args.max_fault_ms, args.max_gap_ms);
-    println!("chorus-chaos seed {seed}: {} faults, chorus {}", steps.len(), chorus.display());
+    let steps = faults::schedule(
+        seed,
+        args.faults,
+        args.shards,
+        args.edges,
+        args.max_fault_ms,
+        args.max_gap_ms,
+    );
+    println!(
+        "chorus-chaos seed {seed}: {} faults, {} edges, chorus {}",
+        steps.len(),
+        args.edges,
+        chorus.display()
+    );
     for (k, s) in steps.iter().enumerate() {
         println!("  #{k:<4} after {:>4} ms: {} for {} ms", s.gap_ms, s.fault, s.hold_ms);
     }
@@ -35,11 +46,12 @@ pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
     }
     let dir = tempfile::Builder::new().prefix("chorus-chaos-").tempdir()?;
     println!("run directory: {}", dir.path().display());
-    let mut cluster = Cluster::start(chorus, dir.path(), args.shards).await?;
+    let mut cluster = Cluster::start(chorus, dir.path(), args.shards, args.edges).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let env = Env {
         nodes: (0..NODES).map(|i| cluster.api_url(i)).collect(),
+        edges: (0..args.edges).map(|e| cluster.edge_url(e)).collect(),
         streams: args.streams,
         recorder: crate::history::Recorder::new(),
         stop: stop.clone(),
@@ -84,6 +96,11 @@ pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
             violations.push(format!("liveness: {e}"));
         }
     }
+    for e in 0..args.edges {
+        if let Err(e) = cluster.wait_edge_ready(e, LIVENESS_BOUND).await {
+            violations.push(format!("liveness: {e}"));
+        }
+    }
     let probes_ok = probe(&env).await;
     let recovery = healed_at.elapsed();
     if !probes_ok {
@@ -105,15 +122,32 @@ pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
     println!("\n== summary (seed {seed})");
     let kinds: Vec<String> = injected.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!("faults injected: {} ({})", steps.len(), kinds.join(", "));
-    println!("edge faults: none (no `chorus edge` process exists yet)");
     println!(
-        "posts: {} acked, {} unknown outcome ({} of them applied), {} refused",
+        "edges: {}, killed {} times",
+        args.edges,
+        injected.get("kill-edge").copied().unwrap_or(0)
+    );
+    let acked_via_edges =
+        history.posts.iter().filter(|p| p.via_edge && matches!(p.outcome, Outcome::Ok(_))).count();
+    println!(
+        "posts: {} acked ({acked_via_edges} through edges), {} unknown outcome ({} of them \
+         applied), {} refused",
         report.acked, report.unknown, report.unknown_applied, report.errors
     );
     println!("joins/leaves: {}", history.memberships.len());
+    let on_edges: Vec<_> =
+        history.sessions.iter().filter(|s| matches!(s.via, Via::Edge(_))).collect();
+    let delivered_on_edges: usize = on_edges
+        .iter()
+        .map(|s| s.events.iter().filter(|e| matches!(e, Event::Message { .. })).count())
+        .sum();
     println!(
-        "listen sessions: {}, messages delivered {}, resyncs {}",
-        report.listen_sessions, report.listened_messages, report.resyncs
+        "listen sessions: {} ({} on edges), messages delivered {} ({delivered_on_edges} \
+         received on edges), resyncs {}",
+        report.listen_sessions,
+        on_edges.len(),
+        report.listened_messages,
+        report.resyncs
     );
     println!("lost: {}, duplicated: {}", report.lost, report.duplicated);
     println!("longest unavailability (no post acked): {longest} ms, ending at {at} ms");
@@ -179,6 +213,7 @@ async fn probe(env: &Env) -> bool {
             seq: s,
             stream: s,
             client_msg_id: id,
+            via_edge: false,
             outcome,
             end_ms: env.recorder.now_ms(),
         });

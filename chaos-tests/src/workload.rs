@@ -1,6 +1,8 @@
 //! The clients: sequential posters (each with its own clientMsgIds), a member that joins and
 //! leaves, and WebSocket listeners. Each retries the way the protocol tells clients to and
-//! records what it was finally told.
+//! records what it was finally told. With edges, half the writers post through the edges only,
+//! the member uses edges and nodes alike, and each listen session goes to an edge or a node
+//! (even odds).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::api::{self, PUBLISHER, Reply, stream_name, stream_path};
 use crate::cluster::API_KEY;
-use crate::history::{Event, ListenSession, Membership, Outcome, Post, Recorder};
+use crate::history::{Event, ListenSession, Membership, Outcome, Post, Recorder, Via};
 use crate::rng::Rng;
 
 /// How long one operation is retried before its outcome is recorded as unknown.
@@ -23,7 +25,10 @@ const OP_DEADLINE: Duration = Duration::from_secs(20);
 
 #[derive(Clone)]
 pub struct Env {
+    /// The nodes' own API base URLs.
     pub nodes: Vec<String>,
+    /// The edges' API base URLs.
+    pub edges: Vec<String>,
     pub streams: usize,
     pub recorder: Recorder,
     pub stop: Arc<AtomicBool>,
@@ -33,12 +38,29 @@ impl Env {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
+
+    /// Writer `client`'s endpoints: the edges for odd writers (when there are edges), else the
+    /// nodes.
+    fn writer_targets(&self, client: usize) -> (bool, Vec<String>) {
+        if client % 2 == 1 && !self.edges.is_empty() {
+            (true, self.edges.clone())
+        } else {
+            (false, self.nodes.clone())
+        }
+    }
+
+    fn url(&self, via: Via) -> &str {
+        match via {
+            Via::Node(n) => &self.nodes[n],
+            Via::Edge(e) => &self.edges[e],
+        }
+    }
 }
 
-/// Runs one operation against node after node until it is acknowledged, refused for good or
-/// out of time.
+/// Runs one operation against endpoint after endpoint of `targets` (nodes or edges) until it
+/// is acknowledged, refused for good or out of time.
 async fn with_retries(
-    env: &Env,
+    targets: &[String],
     http: &reqwest::Client,
     rng: &mut Rng,
     method: Method,
@@ -47,11 +69,10 @@ async fn with_retries(
     body: Value,
 ) -> (Outcome, Option<Value>) {
     let deadline = Instant::now() + OP_DEADLINE;
-    let mut node = rng.below(env.nodes.len());
+    let mut node = rng.below(targets.len());
     let mut maybe = false;
     loop {
-        match api::call(http, &env.nodes[node], method.clone(), path, user, Some(body.clone()))
-            .await
+        match api::call(http, &targets[node], method.clone(), path, user, Some(body.clone())).await
         {
             Reply::Ok(v) => {
                 return (Outcome::Ok(api::ordinal(&v)), Some(v));
@@ -64,7 +85,7 @@ async fn with_retries(
         if Instant::now() > deadline {
             return (if maybe { Outcome::Unknown } else { Outcome::Error("gave up".into()) }, None);
         }
-        node = (node + 1) % env.nodes.len();
+        node = (node + 1) % targets.len();
         tokio::time::sleep(Duration::from_millis(rng.range(20, 100))).await;
     }
 }
@@ -75,7 +96,8 @@ pub async fn create_streams(env: &Env) -> anyhow::Result<()> {
     for s in 0..env.streams {
         let body = json!({"publisherId": PUBLISHER, "name": stream_name(s), "type": "Chat/room"});
         let (outcome, _) =
-            with_retries(env, &http, &mut rng, Method::POST, "/v1/streams", None, body).await;
+            with_retries(&env.nodes, &http, &mut rng, Method::POST, "/v1/streams", None, body)
+                .await;
         if !matches!(outcome, Outcome::Ok(_)) {
             anyhow::bail!("could not create stream {s}: {outcome:?}");
         }
@@ -88,6 +110,7 @@ pub async fn create_streams(env: &Env) -> anyhow::Result<()> {
 pub async fn writer(env: Env, client: usize, seed: u64) {
     let http = api::client();
     let mut rng = Rng::new(seed);
+    let (via_edge, targets) = env.writer_targets(client);
     let mut seq = 0;
     while !env.stopped() {
         let stream = rng.below(env.streams);
@@ -95,12 +118,13 @@ pub async fn writer(env: Env, client: usize, seed: u64) {
         let body = json!({"type": "Chat/message", "content": seq.to_string(), "clientMsgId": id});
         let path = format!("{}/messages", stream_path(stream));
         let (outcome, _) =
-            with_retries(&env, &http, &mut rng, Method::POST, &path, None, body).await;
+            with_retries(&targets, &http, &mut rng, Method::POST, &path, None, body).await;
         env.recorder.post(Post {
             client,
             seq,
             stream,
             client_msg_id: id,
+            via_edge,
             outcome,
             end_ms: env.recorder.now_ms(),
         });
@@ -113,27 +137,33 @@ pub async fn writer(env: Env, client: usize, seed: u64) {
 pub async fn member(env: Env, seed: u64) {
     let http = api::client();
     let mut rng = Rng::new(seed);
+    let targets: Vec<String> = env.nodes.iter().chain(&env.edges).cloned().collect();
     while !env.stopped() {
         let user = format!("u{}", rng.below(6));
         let stream = rng.below(env.streams);
         let join = rng.chance(60);
         let path = format!("{}/{}", stream_path(stream), if join { "join" } else { "leave" });
         let (outcome, _) =
-            with_retries(&env, &http, &mut rng, Method::POST, &path, Some(&user), json!({})).await;
+            with_retries(&targets, &http, &mut rng, Method::POST, &path, Some(&user), json!({}))
+                .await;
         env.recorder.membership(Membership { user, stream, join, outcome });
         tokio::time::sleep(Duration::from_millis(rng.range(100, 300))).await;
     }
 }
 
-/// A listener: listens on one stream through a random node, and when the socket breaks
-/// listens again elsewhere from the last ordinal it holds (as the SDK does).
+/// A listener: listens on one stream through a random edge or node, and when the socket breaks
+/// listens again at a random edge or node from the last ordinal it holds (as the SDK does).
 pub async fn listener(env: Env, listener: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     let stream = listener % env.streams;
     let mut since = 0u64;
     while !env.stopped() {
-        let node = rng.below(env.nodes.len());
-        let mut session = ListenSession { listener, node, stream, since, events: Vec::new() };
+        let via = if !env.edges.is_empty() && rng.chance(50) {
+            Via::Edge(rng.below(env.edges.len()))
+        } else {
+            Via::Node(rng.below(env.nodes.len()))
+        };
+        let mut session = ListenSession { listener, via, stream, since, events: Vec::new() };
         let _ = listen_once(&env, &mut session).await;
         for ev in &session.events {
             match ev {
@@ -149,7 +179,7 @@ pub async fn listener(env: Env, listener: usize, seed: u64) {
 
 /// One session; returns when the socket breaks, goes quiet too long, or a resync arrives.
 async fn listen_once(env: &Env, session: &mut ListenSession) -> anyhow::Result<()> {
-    let url = env.nodes[session.node].replace("http://", "ws://") + "/v1/ws";
+    let url = env.url(session.via).replace("http://", "ws://") + "/v1/ws";
     let mut req = url.into_client_request()?;
     req.headers_mut().insert("Authorization", format!("Bearer {API_KEY}").parse()?);
     let (mut ws, _) =
@@ -163,7 +193,8 @@ async fn listen_once(env: &Env, session: &mut ListenSession) -> anyhow::Result<(
         if env.stopped() {
             return Ok(());
         }
-        // Posts flow all the time, so a long silence means this node is stopped or cut off.
+        // Posts flow all the time, so a long silence means this node (or the edge's node) is
+        // stopped or cut off.
         let msg = tokio::time::timeout(Duration::from_secs(5), ws.next()).await?;
         let Some(msg) = msg else { return Ok(()) };
         let WsMessage::Text(text) = msg? else { continue };
