@@ -127,6 +127,14 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
         client_rss as f64 / clients.connected as f64,
     ));
 
+    let node_rss: Vec<String> = nodes
+        .procs
+        .iter()
+        .filter_map(Proc::pid)
+        .map(|p| rss_kib_of(p).map_or("?".to_owned(), |k| format!("{:.0}", k as f64 / 1024.0)))
+        .collect();
+    say(format!("chorus: RSS of the nodes (MiB): {}", node_rss.join(" / ")));
+
     let mut groups = vec![("nodes", nodes.procs.iter().filter_map(Proc::pid).collect())];
     if use_edges {
         groups.push(("edges", holder_pids.clone()));
