@@ -26,6 +26,9 @@ use crate::ws::outbound::{Offered, Outbound};
 pub(crate) enum Ended {
     /// The session fell behind (or the feed could not go on): it must fetch from `from`.
     Resync(u64),
+    /// The feed restarted while the session was still catching up: resync from wherever the
+    /// session got to.
+    Restarted,
     /// The session is gone.
     SessionGone,
 }
@@ -57,8 +60,9 @@ impl Entry {
 pub(crate) struct Sink {
     pub(crate) out: Outbound,
     pub(crate) session: u64,
-    /// Messages up to here already reached the session (from the backlog).
-    pub(crate) skip_upto: u64,
+    /// Messages up to here already reached the session (from the backlog); `None` while it
+    /// is still catching up, when it gets only ephemerals.
+    pub(crate) skip_upto: Option<u64>,
     pub(crate) end: oneshot::Sender<Ended>,
 }
 
@@ -138,7 +142,7 @@ impl Feed {
             // The upstream listen promises no gaps; should one appear anyway, nobody may skip
             // it silently: every session resyncs from the first missing ordinal.
             tracing::warn!(stream = %self.key, last = st.last, ordinal, "gap in upstream feed");
-            end_all(&mut st, |sink_last| Ended::Resync(sink_last + 1));
+            end_all(&mut st);
             st.ring.clear();
             st.last = ordinal - 1;
         }
@@ -151,7 +155,7 @@ impl Feed {
         let mut delivered_to = 0;
         let mut ended = Vec::new();
         for (id, sink) in &st.sinks {
-            if ordinal <= sink.skip_upto {
+            if sink.skip_upto.is_none_or(|skip| ordinal <= skip) {
                 continue;
             }
             match sink.out.offer(&entry.frame) {
@@ -196,7 +200,7 @@ impl Feed {
     /// dropped and the feed follows the stream from `count`.
     pub(crate) fn restart_at(&self, count: u64) {
         let mut st = self.lock();
-        end_all(&mut st, |sink_last| Ended::Resync(sink_last + 1));
+        end_all(&mut st);
         st.ring.clear();
         st.last = count;
     }
@@ -205,7 +209,7 @@ impl Feed {
     /// the error from the owner).
     pub(crate) fn fail(&self) {
         let mut st = self.lock();
-        end_all(&mut st, |sink_last| Ended::Resync(sink_last + 1));
+        end_all(&mut st);
         drop(st);
         self.phase.send_replace(Phase::Failed);
     }
@@ -216,11 +220,15 @@ impl Feed {
     }
 }
 
-/// Detaches every sink, telling each why; `why` gets the last ordinal the sink has.
-fn end_all(st: &mut State, why: impl Fn(u64) -> Ended) {
+/// Detaches every sink, each told to resync from the first message it lacks.
+fn end_all(st: &mut State) {
     let last = st.last;
     for (_, sink) in st.sinks.drain() {
-        let _ = sink.end.send(why(last.max(sink.skip_upto)));
+        let why = match sink.skip_upto {
+            Some(skip) => Ended::Resync(last.max(skip) + 1),
+            None => Ended::Restarted,
+        };
+        let _ = sink.end.send(why);
     }
 }
 

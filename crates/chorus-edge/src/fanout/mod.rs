@@ -21,10 +21,11 @@ mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use chorus_api::{Caller, HistoryQuery, Order, StreamService, wire};
-use chorus_types::StreamKey;
+use chorus_types::{ApiError, ErrorCode, StreamKey};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
@@ -71,7 +72,7 @@ impl Fanout {
             }
         };
         feed.lock().users += 1;
-        FeedUse { fanout: Arc::clone(self), feed, sink: None }
+        FeedUse { fanout: Arc::clone(self), feed, sink: None, ended: None }
     }
 
     fn release(&self, feed: &Arc<Feed>) {
@@ -105,14 +106,19 @@ enum Step {
     Backlog(u64),
     /// Send these ring entries, waiting for queue room.
     Push(Vec<Entry>),
-    Attached(oneshot::Receiver<Ended>),
+    Attached,
 }
+
+/// How long a listen waits for its stream's feed to open at the owner before it answers
+/// `unavailable`.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A session listen's hold on a feed; dropping it detaches the session.
 pub(crate) struct FeedUse {
     fanout: Arc<Fanout>,
     feed: Arc<Feed>,
     sink: Option<u64>,
+    ended: Option<oneshot::Receiver<Ended>>,
 }
 
 impl Drop for FeedUse {
@@ -125,22 +131,52 @@ impl Drop for FeedUse {
 }
 
 impl FeedUse {
-    /// Delivers every message after `last` to the listener, backlog first, then attaches it
-    /// for live messages. Returns what ends the attachment, or why it ended before.
-    pub(crate) async fn attach(
-        &mut self,
-        who: Listener<'_>,
-        mut last: u64,
-    ) -> Result<oneshot::Receiver<Ended>, Ended> {
+    /// Waits until the feed's upstream listen is open; an error when it was refused or did
+    /// not open in time.
+    pub(crate) async fn open(&self) -> Result<(), ApiError> {
         let mut phase = self.feed.phase();
-        loop {
-            match phase.wait_for(|p| !matches!(p, Phase::Opening)).await.map(|p| p.clone()) {
-                Ok(Phase::Live) => {}
-                // Refused upstream (or the feed is gone): a new listen finds out why.
-                Ok(_) | Err(_) => return Err(Ended::Resync(last + 1)),
+        let opened = phase.wait_for(|p| !matches!(p, Phase::Opening));
+        match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
+            Ok(Ok(p)) if matches!(*p, Phase::Live) => Ok(()),
+            Ok(_) => {
+                Err(ApiError::new(ErrorCode::Unavailable, "the stream's owner refused the listen"))
             }
-            match self.step(&who, &mut last)? {
-                Step::Attached(ended) => return Ok(ended),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the stream's owner did not answer in time",
+            )),
+        }
+    }
+
+    /// Queues the listen's `ok` and joins the feed for ephemerals, under the feed's lock: no
+    /// event comes before the `ok`, and every ephemeral published after it reaches the
+    /// session. Messages follow once [`attach`](Self::attach) has caught up. `false` when the
+    /// session is gone.
+    pub(crate) fn join(&mut self, who: &Listener<'_>, ok: String) -> bool {
+        let mut st = self.feed.lock();
+        if !who.out.force(ok) {
+            return false;
+        }
+        let (end, ended) = oneshot::channel();
+        let id = st.next_sink;
+        st.next_sink += 1;
+        st.sinks
+            .insert(id, Sink { out: who.out.clone(), session: who.session, skip_upto: None, end });
+        self.sink = Some(id);
+        self.ended = Some(ended);
+        true
+    }
+
+    /// Delivers every message after `last` to the listener, backlog first, then lets live
+    /// messages through. Call after [`join`](Self::join).
+    pub(crate) async fn attach(&mut self, who: &Listener<'_>, mut last: u64) -> Result<(), Ended> {
+        loop {
+            if self.feed.failed() {
+                // Refused upstream: a new listen finds out why.
+                return Err(Ended::Resync(last + 1));
+            }
+            match self.step(who, &mut last)? {
+                Step::Attached => return Ok(()),
                 Step::Push(pending) => {
                     // More than the queue takes at once: send these waiting, then look again
                     // (the ring moves on meanwhile).
@@ -151,15 +187,31 @@ impl FeedUse {
                         last = entry.ordinal;
                     }
                 }
-                Step::Backlog(upto) => last = self.backlog(&who, last, upto).await?,
+                Step::Backlog(upto) => last = self.backlog(who, last, upto).await?,
             }
         }
     }
 
-    /// Under the feed's lock, one step of the catch-up: attach when what the session lacks is
-    /// in the ring and fits its queue.
+    /// What ended the attachment: waits for it.
+    pub(crate) async fn ended(&mut self) -> Ended {
+        match self.ended.take() {
+            Some(ended) => ended.await.unwrap_or(Ended::SessionGone),
+            None => Ended::SessionGone,
+        }
+    }
+
+    /// Under the feed's lock, one step of the catch-up: let live messages through when what
+    /// the session lacks is in the ring and fits its queue.
     fn step(&mut self, who: &Listener<'_>, last: &mut u64) -> Result<Step, Ended> {
         let mut st = self.feed.lock();
+        let Some(sink) = self.sink.filter(|id| st.sinks.contains_key(id)) else {
+            // Detached while catching up: the feed restarted, or the session closed.
+            return Err(match self.ended.as_mut().map(|e| e.try_recv()) {
+                Some(Ok(Ended::Resync(from))) => Ended::Resync(from.min(*last + 1)),
+                Some(Ok(Ended::Restarted)) => Ended::Resync(*last + 1),
+                _ => Ended::SessionGone,
+            });
+        };
         if *last + 1 < st.ring_first() {
             return Ok(Step::Backlog(st.ring_first() - 1));
         }
@@ -174,13 +226,11 @@ impl FeedUse {
                 Offered::SessionClosed => return Err(Ended::SessionGone),
             }
         }
-        let (end, ended) = oneshot::channel();
-        let id = st.next_sink;
-        st.next_sink += 1;
         let skip_upto = (*last).max(st.last);
-        st.sinks.insert(id, Sink { out: who.out.clone(), session: who.session, skip_upto, end });
-        self.sink = Some(id);
-        Ok(Step::Attached(ended))
+        if let Some(sink) = st.sinks.get_mut(&sink) {
+            sink.skip_upto = Some(skip_upto);
+        }
+        Ok(Step::Attached)
     }
 
     /// Sends history `last+1 ..= upto` (one page at most); returns the new `last`.

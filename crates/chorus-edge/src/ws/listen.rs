@@ -14,7 +14,7 @@ use chorus_api::Caller;
 use chorus_types::StreamKey;
 use tokio::task::JoinHandle;
 
-use crate::fanout::{Ended, Fanout, Listener};
+use crate::fanout::{Ended, FeedUse, Listener};
 use crate::metrics::{GaugeGuard, LISTENS, RESYNCS};
 use crate::ws::frame::resync_frame;
 use crate::ws::outbound::Outbound;
@@ -116,9 +116,11 @@ pub(crate) async fn stop_forwarder(forwarder: Option<JoinHandle<()>>) {
     }
 }
 
-/// One session listen on its stream's feed: the backlog, then live messages until the
-/// session unlistens (the task is aborted, which detaches it) or falls behind.
+/// One session listen on its stream's feed, already joined (its `ok` queued): the backlog,
+/// then live messages until the session unlistens (the task is aborted, which detaches it) or
+/// falls behind.
 pub(crate) struct FeedListen {
+    pub(crate) feed: FeedUse,
     pub(crate) out: Outbound,
     pub(crate) caller: Caller,
     pub(crate) session_id: u64,
@@ -129,15 +131,14 @@ pub(crate) struct FeedListen {
 
 impl FeedListen {
     /// Runs until the listen ends; `last` is the last ordinal the session has.
-    pub(crate) async fn run(self, fanout: Arc<Fanout>, last: u64) {
+    pub(crate) async fn run(mut self, last: u64) {
         let _listening = GaugeGuard::hold(&LISTENS);
-        let mut feed = fanout.acquire(&self.key);
         let who = Listener { caller: &self.caller, session: self.session_id, out: &self.out };
-        let ended = match feed.attach(who, last).await {
-            Ok(ended) => ended.await.unwrap_or(Ended::SessionGone),
+        let ended = match self.feed.attach(&who, last).await {
+            Ok(()) => self.feed.ended().await,
             Err(ended) => ended,
         };
-        drop(feed);
+        drop(self.feed);
         if let Ended::Resync(from) = ended {
             RESYNCS.inc();
             tracing::debug!(stream = %self.key, from, "listen ended, sending resync");

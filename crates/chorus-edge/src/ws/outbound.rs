@@ -162,6 +162,21 @@ impl Outbound {
         self.send(OutFrame::Owned(frame)).await
     }
 
+    /// Queues a reply beyond the queue's bound if need be, without waiting: for a listen's
+    /// `ok`, which must be queued under its feed's lock. One per request, so the excess is
+    /// bounded by the session's in-flight requests. `false` when the session is gone.
+    pub(crate) fn force(&self, frame: String) -> bool {
+        let mut q = self.shared.lock();
+        if q.closed {
+            return false;
+        }
+        q.main.push_back(OutFrame::Owned(frame));
+        q.pushed += 1;
+        drop(q);
+        self.shared.readable.notify_one();
+        true
+    }
+
     /// Offers an event without waiting: a slow session must not hold up the stream's feed.
     pub(crate) fn offer(&self, frame: &Utf8Bytes) -> Offered {
         let mut q = self.shared.lock();

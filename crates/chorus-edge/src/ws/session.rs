@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::instrument;
 
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, Listener};
 use crate::metrics::{GaugeGuard, SESSIONS, Transport, record_request, record_timed_request};
 use crate::ops::{OpName, Request, dispatch};
 use crate::ws::frame::{Command, Frame, FrameError, error_frame, ok_frame, parse_frame};
@@ -261,12 +261,21 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
         Some(s) if s <= count => (s, true),
         Some(_) => (count, false),
     };
-    let ok = json!({"recovered": recovered, "messageCount": count});
-    // The `ok` is queued before the listen task exists, so no event of this listen precedes it.
-    if !session.out.reply(ok_frame(&id, ok)).await {
+    // The stream's feed must be open at the owner before the `ok`, so that every ephemeral
+    // sent after it reaches this session.
+    let mut feed = session.fanout.acquire(&key);
+    if let Err(error) = feed.open().await {
+        session.listens.finished(&key, epoch);
+        session.out.reply(error_frame(&id, &ServiceError::from(error))).await;
+        return;
+    }
+    let who = Listener { caller: &session.caller, session: session.id, out: &session.out };
+    let ok = ok_frame(&id, json!({"recovered": recovered, "messageCount": count}));
+    if !feed.join(&who, ok) {
         return;
     }
     let task = FeedListen {
+        feed,
         out: session.out.clone(),
         caller: session.caller.clone(),
         session_id: session.id,
@@ -274,8 +283,7 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
         epoch,
         registry: Arc::clone(&session.listens),
     };
-    let fanout = Arc::clone(&session.fanout);
-    let started = session.listens.install(&key, epoch, || tokio::spawn(task.run(fanout, last)));
+    let started = session.listens.install(&key, epoch, || tokio::spawn(task.run(last)));
     if !started {
         tracing::debug!("listen superseded before it started");
     }

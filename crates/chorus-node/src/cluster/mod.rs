@@ -5,11 +5,13 @@
 
 mod admin;
 mod call;
+mod mux;
 mod owner;
 mod relay;
 mod remote;
 mod routed;
 mod router;
+mod subscribe;
 
 use chorus_proto::pb::admin_server::AdminServer;
 use chorus_proto::pb::owner_server::OwnerServer;

@@ -33,11 +33,38 @@ pub struct ListenCall {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ListenItem {
-    Started { recovered: bool, message_count: u64 },
-    Failed { error: ApiError },
-    Message { message: MessageRecord },
-    Ephemeral { origin: Option<u64>, frame: String },
-    Resync { from: u64 },
+    Started {
+        recovered: bool,
+        message_count: u64,
+    },
+    Failed {
+        error: ApiError,
+    },
+    Message {
+        message: MessageRecord,
+    },
+    Ephemeral {
+        origin: Option<u64>,
+        frame: String,
+    },
+    Resync {
+        from: u64,
+    },
+    /// The listen ended without a resync (its node is stopping): listen again from the last
+    /// ordinal held. Only on `Owner.Subscribe`, where a subscription's end is not a stream's.
+    Ended,
+}
+
+impl ListenItem {
+    pub(super) fn from_event(ev: ListenEvent) -> ListenItem {
+        match ev {
+            ListenEvent::Message(d) => ListenItem::Message { message: d.record.clone() },
+            ListenEvent::Ephemeral(r) => {
+                ListenItem::Ephemeral { origin: r.origin, frame: r.frame.to_string() }
+            }
+            ListenEvent::Resync { from } => ListenItem::Resync { from },
+        }
+    }
 }
 
 pub struct OwnerService {
@@ -103,20 +130,24 @@ impl Owner for OwnerService {
                     recovered: listening.recovered,
                     message_count: listening.message_count,
                 });
-                let events = listening.events.map(|ev| {
-                    item(&match ev {
-                        ListenEvent::Message(d) => {
-                            ListenItem::Message { message: d.record.clone() }
-                        }
-                        ListenEvent::Ephemeral(r) => {
-                            ListenItem::Ephemeral { origin: r.origin, frame: r.frame.to_string() }
-                        }
-                        ListenEvent::Resync { from } => ListenItem::Resync { from },
-                    })
-                });
+                let events = listening.events.map(|ev| item(&ListenItem::from_event(ev)));
                 Box::pin(futures_util::stream::iter([first]).chain(events))
             }
         };
+        Ok(Response::new(stream))
+    }
+
+    type SubscribeStream = super::subscribe::SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<tonic::Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let stream = super::subscribe::serve(
+            self.node.clone(),
+            Arc::clone(&self.router),
+            request.into_inner(),
+        );
         Ok(Response::new(stream))
     }
 }

@@ -10,7 +10,8 @@
 //! node; once open, its events end when the node's connection breaks, and the edge's feed
 //! listens again from the last ordinal it has.
 //!
-//! Each node is one HTTP/2 connection ([`endpoint`]); listens are streams on it.
+//! Each node is one HTTP/2 connection ([`endpoint`]); every listen the edge holds through a
+//! node is a subscription on one `Owner.Subscribe` stream ([`Mux`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,13 +26,12 @@ use chorus_proto::pb;
 use chorus_proto::pb::owner_client::OwnerClient;
 use chorus_raft::grpc::peers::{MAX_MESSAGE, endpoint};
 use chorus_types::{AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, StreamKey};
-use futures_util::StreamExt;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller};
+use super::mux::Mux;
 use super::owner::{ListenCall, ListenItem};
-use super::relay::to_event;
 use super::router::{is_connect_failure, unknown_outcome};
 use crate::error::{NodeError, err};
 
@@ -43,6 +43,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 struct NodeConn {
     addr: String,
     client: OwnerClient<Channel>,
+    /// Every listen this edge holds through the node, on one `Owner.Subscribe` stream.
+    mux: tokio::sync::Mutex<Option<Arc<Mux>>>,
 }
 
 /// [`StreamService`] over the `Owner` gRPC service of a cluster's nodes.
@@ -70,7 +72,7 @@ impl RemoteService {
             let client = OwnerClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
-            nodes.push(NodeConn { addr: addr.clone(), client });
+            nodes.push(NodeConn { addr: addr.clone(), client, mux: Default::default() });
         }
         Ok(Arc::new(RemoteService { nodes, preferred: AtomicUsize::new(0), timeout }))
     }
@@ -127,42 +129,39 @@ impl RemoteService {
         }
     }
 
-    /// Opens a listen on one node, which routes it; `Err(None)` when that node could not be
-    /// reached or has no leader to offer (try another).
+    /// The node's subscription stream, opened again if it broke.
+    async fn mux(&self, node: &NodeConn) -> Option<Arc<Mux>> {
+        let mut slot = node.mux.lock().await;
+        if let Some(mux) = slot.as_ref().filter(|m| !m.is_broken()) {
+            return Some(Arc::clone(mux));
+        }
+        let mux = Mux::open(&node.client).await?;
+        *slot = Some(Arc::clone(&mux));
+        Some(mux)
+    }
+
+    /// Opens a listen on one node (a subscription on its `Owner.Subscribe` stream), which
+    /// routes it; `Err(None)` when that node could not be reached or has no leader to offer
+    /// (try another).
     async fn open(
         &self,
         node: &NodeConn,
         body: Vec<u8>,
     ) -> Result<Listening, Option<ServiceError>> {
-        let mut stream = match node.client.clone().listen(pb::OwnerRequest { call: body }).await {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                tracing::debug!(node = %node.addr, %status, "owner listen failed");
-                return Err(None);
+        let mux = self.mux(node).await.ok_or(None)?;
+        let (first, events) = mux.subscribe(body).await.ok_or(None)?;
+        match first {
+            ListenItem::Started { recovered, message_count } => {
+                Ok(Listening { recovered, message_count, events })
             }
-        };
-        let first = match stream.message().await {
-            Ok(Some(event)) => serde_json::from_slice::<ListenItem>(&event.event)
-                .map_err(|e| Some(err(ErrorCode::Internal, &e.to_string())))?,
-            _ => return Err(None),
-        };
-        let (recovered, message_count) = match first {
-            ListenItem::Started { recovered, message_count } => (recovered, message_count),
             ListenItem::Failed { error }
                 if matches!(error.code, ErrorCode::NotLeader | ErrorCode::Unavailable) =>
             {
-                return Err(None);
+                Err(None)
             }
-            ListenItem::Failed { error } => return Err(Some(error.into())),
-            _ => {
-                return Err(Some(err(ErrorCode::Internal, "listen stream began without a reply")));
-            }
-        };
-        let events = stream.take_while(|r| std::future::ready(r.is_ok())).filter_map(|r| {
-            let item = r.ok().and_then(|ev| serde_json::from_slice::<ListenItem>(&ev.event).ok());
-            std::future::ready(item.and_then(|item| to_event(None, item)))
-        });
-        Ok(Listening { recovered, message_count, events: Box::pin(events) })
+            ListenItem::Failed { error } => Err(Some(error.into())),
+            _ => Err(Some(err(ErrorCode::Internal, "subscription began without a reply"))),
+        }
     }
 }
 
