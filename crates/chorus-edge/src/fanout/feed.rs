@@ -116,13 +116,32 @@ impl Feed {
         self.phase.subscribe()
     }
 
+    pub(crate) fn is_live(&self) -> bool {
+        matches!(*self.phase.borrow(), Phase::Live)
+    }
+
+    /// The upstream listen ended and is being opened again: new listens wait (their `ok`
+    /// promises every later ephemeral, which only an open upstream delivers). Set under the
+    /// state lock, which joining sessions hold while they check it.
+    pub(crate) fn reopening(&self) {
+        let _st = self.lock();
+        self.phase.send_replace(Phase::Opening);
+    }
+
+    /// The upstream listen is open again.
+    pub(crate) fn resumed(&self) {
+        let _st = self.lock();
+        self.phase.send_replace(Phase::Live);
+    }
+
     pub(crate) fn failed(&self) -> bool {
         matches!(*self.phase.borrow(), Phase::Failed)
     }
 
     /// The upstream listen opened for the first time; `count` is the stream's messageCount.
     pub(crate) fn opened(&self, count: u64) {
-        self.lock().last = count;
+        let mut st = self.lock();
+        st.last = count;
         self.phase.send_replace(Phase::Live);
     }
 

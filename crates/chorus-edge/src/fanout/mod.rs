@@ -110,8 +110,18 @@ enum Step {
 }
 
 /// How long a listen waits for its stream's feed to open at the owner before it answers
-/// `unavailable`.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// `unavailable`: longer than a node's own request timeout (10 s by default), so that the
+/// upstream can move on to another node first.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How [`FeedUse::join`] went.
+pub(crate) enum Joined {
+    Yes,
+    SessionGone,
+    /// A later listen or unlisten of the stream was read meanwhile.
+    Superseded,
+    Failed(ApiError),
+}
 
 /// A session listen's hold on a feed; dropping it detaches the session.
 pub(crate) struct FeedUse {
@@ -131,40 +141,58 @@ impl Drop for FeedUse {
 }
 
 impl FeedUse {
-    /// Waits until the feed's upstream listen is open; an error when it was refused or did
-    /// not open in time.
-    pub(crate) async fn open(&self) -> Result<(), ApiError> {
+    /// Waits until the feed's upstream listen is open at the owner, then — under the feed's
+    /// lock, and only if the feed is still open and `still_current` — queues the listen's
+    /// `ok` and adds the session for ephemerals: no event comes before the `ok`, and every
+    /// ephemeral published after it reaches the session. Messages follow once
+    /// [`attach`](Self::attach) has caught up.
+    pub(crate) async fn join(
+        &mut self,
+        who: &Listener<'_>,
+        ok: String,
+        still_current: impl Fn() -> bool,
+    ) -> Joined {
+        let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
         let mut phase = self.feed.phase();
-        let opened = phase.wait_for(|p| !matches!(p, Phase::Opening));
-        match tokio::time::timeout(OPEN_TIMEOUT, opened).await {
-            Ok(Ok(p)) if matches!(*p, Phase::Live) => Ok(()),
-            Ok(_) => {
-                Err(ApiError::new(ErrorCode::Unavailable, "the stream's owner refused the listen"))
+        let mut ok = Some(ok);
+        loop {
+            let opened = phase.wait_for(|p| !matches!(p, Phase::Opening));
+            match tokio::time::timeout_at(deadline, opened).await {
+                Ok(Ok(p)) if matches!(*p, Phase::Live) => {}
+                Ok(_) => {
+                    return Joined::Failed(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "the stream's owner refused the listen",
+                    ));
+                }
+                Err(_) => {
+                    return Joined::Failed(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "the stream's owner did not answer in time",
+                    ));
+                }
             }
-            Err(_) => Err(ApiError::new(
-                ErrorCode::Unavailable,
-                "the stream's owner did not answer in time",
-            )),
+            let mut st = self.feed.lock();
+            // The upstream may have started listening again meanwhile (owner failover): then
+            // ephemerals could be missed, so wait for it.
+            if !self.feed.is_live() {
+                continue;
+            }
+            if !still_current() {
+                return Joined::Superseded;
+            }
+            if !who.out.force(ok.take().unwrap_or_default()) {
+                return Joined::SessionGone;
+            }
+            let (end, ended) = oneshot::channel();
+            let id = st.next_sink;
+            st.next_sink += 1;
+            let sink = Sink { out: who.out.clone(), session: who.session, skip_upto: None, end };
+            st.sinks.insert(id, sink);
+            self.sink = Some(id);
+            self.ended = Some(ended);
+            return Joined::Yes;
         }
-    }
-
-    /// Queues the listen's `ok` and joins the feed for ephemerals, under the feed's lock: no
-    /// event comes before the `ok`, and every ephemeral published after it reaches the
-    /// session. Messages follow once [`attach`](Self::attach) has caught up. `false` when the
-    /// session is gone.
-    pub(crate) fn join(&mut self, who: &Listener<'_>, ok: String) -> bool {
-        let mut st = self.feed.lock();
-        if !who.out.force(ok) {
-            return false;
-        }
-        let (end, ended) = oneshot::channel();
-        let id = st.next_sink;
-        st.next_sink += 1;
-        st.sinks
-            .insert(id, Sink { out: who.out.clone(), session: who.session, skip_upto: None, end });
-        self.sink = Some(id);
-        self.ended = Some(ended);
-        true
     }
 
     /// Delivers every message after `last` to the listener, backlog first, then lets live

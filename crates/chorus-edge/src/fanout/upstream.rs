@@ -58,6 +58,9 @@ pub(crate) async fn run(feed: Arc<Feed>, service: Arc<dyn StreamService>) {
             }
             Some(_) => {}
         }
+        if since.is_some() {
+            feed.resumed();
+        }
         let opened_at = Instant::now();
         let mut events = listening.events;
         while let Some(event) = events.next().await {
@@ -69,6 +72,7 @@ pub(crate) async fn run(feed: Arc<Feed>, service: Arc<dyn StreamService>) {
             }
         }
         FEED_REOPENS.inc();
+        feed.reopening();
         since = Some(feed.last());
         // A listen that keeps ending at once (an owner shutting down) must not spin.
         if opened_at.elapsed() < STABLE {

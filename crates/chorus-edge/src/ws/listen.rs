@@ -88,6 +88,11 @@ impl ListenRegistry {
         }
     }
 
+    /// Whether the listen stamped `epoch` is still the latest request for `key`.
+    pub(crate) fn is_current(&self, key: &StreamKey, epoch: u64) -> bool {
+        self.lock().by_stream.get(key).is_some_and(|slot| slot.epoch == epoch)
+    }
+
     /// The listen stamped `epoch` is over (failed, or its forwarder ended by itself): forget
     /// the stream unless a later request took it over. A forwarder calls this as its last act,
     /// so dropping its own handle here detaches nothing that is still running.

@@ -26,9 +26,9 @@ use futures_util::SinkExt;
 use futures_util::stream::SplitSink;
 use tokio::sync::Notify;
 
-/// Resync frames waiting beside a full queue. Each listen sends at most one, and a listen
-/// starts only after its `ok` reply got into the queue, so this stays small; senders wait
-/// when it is full rather than drop a resync.
+/// Resync frames waiting beside a full queue. Each listen sends at most one; a session with
+/// many listens falling behind at once may find it full, and then waits for the writer
+/// rather than drop a resync.
 const OVERFLOW_LEN: usize = 64;
 
 /// Capacity a drained queue keeps; beyond it the buffer is given back.

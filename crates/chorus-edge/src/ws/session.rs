@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, close_code};
 use chorus_api::{Caller, ServiceError, StreamService};
-use chorus_types::{ApiError, StreamKey};
+use chorus_types::{ApiError, ErrorCode, StreamKey};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::instrument;
 
-use crate::fanout::{Fanout, Listener};
+use crate::fanout::{Fanout, Joined, Listener};
 use crate::metrics::{GaugeGuard, SESSIONS, Transport, record_request, record_timed_request};
 use crate::ops::{OpName, Request, dispatch};
 use crate::ws::frame::{Command, Frame, FrameError, error_frame, ok_frame, parse_frame};
@@ -211,6 +211,11 @@ async fn start_request(
                 )));
                 return session.out.reply(error_frame(&id, &error)).await;
             };
+            // Aborted now, not when the task first runs: a session closing before then would
+            // drop the task and with it the only handle, detaching the old listen for good.
+            if let Some(old) = &replaced {
+                old.abort();
+            }
             requests.spawn(async move {
                 let _permit = permit;
                 stop_forwarder(replaced).await;
@@ -219,6 +224,9 @@ async fn start_request(
         }
         Command::Unlisten(key) => {
             let forwarder = session.listens.retire(&key);
+            if let Some(old) = &forwarder {
+                old.abort();
+            }
             requests.spawn(async move {
                 let _permit = permit;
                 stop_forwarder(forwarder).await;
@@ -254,7 +262,6 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
             return;
         }
     };
-    record_timed_request(Transport::Ws, OpName::Listen, None, started);
     // From `since` when the stream has it; from now without `since` or beyond the end.
     let (last, recovered) = match since {
         None => (count, true),
@@ -264,16 +271,25 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
     // The stream's feed must be open at the owner before the `ok`, so that every ephemeral
     // sent after it reaches this session.
     let mut feed = session.fanout.acquire(&key);
-    if let Err(error) = feed.open().await {
+    let who = Listener { caller: &session.caller, session: session.id, out: &session.out };
+    let ok = ok_frame(&id, json!({"recovered": recovered, "messageCount": count}));
+    let still_current = || session.listens.is_current(&key, epoch);
+    let failure = match feed.join(&who, ok, still_current).await {
+        Joined::Yes => None,
+        Joined::SessionGone => return,
+        Joined::Superseded => Some(ApiError::new(
+            ErrorCode::Conflict,
+            "a later listen or unlisten of this stream superseded this listen",
+        )),
+        Joined::Failed(error) => Some(error),
+    };
+    if let Some(error) = failure {
+        record_timed_request(Transport::Ws, OpName::Listen, Some(error.code), started);
         session.listens.finished(&key, epoch);
         session.out.reply(error_frame(&id, &ServiceError::from(error))).await;
         return;
     }
-    let who = Listener { caller: &session.caller, session: session.id, out: &session.out };
-    let ok = ok_frame(&id, json!({"recovered": recovered, "messageCount": count}));
-    if !feed.join(&who, ok) {
-        return;
-    }
+    record_timed_request(Transport::Ws, OpName::Listen, None, started);
     let task = FeedListen {
         feed,
         out: session.out.clone(),

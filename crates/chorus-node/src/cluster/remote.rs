@@ -130,12 +130,14 @@ impl RemoteService {
     }
 
     /// The node's subscription stream, opened again if it broke.
-    async fn mux(&self, node: &NodeConn) -> Option<Arc<Mux>> {
-        let mut slot = node.mux.lock().await;
+    async fn mux(&self, node: &NodeConn, deadline: Instant) -> Option<Arc<Mux>> {
+        let mut slot = tokio::time::timeout_at(deadline, node.mux.lock()).await.ok()?;
         if let Some(mux) = slot.as_ref().filter(|m| !m.is_broken()) {
             return Some(Arc::clone(mux));
         }
-        let mux = Mux::open(&node.client).await?;
+        // Bounded: a node that accepts connections but never answers must not hold up the
+        // move to the next one.
+        let mux = tokio::time::timeout_at(deadline, Mux::open(&node.client)).await.ok()??;
         *slot = Some(Arc::clone(&mux));
         Some(mux)
     }
@@ -147,9 +149,10 @@ impl RemoteService {
         &self,
         node: &NodeConn,
         body: Vec<u8>,
+        deadline: Instant,
     ) -> Result<Listening, Option<ServiceError>> {
-        let mux = self.mux(node).await.ok_or(None)?;
-        let (first, events) = mux.subscribe(body).await.ok_or(None)?;
+        let mux = self.mux(node, deadline).await.ok_or(None)?;
+        let (first, events) = mux.subscribe(body, deadline).await.ok_or(None)?;
         match first {
             ListenItem::Started { recovered, message_count } => {
                 Ok(Listening { recovered, message_count, events })
@@ -320,7 +323,10 @@ impl StreamService for RemoteService {
         let mut attempt = 0;
         loop {
             let (i, node) = self.node(attempt);
-            match self.open(node, body.clone()).await {
+            // Each node gets a share of the time left, so one that hangs leaves room to try
+            // the others.
+            let share = deadline.saturating_duration_since(Instant::now()) / 2;
+            match self.open(node, body.clone(), Instant::now() + share.max(PROBE_TIMEOUT)).await {
                 Ok(listening) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(listening);
