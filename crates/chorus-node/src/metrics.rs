@@ -30,6 +30,15 @@ pub static LISTEN_CATCHUPS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Operations this node ran on another node because it did not lead the stream's shard
+/// (for its own clients, or for edges whose leader map was stale).
+pub static FORWARDED_CALLS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "chorus_node_forwarded_calls_total",
+        "operations forwarded to the node that leads the stream's shard",
+    )
+});
+
 pub static BATCH_COMMANDS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
         "chorus_node_batch_commands",
@@ -98,7 +107,7 @@ pub fn register() {
     for metric in [&STREAM_ACTORS, &LISTENS] {
         LazyLock::force(metric);
     }
-    for metric in [&LISTEN_CATCHUPS, &POST_DUPLICATES, &EPHEMERALS_RATE_LIMITED] {
+    for metric in [&LISTEN_CATCHUPS, &POST_DUPLICATES, &EPHEMERALS_RATE_LIMITED, &FORWARDED_CALLS] {
         LazyLock::force(metric);
     }
     for metric in [&BATCH_COMMANDS, &COMMIT_SECONDS, &POST_SECONDS] {

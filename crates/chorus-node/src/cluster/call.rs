@@ -87,6 +87,26 @@ pub enum OwnerCall {
 }
 
 impl OwnerCall {
+    /// The stream it is about, when known before it runs (a create without a name gets one
+    /// on the way; a batch spans streams).
+    pub fn key(&self) -> Option<&StreamKey> {
+        match self {
+            OwnerCall::Fetch { key }
+            | OwnerCall::Update { key, .. }
+            | OwnerCall::Close { key }
+            | OwnerCall::Post { key, .. }
+            | OwnerCall::Messages { key, .. }
+            | OwnerCall::Participate { key, .. }
+            | OwnerCall::Participants { key, .. }
+            | OwnerCall::Access { key }
+            | OwnerCall::SetAccess { key, .. }
+            | OwnerCall::Ephemeral { key, .. }
+            | OwnerCall::AuthorizeListen { key }
+            | OwnerCall::JoinBatch { key, .. } => Some(key),
+            OwnerCall::Create { .. } | OwnerCall::BatchGet { .. } | OwnerCall::Readiness => None,
+        }
+    }
+
     /// Whether running it twice has the effect of running it once, so the router may retry it
     /// when it cannot tell whether the first attempt took effect. A post is safe only with a
     /// `clientMsgId` (the leader's dedupe table answers the retry with the first ordinal).

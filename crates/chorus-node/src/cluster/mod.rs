@@ -12,6 +12,7 @@ mod remote;
 mod routed;
 mod router;
 mod subscribe;
+mod topology;
 
 use chorus_proto::pb::admin_server::AdminServer;
 use chorus_proto::pb::owner_server::OwnerServer;

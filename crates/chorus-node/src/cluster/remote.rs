@@ -3,7 +3,9 @@
 //! changes there. The edge keeps no shard map: nodes already track leaders (each holds a
 //! replica of every shard), so an edge only needs one reachable node.
 //!
-//! Calls go to the node that answered last; when it cannot be reached the next one is tried.
+//! Calls go to the node that leads the stream's shard as far as the edge knows (`topology`,
+//! refreshed every second from the nodes), else to the node that answered last; when it
+//! cannot be reached the next one is tried.
 //! As on a node's router, a call whose fate is unknown (sent, connection lost) is tried again
 //! only when it is safe to repeat ([`OwnerCall::is_idempotent`]); otherwise it answers
 //! `timeout` (outcome unknown). A listen is a read, so opening one simply moves on to the next
@@ -33,6 +35,7 @@ use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller};
 use super::mux::Mux;
 use super::owner::{ListenCall, ListenItem};
 use super::router::{is_connect_failure, unknown_outcome};
+use super::topology::{self, Topology};
 use crate::error::{NodeError, err};
 
 /// Longest pause between rounds over every node.
@@ -50,6 +53,8 @@ struct NodeConn {
 /// [`StreamService`] over the `Owner` gRPC service of a cluster's nodes.
 pub struct RemoteService {
     nodes: Vec<NodeConn>,
+    /// Which node leads which shard, learned from the nodes: calls start there.
+    topology: Arc<Topology>,
     /// The node that answered last: calls start there.
     preferred: AtomicUsize,
     /// How long one operation may take, retries included. Longer than a node's own request
@@ -65,20 +70,33 @@ impl RemoteService {
             return Err(NodeError::Config("an edge needs at least one node address".into()));
         }
         let mut nodes = Vec::with_capacity(addrs.len());
+        let mut channels = Vec::with_capacity(addrs.len());
         for addr in addrs {
             let channel = endpoint(addr)
                 .map_err(|e| NodeError::Config(format!("node address {addr:?}: {e}")))?
                 .connect_lazy();
+            channels.push(channel.clone());
             let client = OwnerClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE);
             nodes.push(NodeConn { addr: addr.clone(), client, mux: Default::default() });
         }
-        Ok(Arc::new(RemoteService { nodes, preferred: AtomicUsize::new(0), timeout }))
+        let topology = Arc::new(Topology::default());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(topology::refresh(Arc::downgrade(&topology), channels));
+        }
+        Ok(Arc::new(RemoteService { nodes, topology, preferred: AtomicUsize::new(0), timeout }))
     }
 
-    fn node(&self, attempt: usize) -> (usize, &NodeConn) {
-        let i = (self.preferred.load(Ordering::Relaxed) + attempt) % self.nodes.len();
+    /// Where attempts start: the leader of `key`'s shard when known, else the node that
+    /// answered last.
+    fn start(&self, key: Option<&StreamKey>) -> usize {
+        key.and_then(|k| self.topology.leader_of(k))
+            .unwrap_or_else(|| self.preferred.load(Ordering::Relaxed))
+    }
+
+    fn node(&self, start: usize, attempt: usize) -> (usize, &NodeConn) {
+        let i = (start + attempt) % self.nodes.len();
         (i, &self.nodes[i])
     }
 
@@ -92,6 +110,7 @@ impl RemoteService {
 
     async fn call(&self, caller: &Caller, call: OwnerCall) -> OwnerReply {
         let retry_unknown = call.is_idempotent();
+        let start = self.start(call.key());
         let envelope = CallEnvelope { caller: WireCaller::from(caller), call, route: true };
         let body = match serde_json::to_vec(&envelope) {
             Ok(body) => body,
@@ -101,7 +120,7 @@ impl RemoteService {
         let mut pause = Duration::from_millis(20);
         let mut attempt = 0;
         loop {
-            let (i, node) = self.node(attempt);
+            let (i, node) = self.node(start, attempt);
             let mut request = tonic::Request::new(pb::OwnerRequest { call: body.clone() });
             request.set_timeout(deadline.saturating_duration_since(Instant::now()));
             match node.client.clone().call(request).await {
@@ -282,8 +301,9 @@ impl StreamService for RemoteService {
         })
         .map_err(|e| ApiError::internal(e.to_string()))?;
         let mut last = ApiError::new(ErrorCode::Unavailable, "no node of the cluster answers");
+        let start = self.start(None);
         for attempt in 0..self.nodes.len() {
-            let (i, node) = self.node(attempt);
+            let (i, node) = self.node(start, attempt);
             let mut request = tonic::Request::new(pb::OwnerRequest { call: body.clone() });
             request.set_timeout(PROBE_TIMEOUT);
             let Ok(response) = node.client.clone().call(request).await else { continue };
@@ -321,8 +341,9 @@ impl StreamService for RemoteService {
         let deadline = Instant::now() + self.timeout;
         let mut pause = Duration::from_millis(20);
         let mut attempt = 0;
+        let start = self.start(Some(key));
         loop {
-            let (i, node) = self.node(attempt);
+            let (i, node) = self.node(start, attempt);
             // Each node gets a share of the time left, so one that hangs leaves room to try
             // the others.
             let share = deadline.saturating_duration_since(Instant::now()) / 2;

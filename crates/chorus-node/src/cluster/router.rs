@@ -164,6 +164,7 @@ impl Router {
         call: OwnerCall,
     ) -> Result<OwnerReply, Failure> {
         let mut client = self.owner_client(id).map_err(Failure::NotRun)?;
+        crate::metrics::FORWARDED_CALLS.inc();
         let mut wire = WireCaller::from(caller);
         wire.session = self.tag_session(caller.session);
         let body = serde_json::to_vec(&CallEnvelope { caller: wire, call, route: false })
