@@ -11,7 +11,7 @@ use chorus_node::cluster::RemoteService;
 
 use crate::cli::EdgeArgs;
 use crate::dev::shutdown_signal;
-use crate::{logging, process_metrics};
+use crate::{logging, process_metrics, secrets};
 
 /// How much longer than a node's own request timeout an edge waits for an answer, so that
 /// the node's reply (even its `timeout`) arrives before the edge gives up.
@@ -23,12 +23,7 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     let config = config.validate()?;
     logging::init(config.log_format, &config.log_filter);
     process_metrics::register();
-    if args.jwt_secret.len() < 16 {
-        anyhow::bail!("--jwt-secret must be at least 16 bytes");
-    }
-    if args.api_key.len() < 16 {
-        anyhow::bail!("--api-key must be at least 16 bytes");
-    }
+    secrets::check_given(&args.jwt_secret, &args.api_key)?;
     let nodes: Vec<String> =
         args.nodes.iter().map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
     if let Some(bad) = nodes.iter().find(|n| !n.contains(':')) {

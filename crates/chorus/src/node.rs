@@ -12,7 +12,7 @@ use chorus_node::{ClusterSpec, Node, NodeConfig};
 
 use crate::cli::NodeArgs;
 use crate::dev::{actor_settings, raft_config, shutdown_signal};
-use crate::{logging, process_metrics};
+use crate::{logging, process_metrics, secrets};
 
 /// Parses `id=host:port,…`.
 fn parse_peers(items: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -45,12 +45,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config = config.validate()?;
     logging::init(config.log_format, &config.log_filter);
     process_metrics::register();
-    if args.jwt_secret.len() < 16 {
-        anyhow::bail!("--jwt-secret must be at least 16 bytes");
-    }
-    if args.api_key.len() < 16 {
-        anyhow::bail!("--api-key must be at least 16 bytes");
-    }
+    secrets::check_given(&args.jwt_secret, &args.api_key)?;
     let peers = parse_peers(&args.peers)?;
     let cluster = ClusterSpec { peers, join: args.join };
     cluster.validate(args.id).map_err(anyhow::Error::msg)?;

@@ -18,6 +18,18 @@ pub struct DevSecrets {
     pub api_key: String,
 }
 
+/// Checks the secrets a node or an edge was given (the same on every process of a cluster):
+/// short ones are refused rather than run with a guessable key.
+pub fn check_given(jwt_secret: &str, api_key: &str) -> anyhow::Result<()> {
+    if jwt_secret.len() < 16 {
+        anyhow::bail!("--jwt-secret must be at least 16 bytes");
+    }
+    if api_key.len() < 16 {
+        anyhow::bail!("--api-key must be at least 16 bytes");
+    }
+    Ok(())
+}
+
 fn random_hex(bytes: usize) -> String {
     let mut rng = rand::rng();
     (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()

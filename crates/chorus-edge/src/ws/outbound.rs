@@ -130,9 +130,9 @@ impl Outbound {
         (Outbound { shared: Arc::clone(&shared) }, OutboundReceivers { shared })
     }
 
-    /// Queues `frame` in the main queue, waiting for room. `false` when the session is gone.
-    async fn send(&self, frame: OutFrame) -> bool {
-        let mut frame = Some(frame);
+    /// Runs `try_push` under the lock until it takes the frame, waiting for the writer to
+    /// make room in between. `false` when the session is gone.
+    async fn push_waiting(&self, mut try_push: impl FnMut(&mut Queues) -> bool) -> bool {
         loop {
             let room = self.shared.writable.notified();
             tokio::pin!(room);
@@ -142,11 +142,7 @@ impl Outbound {
                 if q.closed {
                     return false;
                 }
-                if q.main.len() < self.shared.capacity {
-                    if let Some(f) = frame.take() {
-                        q.main.push_back(f);
-                        q.pushed += 1;
-                    }
+                if try_push(&mut q) {
                     drop(q);
                     self.shared.readable.notify_one();
                     return true;
@@ -154,6 +150,23 @@ impl Outbound {
             }
             room.await;
         }
+    }
+
+    /// Queues `frame` in the main queue, waiting for room. `false` when the session is gone.
+    async fn send(&self, frame: OutFrame) -> bool {
+        let capacity = self.shared.capacity;
+        let mut frame = Some(frame);
+        self.push_waiting(|q| {
+            if q.main.len() >= capacity {
+                return false;
+            }
+            if let Some(f) = frame.take() {
+                q.main.push_back(f);
+                q.pushed += 1;
+            }
+            true
+        })
+        .await
     }
 
     /// Queues a reply, waiting for room: replies are bounded by the session's in-flight
@@ -207,27 +220,17 @@ impl Outbound {
     /// Sends a resync even when the queue is full. `false` when the session is gone.
     pub(crate) async fn resync(&self, frame: String) -> bool {
         let mut frame = Some(frame);
-        loop {
-            let room = self.shared.writable.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            {
-                let mut q = self.shared.lock();
-                if q.closed {
-                    return false;
-                }
-                if q.overflow.len() < OVERFLOW_LEN {
-                    let after = q.pushed;
-                    if let Some(f) = frame.take() {
-                        q.overflow.push_back((after, OutFrame::Owned(f)));
-                    }
-                    drop(q);
-                    self.shared.readable.notify_one();
-                    return true;
-                }
+        self.push_waiting(|q| {
+            if q.overflow.len() >= OVERFLOW_LEN {
+                return false;
             }
-            room.await;
-        }
+            let after = q.pushed;
+            if let Some(f) = frame.take() {
+                q.overflow.push_back((after, OutFrame::Owned(f)));
+            }
+            true
+        })
+        .await
     }
 
     /// Asks the writer to close the socket after what is queued, if there is room to ask.

@@ -2,7 +2,6 @@
 //! gRPC between them, SIGKILL and restart.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -115,15 +114,7 @@ impl Cluster {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start chorus node");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            let line = lines.next().expect("node exited before serving").expect("read stdout");
-            if line.starts_with("chorus node ") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
+        super::wait_for_line(&mut child, "chorus node ");
         m.child = Some(child);
     }
 

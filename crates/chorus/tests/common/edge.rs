@@ -2,7 +2,6 @@
 //! restart on the same address.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,15 +42,7 @@ impl Edge {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start chorus edge");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            let line = lines.next().expect("edge exited before serving").expect("read stdout");
-            if line.starts_with("chorus edge ") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
+        super::wait_for_line(&mut child, "chorus edge ");
         self.child = Some(child);
         self.wait_ready();
     }

@@ -143,6 +143,20 @@ impl Drop for Server {
 pub mod cluster;
 pub mod edge;
 
+/// Reads `child`'s stdout until a line starts with `prefix` (the process is serving), then
+/// drains the rest in the background so the child never blocks on a full pipe.
+pub fn wait_for_line(child: &mut Child, prefix: &str) {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines.next().expect("exited before serving").expect("read stdout");
+        if line.starts_with(prefix) {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+}
+
 /// Status code of a plain GET, for readiness polling.
 pub fn plain_http_get(url: &str) -> std::io::Result<u16> {
     plain_http::blocking_get(url)
