@@ -203,21 +203,7 @@ impl WsConn {
 
     /// Reads more bytes after `end`; returns how many (0 at end of stream).
     async fn fill(&mut self) -> io::Result<usize> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.end == self.buf.len() {
-                let grown = self.buf.len() * 2;
-                self.buf.resize(grown, 0);
-            }
-        }
-        let n = self.stream.read(&mut self.buf[self.end..]).await?;
-        self.end += n;
-        Ok(n)
+        fill(&mut self.stream, &mut self.buf, &mut self.start, &mut self.end).await
     }
 
     async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
@@ -261,6 +247,32 @@ fn invalid(what: &str) -> io::Error {
 }
 
 /// Position of `needle` in `haystack`.
+/// Reads more bytes into `buf[end..]`, where `buf[start..end]` is unread: first moves the
+/// unread bytes to the front (or grows the buffer when they fill it). Returns how many were
+/// read (0 at end of stream).
+pub async fn fill(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    start: &mut usize,
+    end: &mut usize,
+) -> io::Result<usize> {
+    if *start == *end {
+        *start = 0;
+        *end = 0;
+    } else if *end == buf.len() {
+        buf.copy_within(*start..*end, 0);
+        *end -= *start;
+        *start = 0;
+        if *end == buf.len() {
+            let grown = buf.len() * 2;
+            buf.resize(grown, 0);
+        }
+    }
+    let n = stream.read(&mut buf[*end..]).await?;
+    *end += n;
+    Ok(n)
+}
+
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(haystack, needle)
 }

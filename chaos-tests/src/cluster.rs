@@ -132,31 +132,13 @@ impl Cluster {
         if edge.child.is_some() {
             bail!("edge {} already runs", e + 1);
         }
-        let mut child = Command::new(&self.binary)
+        let mut child = chorus_command(&self.binary, log)
             .args(["edge", "--listen", &edge.api, "--nodes", &nodes])
-            .env("CHORUS_JWT_SECRET", JWT_SECRET)
-            .env("CHORUS_API_KEY", API_KEY)
-            .env("RUST_LOG", std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("start {} edge", self.binary.display()))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let banner = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("chorus edge ") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        if banner != Ok(true) {
+        if !serving(&mut child, "chorus edge ").await? {
             bail!("edge {} did not start (see edge{}.log)", e + 1, e + 1);
         }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         edge.child = Some(child);
         Ok(())
     }
@@ -215,7 +197,7 @@ impl Cluster {
         if n.child.is_some() {
             bail!("node {} already runs", n.id);
         }
-        let mut child = Command::new(&self.binary)
+        let mut child = chorus_command(&self.binary, log)
             .args(["node", "--id", &n.id.to_string(), "--listen", &n.api])
             .args(["--peer-listen", &n.peer, "--peers", &peers])
             .args(["--shards", &self.shards.to_string()])
@@ -223,30 +205,12 @@ impl Cluster {
             .arg(&n.data)
             .arg("--config")
             .arg(self.dir.join("chorus.toml"))
-            .env("CHORUS_JWT_SECRET", JWT_SECRET)
-            .env("CHORUS_API_KEY", API_KEY)
-            .env("RUST_LOG", std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("start {}", self.binary.display()))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
         // The banner line means both listeners are bound.
-        let banner = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Ok(Some(line)) = lines.next_line().await {
-                if line.starts_with("chorus node ") {
-                    return true;
-                }
-            }
-            false
-        })
-        .await;
-        if banner != Ok(true) {
+        if !serving(&mut child, "chorus node ").await? {
             bail!("node {} did not start (see node{}.log)", n.id, n.id);
         }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         n.child = Some(child);
         n.paused = false;
         Ok(())
@@ -401,4 +365,36 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// The `chorus` binary with the cluster's secrets, its log level, stdout piped (for the
+/// banner) and stderr to `log`; killed when dropped.
+fn chorus_command(binary: &Path, log: std::fs::File) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .env("CHORUS_JWT_SECRET", JWT_SECRET)
+        .env("CHORUS_API_KEY", API_KEY)
+        .env("RUST_LOG", std::env::var("CHAOS_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true);
+    command
+}
+
+/// Waits (30 s at most) for the line starting with `banner` that a process prints once it
+/// serves, then keeps draining its stdout so it never blocks on a full pipe.
+async fn serving(child: &mut Child, banner: &str) -> Result<bool> {
+    let stdout = child.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with(banner) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(seen == Ok(true))
 }

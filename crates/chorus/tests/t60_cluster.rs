@@ -38,6 +38,26 @@ async fn create_streams(cluster: &Cluster, n: usize) {
 /// Posts `count` messages to stream `s` one after another (a sequential client), each with
 /// its own clientMsgId and retried with the same id on any failure, against whichever nodes
 /// are up. Returns clientMsgId → acknowledged ordinal.
+/// One sequential writer per stream, posting to the members other than `down`.
+fn spawn_writers(
+    cluster: &Cluster,
+    down: usize,
+    streams: usize,
+    per_stream: usize,
+) -> Vec<tokio::task::JoinHandle<BTreeMap<String, u64>>> {
+    let nodes: Vec<(String, bool)> = cluster
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (format!("http://{}", m.api), i != down))
+        .collect();
+    let nodes = Arc::new(Mutex::new(nodes));
+    let acked = Arc::new(AtomicUsize::new(0));
+    (0..streams)
+        .map(|s| tokio::spawn(sequential_writer(nodes.clone(), s, per_stream, acked.clone())))
+        .collect()
+}
+
 async fn sequential_writer(
     cluster: Arc<Mutex<Vec<(String, bool)>>>,
     s: usize,
@@ -182,17 +202,7 @@ async fn a_node_behind_the_purged_log_catches_up_from_a_snapshot() {
         before.groups.iter().map(|g| (g.group, g.last_log_index)).collect();
     cluster.kill(2);
 
-    let nodes: Vec<(String, bool)> = cluster
-        .members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (format!("http://{}", m.api), i != 2))
-        .collect();
-    let nodes = Arc::new(Mutex::new(nodes));
-    let acked = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..STREAMS)
-        .map(|s| tokio::spawn(sequential_writer(nodes.clone(), s, PER_STREAM, acked.clone())))
-        .collect();
+    let writers = spawn_writers(&cluster, 2, STREAMS, PER_STREAM);
     let mut results = Vec::new();
     for w in writers {
         results.push(w.await.expect("writer"));
@@ -246,17 +256,7 @@ async fn a_dead_node_is_replaced_by_a_new_one_without_losing_writes() {
     // Node 3 dies for good: killed, data deleted.
     cluster.kill(2);
     std::fs::remove_dir_all(&cluster.members[2].data).unwrap();
-    let nodes: Vec<(String, bool)> = cluster
-        .members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (format!("http://{}", m.api), i != 2))
-        .collect();
-    let nodes = Arc::new(Mutex::new(nodes));
-    let acked = Arc::new(AtomicUsize::new(0));
-    let writers: Vec<_> = (0..STREAMS)
-        .map(|s| tokio::spawn(sequential_writer(nodes.clone(), s, PER_STREAM, acked.clone())))
-        .collect();
+    let writers = spawn_writers(&cluster, 2, STREAMS, PER_STREAM);
 
     // Node 4 joins and takes node 3's place in every shard while the writers run.
     let new = cluster.add_member(4);

@@ -25,11 +25,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use chorus_bench::cluster::user_token;
-use chorus_bench::ws_lite::{Source, WsConn, find, number_after, number_after_with, tcp_connect};
+use chorus_bench::ws_lite::{
+    self, Source, WsConn, find, number_after, number_after_with, tcp_connect,
+};
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
 use memchr::memmem::Finder;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -425,21 +427,7 @@ impl NatsConn {
     }
 
     async fn fill(&mut self) -> anyhow::Result<usize> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if self.end == self.buf.len() {
-                let grown = self.buf.len() * 2;
-                self.buf.resize(grown, 0);
-            }
-        }
-        let n = self.stream.read(&mut self.buf[self.end..]).await?;
-        self.end += n;
-        Ok(n)
+        Ok(ws_lite::fill(&mut self.stream, &mut self.buf, &mut self.start, &mut self.end).await?)
     }
 }
 
