@@ -114,6 +114,8 @@ pub(crate) struct Inner {
     pub(crate) collectors: Mutex<Vec<Registered>>,
     /// Per-stream budgets of ephemerals to big rooms (in memory: reset when leadership moves).
     pub(crate) ephemeral_limiter: EphemeralLimiter,
+    /// The hibernation controller and peer pingers (cluster members only).
+    pub(crate) hibernation: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Inner {
@@ -188,6 +190,10 @@ impl Node {
             })
             .collect();
         let ephemeral_limiter = EphemeralLimiter::new(config.ephemerals.clone());
+        let lease = Duration::from_millis(config.raft.election_timeout_max);
+        let hibernation = pool.as_ref().map(|pool| {
+            chorus_raft::grpc::hibernate::start(config.node_id, table.clone(), pool.clone(), lease)
+        });
         Ok(Node {
             inner: Arc::new(Inner {
                 config,
@@ -201,6 +207,7 @@ impl Node {
                 pool,
                 collectors,
                 ephemeral_limiter,
+                hibernation,
             }),
         })
     }
@@ -276,6 +283,9 @@ impl Node {
     /// Stops the actors, then every shard group. In-flight writes finish or fail first.
     pub async fn shutdown(&self) {
         self.inner.actors.shutdown().await;
+        if let Some(h) = &self.inner.hibernation {
+            h.abort();
+        }
         // Actors have drained, so no proposal is pending.
         for p in &self.inner.proposers {
             p.abort();

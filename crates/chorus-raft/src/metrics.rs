@@ -15,15 +15,29 @@
 //! | `chorus_raft_shard_applied_index` | last index applied to the state machine |
 //! | `chorus_raft_shard_apply_lag` | committed − applied: entries waiting to be applied |
 //! | `chorus_raft_shards_without_leader` | local shards with no known leader (what `/readyz` checks) |
+//! | `chorus_raft_hibernating_groups` | local groups with their ticker off: idle leaders, and followers trusting their leader's node liveness ([`crate::grpc::hibernate`]) |
 
+use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
 
-use chorus_storage::metrics::{unregistered_gauge, unregistered_gauge_vec};
+use chorus_storage::metrics::{gauge, unregistered_gauge, unregistered_gauge_vec};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGauge, IntGaugeVec};
 
 use crate::group::ShardGroup;
+
+static HIBERNATING: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "chorus_raft_hibernating_groups",
+        "local groups with their raft ticker off (idle leaders; followers trusting node liveness)",
+    )
+});
+
+/// Set by the hibernation controller each round.
+pub fn set_hibernating(groups: usize) {
+    HIBERNATING.set(i64::try_from(groups).unwrap_or(i64::MAX));
+}
 
 /// The gauges of every shard group of a node.
 #[derive(Clone)]

@@ -51,7 +51,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
-    let peer = PeerServer::new(PeerService::new(node.group_table()))
+    let liveness = node.inner.pool.as_ref().map(|p| p.liveness().clone());
+    let peer = PeerServer::new(PeerService::new(node.node_id(), node.group_table(), liveness))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let owner = OwnerServer::new(owner::OwnerService::new(node.clone(), router))

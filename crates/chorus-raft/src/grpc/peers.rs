@@ -22,6 +22,8 @@ use chorus_proto::pb::peer_client::PeerClient;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
+use super::liveness::Liveness;
+
 /// Most calls in one batch.
 const MAX_BATCH: usize = 256;
 /// Batches in flight to one peer at a time; more calls wait and coalesce.
@@ -117,13 +119,26 @@ pub struct PeerPool {
     /// Per group: until when (ms since `epoch`) its heartbeats are urgent.
     hot: Vec<AtomicU64>,
     epoch: Instant,
+    liveness: Arc<Liveness>,
 }
 
 impl PeerPool {
     /// A pool for groups `0..groups`.
     pub fn new(me: u64, book: HashMap<u64, String>, groups: u16) -> Arc<PeerPool> {
         let hot = (0..groups).map(|_| AtomicU64::new(0)).collect();
-        Arc::new(PeerPool { me, book, conns: Mutex::default(), hot, epoch: Instant::now() })
+        Arc::new(PeerPool {
+            me,
+            book,
+            conns: Mutex::default(),
+            hot,
+            epoch: Instant::now(),
+            liveness: Arc::default(),
+        })
+    }
+
+    /// Which peers are up (pinged by [`super::hibernate`], fed by incoming batches).
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
     }
 
     fn now_ms(&self) -> u64 {

@@ -9,6 +9,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::liveness::Liveness;
 use crate::Raft;
 
 /// The groups this node runs, by group id. Groups join as they start (and, with placement
@@ -37,12 +38,16 @@ impl GroupTable {
 
 /// The `Peer` gRPC service.
 pub struct PeerService {
+    me: u64,
     groups: Arc<GroupTable>,
+    /// Told of every batch received, so a busy leader counts as alive even when a ping
+    /// reply is slow.
+    liveness: Option<Arc<Liveness>>,
 }
 
 impl PeerService {
-    pub fn new(groups: Arc<GroupTable>) -> Self {
-        PeerService { groups }
+    pub fn new(me: u64, groups: Arc<GroupTable>, liveness: Option<Arc<Liveness>>) -> Self {
+        PeerService { me, groups, liveness }
     }
 }
 
@@ -88,6 +93,9 @@ impl Peer for PeerService {
         request: Request<pb::RaftBatch>,
     ) -> Result<Response<pb::RaftBatchReply>, Status> {
         let batch = request.into_inner();
+        if let Some(l) = &self.liveness {
+            l.heard(batch.from);
+        }
         let groups = &self.groups;
         let replies =
             futures_util::future::join_all(batch.calls.into_iter().map(|c| handle(groups, c)))
@@ -108,5 +116,22 @@ impl Peer for PeerService {
                 .map_err(|e| Status::invalid_argument(format!("bad snapshot chunk: {e}")))?;
         req.data = chunk.data;
         Ok(Response::new(reply(&raft.install_snapshot(req).await)))
+    }
+
+    async fn ping(
+        &self,
+        request: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingReply>, Status> {
+        if let Some(l) = &self.liveness {
+            l.heard(request.get_ref().from);
+        }
+        let leading = self
+            .groups
+            .all()
+            .into_iter()
+            .filter(|(_, raft)| raft.metrics().borrow().state == openraft::ServerState::Leader)
+            .map(|(g, _)| u32::from(g))
+            .collect();
+        Ok(Response::new(pb::PingReply { node_id: self.me, leading }))
     }
 }
