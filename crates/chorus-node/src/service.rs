@@ -181,6 +181,7 @@ fn clamp_limit(limit: Option<u64>) -> Result<usize, ServiceError> {
 #[async_trait::async_trait]
 impl StreamService for Node {
     #[instrument(
+        level = "debug",
         name = "create",
         skip_all,
         fields(node = self.node_id(), shard, stream)
@@ -254,6 +255,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "fetch",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
@@ -270,6 +272,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "update",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
@@ -296,6 +299,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "close",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
@@ -305,6 +309,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "post",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
@@ -328,6 +333,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "messages",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
@@ -354,6 +360,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "participate",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
@@ -384,6 +391,7 @@ impl StreamService for Node {
     /// One command for the whole batch, through the stream's actor like a single join (see
     /// `Command::JoinBatch` for why it posts one `Streams/joined`).
     #[instrument(
+        level = "debug",
         name = "join_batch",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key, users = req.join.len())
@@ -414,6 +422,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "participants",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
@@ -443,6 +452,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "access",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
@@ -468,6 +478,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "set_access",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
@@ -490,6 +501,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "ephemeral",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)
@@ -547,6 +559,7 @@ impl StreamService for Node {
     }
 
     #[instrument(
+        level = "debug",
         name = "listen",
         skip_all,
         fields(node = self.node_id(), shard = self.shard_of(key).0, stream = %key)

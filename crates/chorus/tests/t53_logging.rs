@@ -30,7 +30,7 @@ async fn json_logs_carry_node_shard_and_stream() {
     let log_path = dir.path().join("chorus.log");
     let log = std::fs::File::create(&log_path).unwrap();
     // The edge's request spans live in `chorus_edge::ops`; spans a filter disables are absent.
-    let filter = "warn,chorus_node=debug,chorus_edge::ops=info";
+    let filter = "warn,chorus_node=debug,chorus_edge::ops=debug";
     let env = [("CHORUS_LOG_FORMAT", "json"), ("RUST_LOG", filter)];
     let server = Server::start_logging(&dir.path().join("data"), &env, log);
     let alice = Api::new(&server, server.token("alice", &[]));
