@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use chorus_streams::{Command, Overlay, Write, apply_entry};
-use chorus_types::{MessageRecord, ShardId};
+use chorus_types::{MessageRecord, ShardId, StreamRecord};
 use openraft::EntryPayload;
 use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
@@ -23,6 +23,7 @@ use crate::log_writer::Threads;
 use crate::raft_types::{Entry, ShardResponse, StoredMembership};
 use crate::rocks_state::{RocksState, write_batch};
 use crate::snapshot::AppliedState;
+use crate::stream_cache::{CachedState, StreamCache};
 
 /// Most jobs folded into one write.
 const MAX_GROUP: usize = 256;
@@ -45,17 +46,24 @@ struct Job {
     reply: oneshot::Sender<Result<Applied>>,
 }
 
+/// What the applier thread is asked to do.
+enum Work {
+    Apply(Job),
+    /// A snapshot replaced the shard's state behind the applier's back.
+    Forget(ShardId, oneshot::Sender<()>),
+}
+
 /// Handle to the applier thread; cheap to clone. The thread stops when every handle is dropped.
 #[derive(Clone)]
 pub struct Applier {
     // Declared before `_thread`: the channel must close before the thread is joined.
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Work>,
     _thread: std::sync::Arc<Threads>,
 }
 
 impl Applier {
     pub fn start(db: Db) -> Result<Applier> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Work>();
         let handle =
             thread::Builder::new().name("chorus-apply".into()).spawn(move || apply_loop(db, rx))?;
         Ok(Applier { tx, _thread: Threads::new(vec![handle]) })
@@ -70,15 +78,34 @@ impl Applier {
     ) -> Result<Applied> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { shard, applied, entries, reply })
+            .send(Work::Apply(Job { shard, applied, entries, reply }))
             .map_err(|_| StorageError::WriterStopped)?;
         rx.await.map_err(|_| StorageError::WriterStopped)?
     }
+
+    /// Drops what the applier keeps of `shard` (its stream records): call after replacing the
+    /// shard's state from a snapshot, before it applies again.
+    pub async fn forget(&self, shard: ShardId) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Work::Forget(shard, reply)).map_err(|_| StorageError::WriterStopped)?;
+        rx.await.map_err(|_| StorageError::WriterStopped)
+    }
+}
+
+/// One job's result before its batch is written: stream records go to the cache only after.
+struct Computed {
+    applied: Applied,
+    streams: Vec<StreamRecord>,
 }
 
 /// Computes one job's outcomes and adds its writes (and applied state) to `batch`.
-fn compute(db: &Db, job: &mut Job, batch: &mut WriteBatch) -> Result<Applied> {
-    let state = RocksState { db, shard: job.shard };
+fn compute(
+    db: &Db,
+    cache: &StreamCache,
+    job: &mut Job,
+    batch: &mut WriteBatch,
+) -> Result<Computed> {
+    let state = CachedState { rocks: RocksState { db, shard: job.shard }, cache };
     let mut overlay = Overlay::new(&state);
     let mut applied = job.applied.clone();
     let mut responses = Vec::with_capacity(job.entries.len());
@@ -106,52 +133,81 @@ fn compute(db: &Db, job: &mut Job, batch: &mut WriteBatch) -> Result<Applied> {
         keys::raft_meta(job.shard, RaftMeta::Applied),
         to_json(&applied)?,
     );
-    let messages = writes
-        .into_iter()
-        .filter_map(|w| match w {
-            Write::Message(m) => Some(m),
-            _ => None,
-        })
-        .collect();
-    Ok(Applied { responses, applied, messages, access_changed })
+    let mut messages = Vec::new();
+    let mut streams = Vec::new();
+    for w in writes {
+        match w {
+            Write::Message(m) => messages.push(m),
+            Write::Stream(s) => streams.push(s),
+            _ => {}
+        }
+    }
+    Ok(Computed { applied: Applied { responses, applied, messages, access_changed }, streams })
 }
 
-fn apply_loop(db: Db, rx: mpsc::Receiver<Job>) {
+fn apply_loop(db: Db, rx: mpsc::Receiver<Work>) {
+    let cache = StreamCache::default();
     while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+        let mut jobs = Vec::new();
+        let mut next = Some(first);
+        while let Some(work) = next.take() {
+            match work {
+                Work::Apply(job) => jobs.push(job),
+                // Before any job queued after it: they see the snapshot's state.
+                Work::Forget(shard, done) if jobs.is_empty() => {
+                    cache.forget_shard(shard);
+                    let _ = done.send(());
+                }
+                // A job of another shard is ahead of it: run those first, then forget.
+                Work::Forget(shard, done) => {
+                    run_jobs(&db, &cache, jobs);
+                    jobs = Vec::new();
+                    cache.forget_shard(shard);
+                    let _ = done.send(());
+                }
+            }
+            if jobs.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
             }
         }
-        let started = std::time::Instant::now();
-        let mut batch = WriteBatch::default();
-        let results: Result<Vec<Applied>> =
-            jobs.iter_mut().map(|job| compute(&db, job, &mut batch)).collect();
-        // Not synced: the Raft log is. State and applied ids are written together, so after a
-        // crash each shard re-applies the committed rest of its log.
-        let results = results.and_then(|r| {
-            let mut wo = rocksdb::WriteOptions::default();
-            wo.set_sync(false);
-            db.raw().write_opt(batch, &wo)?;
-            Ok(r)
-        });
-        crate::metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
-        match results {
-            Ok(applied) => {
-                for (job, a) in jobs.into_iter().zip(applied) {
-                    let _ = job.reply.send(Ok(a));
+        if !jobs.is_empty() {
+            run_jobs(&db, &cache, jobs);
+        }
+    }
+}
+
+/// Computes `jobs` against the state (and cache), writes them in one batch and answers them.
+fn run_jobs(db: &Db, cache: &StreamCache, mut jobs: Vec<Job>) {
+    let started = std::time::Instant::now();
+    let mut batch = WriteBatch::default();
+    let results: Result<Vec<Computed>> =
+        jobs.iter_mut().map(|job| compute(db, cache, job, &mut batch)).collect();
+    // Not synced: the Raft log is. State and applied ids are written together, so after a
+    // crash each shard re-applies the committed rest of its log.
+    let results = results.and_then(|r| {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(false);
+        db.raw().write_opt(batch, &wo)?;
+        Ok(r)
+    });
+    crate::metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
+    match results {
+        Ok(computed) => {
+            for (job, c) in jobs.into_iter().zip(computed) {
+                for record in c.streams {
+                    cache.keep(job.shard, record);
                 }
+                let _ = job.reply.send(Ok(c.applied));
             }
-            Err(e) => {
-                // A storage failure is fatal for the shards involved: openraft stops them.
-                tracing::error!(error = %e, jobs = jobs.len(), "applying committed entries failed");
-                let msg = e.to_string();
-                for job in jobs {
-                    let _ =
-                        job.reply.send(Err(StorageError::Io(std::io::Error::other(msg.clone()))));
-                }
+        }
+        Err(e) => {
+            // What was read for this batch may be ahead of what got written.
+            cache.clear();
+            // A storage failure is fatal for the shards involved: openraft stops them.
+            tracing::error!(error = %e, jobs = jobs.len(), "applying committed entries failed");
+            let msg = e.to_string();
+            for job in jobs {
+                let _ = job.reply.send(Err(StorageError::Io(std::io::Error::other(msg.clone()))));
             }
         }
     }

@@ -44,6 +44,7 @@ pub mod reads;
 pub mod rocks_state;
 pub mod snapshot;
 pub mod state_machine;
+pub mod stream_cache;
 
 pub use applier::Applier;
 pub use db::Db;

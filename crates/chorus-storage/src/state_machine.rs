@@ -126,6 +126,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (db, shard, m) = (self.db.clone(), self.shard, meta.clone());
         blocking(move || snapshot::install(&db, shard, &m, &bytes))
             .await
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        // The applier may hold this shard's old stream records.
+        self.applier
+            .forget(self.shard)
+            .await
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         self.applied = (meta.last_log_id, meta.last_membership.clone());
         Ok(())
