@@ -29,7 +29,7 @@ pub fn chorus_command(bin: &Path) -> Command {
     let mut cmd = Command::new(bin);
     cmd.env("CHORUS_JWT_SECRET", JWT_SECRET)
         .env("CHORUS_API_KEY", API_KEY)
-        .env("RUST_LOG", "error");
+        .env("RUST_LOG", std::env::var("CHORUS_BENCH_LOG").unwrap_or_else(|_| "error".into()));
     cmd
 }
 

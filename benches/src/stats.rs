@@ -13,6 +13,8 @@ pub struct Window {
     hist: Mutex<Histogram<u64>>,
     acked: std::sync::atomic::AtomicU64,
     pub errors: std::sync::atomic::AtomicU64,
+    /// Error replies by code, printed after the figures.
+    codes: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Window {
@@ -24,6 +26,7 @@ impl Window {
             hist: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3)?),
             acked: 0.into(),
             errors: 0.into(),
+            codes: Mutex::default(),
         })
     }
 
@@ -39,6 +42,14 @@ impl Window {
 
     pub fn error(&self) {
         self.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// An error reply with its code (`error.code` of the frame).
+    pub fn error_code(&self, code: &str) {
+        self.error();
+        if let Ok(mut c) = self.codes.lock() {
+            *c.entry(code.to_owned()).or_default() += 1;
+        }
     }
 
     pub fn acked(&self) -> u64 {
@@ -58,9 +69,13 @@ impl Window {
         let acked = self.acked.load(std::sync::atomic::Ordering::Relaxed);
         let errors = self.errors.load(std::sync::atomic::Ordering::Relaxed);
         let q = |h: &Histogram<u64>, p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+        let codes = match self.codes.lock() {
+            Ok(c) if !c.is_empty() => format!(" {:?}", *c),
+            _ => String::new(),
+        };
         match self.hist.lock() {
             Ok(h) => format!(
-                "{label}: {:>7.0} acked/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {errors}",
+                "{label}: {:>7.0} acked/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {errors}{codes}",
                 acked as f64 / secs,
                 q(&h, 0.5),
                 q(&h, 0.99),

@@ -51,7 +51,7 @@ pub async fn connection(
         if v.get("ok").is_some() {
             window.record(sent, now);
         } else {
-            window.error();
+            window.error_code(v["error"]["code"].as_str().unwrap_or("?"));
         }
         if now < window.end {
             tx.send(Message::text(frame(next, &streams[cursor % streams.len()]))).await?;

@@ -11,6 +11,7 @@ use chorus_storage::Db;
 use chorus_storage::metrics::Registered;
 use chorus_streams::validate::{EphemeralLimits, Limits};
 use chorus_types::{ShardId, StreamKey, shard::shard_of};
+use openraft::error::{CheckIsLeaderError, RaftError};
 
 use crate::actors::ActorRegistry;
 use crate::ephemeral_limit::EphemeralLimiter;
@@ -126,9 +127,30 @@ impl Inner {
             pool.mark_hot(shard.0);
         }
         let group = self.groups.get(usize::from(shard.0)).ok_or("no such shard")?;
-        group.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| e.to_string())
+        // openraft gives each confirming heartbeat one heartbeat interval (50 ms); under load
+        // a round trip can take longer, and failing then turned posts away as `not_leader`
+        // from a node that did lead. A quorum that did not answer in time is asked again
+        // while this node still believes it leads; a definite "not the leader" is final.
+        let deadline = tokio::time::Instant::now() + BARRIER_PATIENCE;
+        loop {
+            match group.raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))
+                    if tokio::time::Instant::now() < deadline
+                        && group.raft.metrics().borrow().current_leader
+                            == Some(self.config.node_id) =>
+                {
+                    tracing::debug!(%shard, error = %e, "read barrier: quorum slow, asking again");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 }
+
+/// How long a read barrier keeps asking a slow quorum before giving up.
+const BARRIER_PATIENCE: Duration = Duration::from_secs(2);
 
 impl Node {
     /// Opens the data dir, recovers or initialises every shard group, and returns once they
