@@ -97,7 +97,16 @@ pub fn start(
         loop {
             every.tick().await;
             let groups = table.all();
-            for (id, addr) in peers(me, &groups) {
+            let current = peers(me, &groups);
+            // A node no group names any more (removed from the cluster) is no longer pinged.
+            pingers.0.retain(|id, p| {
+                let keep = current.contains_key(id);
+                if !keep {
+                    p.abort();
+                }
+                keep
+            });
+            for (id, addr) in current {
                 let addr = pool.address_of(id, &addr).to_owned();
                 pingers
                     .0
