@@ -22,6 +22,24 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         AdminCommand::ReplaceNode { old, new, addr } => {
             replace_node(&args.node, old, new, &addr).await?;
         }
+        AdminCommand::AddNode { id, addr } => {
+            let reply = client
+                .add_node(pb::AddNodeRequest { id, addr })
+                .await
+                .map_err(|s| anyhow::anyhow!("add-node: {}", s.message()))?
+                .into_inner();
+            println!("node {id} added; replicas move to it in the background");
+            print_meta_nodes(&reply.nodes);
+        }
+        AdminCommand::RemoveNode { id } => {
+            let reply = client
+                .remove_node(pb::RemoveNodeRequest { id })
+                .await
+                .map_err(|s| anyhow::anyhow!("remove-node: {}", s.message()))?
+                .into_inner();
+            println!("node {id} draining; it leaves the cluster once its replicas have moved");
+            print_meta_nodes(&reply.nodes);
+        }
     }
     Ok(())
 }
@@ -66,8 +84,30 @@ async fn replace_node(ask: &str, old: u64, new: u64, new_addr: &str) -> anyhow::
     Ok(())
 }
 
+fn print_meta_nodes(nodes: &[pb::MetaNode]) {
+    for n in nodes {
+        println!("  {:>3}  {:<24} {:<9} {} replicas", n.id, n.peer_addr, n.status, n.replicas);
+    }
+}
+
+fn print_meta(meta: &pb::MetaStatus) {
+    let leader = if meta.leader == 0 { "unknown".to_owned() } else { meta.leader.to_string() };
+    println!("meta group: leader {leader}, voters {:?}", meta.voters);
+    println!("placement:");
+    print_meta_nodes(&meta.nodes);
+    for m in &meta.moving {
+        println!("moving: shard {} from node {} to node {}", m.shard, m.from, m.to);
+    }
+    if meta.moving.is_empty() {
+        println!("moving: nothing");
+    }
+}
+
 fn print_status(s: &pb::StatusReply, per_shard: bool) {
     println!("asked node {}", s.node_id);
+    if let Some(meta) = &s.meta {
+        print_meta(meta);
+    }
     println!("nodes:");
     for n in &s.nodes {
         let led = s.groups.iter().filter(|g| g.leader == n.id).count();

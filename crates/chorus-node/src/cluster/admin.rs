@@ -7,6 +7,7 @@ use chorus_storage::reads;
 use chorus_types::{PublisherId, StreamKey, StreamName};
 use tonic::{Request, Response, Status};
 
+use crate::meta::admin::Change;
 use crate::node::Node;
 
 pub struct AdminService {
@@ -39,15 +40,19 @@ impl Admin for AdminService {
             .into_iter()
             .map(|(id, addr)| pb::NodeInfo { id, peer_addr: addr, api_addr: String::new() })
             .collect();
+        let shard_count = self.node.shard_count();
         let groups = self
             .node
             .group_table()
             .all()
             .into_iter()
+            // The meta group is reported in `meta`: edges take `groups` as the shard list.
+            .filter(|(group, _)| *group < shard_count)
             .map(|(group, raft)| {
                 let m = raft.metrics().borrow().clone();
                 let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
                 let membership = m.membership_config.membership();
+                let joint = membership.get_joint_config().len() > 1;
                 let voters: Vec<u64> = membership.voter_ids().collect();
                 let learners: Vec<u64> = membership.learner_ids().collect();
                 let matched = m
@@ -76,10 +81,32 @@ impl Admin for AdminService {
                     state: format!("{:?}", m.state),
                     snapshot: m.snapshot.map(|l| l.index).unwrap_or(0),
                     purged: m.purged.map(|l| l.index).unwrap_or(0),
+                    joint,
                 }
             })
             .collect();
-        Ok(Response::new(pb::StatusReply { node_id: self.node.node_id(), nodes, groups }))
+        let meta = crate::meta::admin::status(&self.node).await;
+        Ok(Response::new(pb::StatusReply { node_id: self.node.node_id(), nodes, groups, meta }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let req = request.into_inner();
+        if req.addr.is_empty() {
+            return Err(Status::invalid_argument("the new node's peer address is required"));
+        }
+        let change = Change::Add { id: req.id, addr: req.addr };
+        Ok(Response::new(crate::meta::admin::apply(&self.node, change).await?))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let change = Change::Remove { id: request.into_inner().id };
+        Ok(Response::new(crate::meta::admin::apply(&self.node, change).await?))
     }
 
     async fn replace_voter(

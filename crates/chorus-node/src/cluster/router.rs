@@ -113,6 +113,24 @@ impl Router {
         })
     }
 
+    /// For a shard this node holds no replica of (its group has no membership: a joined node
+    /// holds only its share), a node that does, from the meta record; it forwards the call to
+    /// the leader. `None` when this node is a replica, or knows of no holder.
+    async fn holder_elsewhere(&self, shard: ShardId, raft: &chorus_raft::Raft) -> Option<u64> {
+        let has_replica = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            m.current_leader.is_some()
+                || m.membership_config.membership().voter_ids().next().is_some()
+        };
+        if has_replica {
+            return None;
+        }
+        let (_, state) = crate::meta::store::read(self.node.db()).await.ok()??;
+        let voters = state.placement.get(usize::from(shard.0))?;
+        voters.iter().copied().find(|id| *id != self.me)
+    }
+
     /// The node that leads `shard` now, waiting (until `deadline`) through an election.
     pub(crate) async fn target(
         &self,
@@ -123,6 +141,9 @@ impl Router {
             .node
             .raft(shard)
             .ok_or_else(|| err(ErrorCode::Internal, "no replica of the shard on this node"))?;
+        if let Some(holder) = self.holder_elsewhere(shard, &raft).await {
+            return Ok(Target::Remote(holder));
+        }
         let mut rx = raft.metrics();
         loop {
             if let Some(leader) = rx.borrow_and_update().current_leader {

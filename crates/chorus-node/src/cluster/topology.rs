@@ -103,6 +103,7 @@ mod tests {
             node_id,
             nodes: Vec::new(),
             groups: vec![group(shard, leader, term), group(1 - shard, 0, 0)],
+            meta: None,
         };
         // Node 7 is the edge's address #2 and says node 9 leads in term 3.
         t.learn(2, &status(7, 9, 3));

@@ -1,0 +1,323 @@
+//! The meta group and rebalancing with real `chorus node` processes: a 4th node joins and
+//! `chorus admin add-node` gives it an even share of the shard replicas; `remove-node` drains
+//! a node of every replica and takes it out of the meta group. Writers post the whole time,
+//! and every acknowledged post ends up exactly once, at its acknowledged ordinal, on every
+//! current replica of its stream, with identical copies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chorus_types::shard::shard_of;
+use chorus_types::{PublisherId, StreamKey, StreamName};
+use common::cluster::Cluster;
+use common::enc;
+use serde_json::{Value, json};
+
+const FAST_RAFT: &str = "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\n";
+const SHARDS: u16 = 8;
+const STREAMS: usize = 8;
+
+fn stream_name(s: usize) -> String {
+    format!("Chat/rebalance/{s}")
+}
+
+fn shard_of_stream(s: usize) -> u16 {
+    let key = StreamKey::new(
+        PublisherId::new("alice").unwrap(),
+        StreamName::new(stream_name(s)).unwrap(),
+    );
+    shard_of(&key, SHARDS).0
+}
+
+/// Runs `chorus admin --node <node> <args>`; (success, stdout + stderr).
+async fn admin(node: &str, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["admin", "--node", node])
+        .args(args)
+        .output()
+        .await
+        .expect("chorus admin");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Each shard's voter set as its leader reports it (asking every running member), with
+/// whether the leader is in a joint change. Shards without a known leader are missing.
+async fn actual_voters(cluster: &Cluster) -> BTreeMap<u32, (BTreeSet<u64>, bool)> {
+    let mut best: BTreeMap<u32, (u64, BTreeSet<u64>, bool)> = BTreeMap::new();
+    for i in 0..cluster.members.len() {
+        if !cluster.is_up(i) {
+            continue;
+        }
+        let status = cluster.status(i).await;
+        for g in status.groups.iter().filter(|g| g.leader == status.node_id) {
+            let seen = (g.term, g.voters.iter().copied().collect(), g.joint);
+            if best.get(&g.group).is_none_or(|b| b.0 < g.term) {
+                best.insert(g.group, seen);
+            }
+        }
+    }
+    best.into_iter().map(|(g, (_, v, j))| (g, (v, j))).collect()
+}
+
+/// Replicas per node over the real voter sets, when every shard has a settled 3-voter set.
+async fn settled_spread(cluster: &Cluster) -> Option<BTreeMap<u64, usize>> {
+    let actual = actual_voters(cluster).await;
+    if actual.len() != usize::from(SHARDS) {
+        return None;
+    }
+    let mut spread = BTreeMap::new();
+    for (voters, joint) in actual.values() {
+        if *joint || voters.len() != 3 {
+            return None;
+        }
+        for id in voters {
+            *spread.entry(*id).or_insert(0) += 1;
+        }
+    }
+    Some(spread)
+}
+
+/// The meta record as member `i` sees it: node → (status, replicas), and moves in progress.
+async fn meta_view(cluster: &Cluster, i: usize) -> (BTreeMap<u64, (String, u32)>, usize, u64) {
+    let meta = cluster.status(i).await.meta.unwrap_or_default();
+    let nodes = meta.nodes.iter().map(|n| (n.id, (n.status.clone(), n.replicas))).collect();
+    (nodes, meta.moving.len(), meta.leader)
+}
+
+/// Waits (up to 120 s) until the real placement gives each node the replicas in `want`, and
+/// member `i`'s copy of the meta record agrees with nothing left moving.
+async fn wait_for_spread(cluster: &Cluster, i: usize, want: &BTreeMap<u64, usize>) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let spread = settled_spread(cluster).await;
+        let (meta, moving, _) = meta_view(cluster, i).await;
+        let recorded: BTreeMap<u64, usize> =
+            meta.iter().map(|(id, (_, r))| (*id, *r as usize)).collect();
+        if spread.as_ref() == Some(want) && recorded == *want && moving == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "placement did not settle to {want:?}: actual {spread:?}, recorded {meta:?}, moving {moving}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Writers post continuously, each to its own stream, until told to stop.
+struct Writers {
+    targets: Arc<Mutex<Vec<String>>>,
+    acked: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
+}
+
+impl Writers {
+    fn start(cluster: &Cluster, via: &[usize]) -> Writers {
+        let targets: Vec<String> =
+            via.iter().map(|i| format!("http://{}", cluster.members[*i].api)).collect();
+        let targets = Arc::new(Mutex::new(targets));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..STREAMS)
+            .map(|s| tokio::spawn(writer(targets.clone(), s, acked.clone(), stop.clone())))
+            .collect();
+        Writers { targets, acked, stop, tasks }
+    }
+
+    fn route_via(&self, cluster: &Cluster, via: &[usize]) {
+        *self.targets.lock().unwrap() =
+            via.iter().map(|i| format!("http://{}", cluster.members[*i].api)).collect();
+    }
+
+    /// Waits until `more` posts beyond now are acknowledged.
+    async fn wait_for_progress(&self, more: usize) {
+        let goal = self.acked.load(Ordering::SeqCst) + more;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.acked.load(Ordering::SeqCst) < goal {
+            assert!(Instant::now() < deadline, "posts are not flowing");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) -> Vec<BTreeMap<String, u64>> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut out = Vec::new();
+        for t in self.tasks {
+            out.push(t.await.expect("writer"));
+        }
+        out
+    }
+}
+
+/// One sequential writer: its k-th post (from 0) has content `k` and clientMsgId `w{s}-{k}`,
+/// and is retried with the same id, on the next node, until acknowledged. Returns
+/// clientMsgId → acknowledged ordinal.
+async fn writer(
+    targets: Arc<Mutex<Vec<String>>>,
+    s: usize,
+    acked: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let path = format!("/v1/streams/alice/{}/messages", enc(&stream_name(s)));
+    let mut node = s;
+    for k in 0.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let id = format!("w{s}-{k}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "post {id} not acknowledged within 30 s");
+            let base = {
+                let targets = targets.lock().unwrap();
+                targets[node % targets.len()].clone()
+            };
+            let api = common::Api::at(base, common::cluster::API_KEY.into(), None);
+            let body = json!({"type": "Chat/message", "content": k.to_string(), "clientMsgId": id});
+            match api.try_call("POST", &path, Some(body)).await {
+                Ok((200 | 201, v)) => {
+                    let ordinal = v["message"]["ordinal"].as_u64().or(v["ordinal"].as_u64());
+                    out.insert(id.clone(), ordinal.unwrap_or_else(|| panic!("no ordinal: {v}")));
+                    acked.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
+                Ok((status, v)) => {
+                    assert!(status >= 500 || status == 429, "post refused for good: {status} {v}");
+                }
+                Err(_) => {}
+            }
+            node += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    out
+}
+
+/// Member `i`'s copy of stream `s` once it holds `count` messages (it may lag its leader by a
+/// moment), checked: ordinals gap-free from 1, every acknowledged post once at its ordinal.
+async fn checked_copy(
+    cluster: &Cluster,
+    i: usize,
+    s: usize,
+    acks: &BTreeMap<String, u64>,
+) -> Vec<Value> {
+    let count = acks.len() + 1;
+    let node = cluster.members[i].id;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (n, messages) = loop {
+        let (n, messages) = cluster.local_messages(i, "alice", &stream_name(s)).await;
+        if messages.len() >= count || Instant::now() > deadline {
+            break (n, messages);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(messages.len(), count, "node {node} stream {s}: {} messages", messages.len());
+    assert_eq!(n, count as u64, "node {node} stream {s}: messageCount");
+    assert_eq!(messages[0]["type"], json!("Streams/created"));
+    let mut seen = BTreeMap::new();
+    for (idx, m) in messages.iter().enumerate() {
+        assert_eq!(m["ordinal"], json!(idx as u64 + 1), "node {node} stream {s}: gap");
+        if idx == 0 {
+            continue;
+        }
+        let id = m["clientMsgId"].as_str().expect("clientMsgId").to_owned();
+        assert!(seen.insert(id.clone(), idx as u64 + 1).is_none(), "node {node}: duplicate {id}");
+        assert_eq!(m["content"], json!((idx - 1).to_string()), "node {node} stream {s}: order");
+    }
+    for (id, ordinal) in acks {
+        assert_eq!(seen.get(id), Some(ordinal), "node {node}: acked {id} missing or moved");
+    }
+    messages
+}
+
+/// Property: adding a node moves an even share of replicas to it (8 shards × 3 over 4 nodes
+/// = 6 each) and removing one moves all of its replicas away (8 each on the other 3), one
+/// shard at a time, while writes continue; nothing acknowledged is lost or duplicated, and
+/// every current replica of a stream holds the same gap-free log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() {
+    let mut cluster = Cluster::start(3, SHARDS, FAST_RAFT);
+    let app = cluster.api(0, None);
+    for s in 0..STREAMS {
+        let body = json!({"publisherId": "alice", "name": stream_name(s), "type": "Chat/room"});
+        let (status, body) = app.call("POST", "/v1/streams", Some(body)).await;
+        assert_eq!(status, 201, "create: {body}");
+    }
+    // A `--peers` cluster records every node holding every shard.
+    let three = BTreeMap::from([(1, 8), (2, 8), (3, 8)]);
+    wait_for_spread(&cluster, 2, &three).await;
+
+    let writers = Writers::start(&cluster, &[0, 1, 2]);
+    writers.wait_for_progress(30).await;
+
+    // Node 4 joins (knowing only itself and node 2) and is added through node 2, which
+    // forwards to the meta leader.
+    let new = cluster.add_member(4);
+    let peers = cluster.peers_of(&[1, new]);
+    cluster.spawn_with(new, &peers, &["--join"]);
+    let new_addr = cluster.members[new].peer.clone();
+    let (ok, text) =
+        admin(&cluster.members[1].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
+    assert!(ok, "add-node failed: {text}");
+    let four = BTreeMap::from([(1, 6), (2, 6), (3, 6), (4, 6)]);
+    wait_for_spread(&cluster, new, &four).await;
+    cluster.wait_ready(new);
+
+    // Posts also go through node 4, which leads some shards and forwards the others.
+    writers.route_via(&cluster, &[0, 1, 2, new]);
+    writers.wait_for_progress(40).await;
+
+    // Node 1 (a meta voter, probably its leader) is drained and removed, asked through
+    // node 4. Traffic moves off it first, as an operator would.
+    writers.route_via(&cluster, &[1, 2, new]);
+    let (ok, text) = admin(&new_addr, &["remove-node", "--id", "1"]).await;
+    assert!(ok, "remove-node failed: {text}");
+    // A second removal would leave two active nodes: refused.
+    let (ok, text) = admin(&new_addr, &["remove-node", "--id", "2"]).await;
+    assert!(!ok && text.contains("would leave 2 active nodes"), "second removal: {text}");
+    let without_one = BTreeMap::from([(2, 8), (3, 8), (4, 8)]);
+    wait_for_spread(&cluster, new, &without_one).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let meta = cluster.status(new).await.meta.unwrap_or_default();
+        let voters: BTreeSet<u64> = meta.voters.iter().copied().collect();
+        if voters == BTreeSet::from([2, 3, 4]) && meta.leader != 0 && meta.leader != 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 still in the meta group: {meta:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    writers.wait_for_progress(40).await;
+    let acked = writers.stop().await;
+
+    // `status` shows the meta leader, each node's status and replicas, and no moves.
+    let (ok, text) = admin(&cluster.members[2].peer, &["status"]).await;
+    assert!(ok, "status failed: {text}");
+    assert!(text.contains("meta group: leader"), "{text}");
+    assert!(text.contains("moving: nothing"), "{text}");
+    assert!(!text.contains("draining"), "node 1 is still listed: {text}");
+
+    // Every stream, on every current replica of its shard.
+    let actual = actual_voters(&cluster).await;
+    for (s, acks) in acked.iter().enumerate() {
+        assert!(!acks.is_empty(), "stream {s} got no posts");
+        let (voters, _) = &actual[&u32::from(shard_of_stream(s))];
+        assert!(!voters.contains(&1), "stream {s}: node 1 still holds it");
+        let mut copies = Vec::new();
+        for id in voters {
+            copies.push(checked_copy(&cluster, cluster.index_of(*id), s, acks).await);
+        }
+        assert!(copies.windows(2).all(|w| w[0] == w[1]), "stream {s}: replicas differ");
+    }
+    let total: usize = acked.iter().map(BTreeMap::len).sum();
+    assert!(total >= 110, "only {total} posts acknowledged");
+}
