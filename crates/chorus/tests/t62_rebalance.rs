@@ -321,3 +321,76 @@ async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() 
     let total: usize = acked.iter().map(BTreeMap::len).sum();
     assert!(total >= 110, "only {total} posts acknowledged");
 }
+
+/// Property: the rebalancer keeps no state of its own. Node 4 is added while it is not yet
+/// running, so the first move hangs (recorded in the meta group as under way); the meta
+/// leader is then killed. A new meta leader recomputes the plan from the record and the
+/// shards' real voter sets and, once node 4 runs, finishes the rebalance; the old leader
+/// rejoins as an ordinary member. Writes go on throughout and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_meta_leader_finishes_a_rebalance_the_old_one_started() {
+    let mut cluster = Cluster::start(3, SHARDS, FAST_RAFT);
+    let app = cluster.api(0, None);
+    for s in 0..STREAMS {
+        let body = json!({"publisherId": "alice", "name": stream_name(s), "type": "Chat/room"});
+        let (status, body) = app.call("POST", "/v1/streams", Some(body)).await;
+        assert_eq!(status, 201, "create: {body}");
+    }
+    wait_for_spread(&cluster, 0, &BTreeMap::from([(1, 8), (2, 8), (3, 8)])).await;
+    let writers = Writers::start(&cluster, &[0, 1, 2]);
+    writers.wait_for_progress(20).await;
+
+    let new = cluster.add_member(4);
+    let new_addr = cluster.members[new].peer.clone();
+    let (ok, text) =
+        admin(&cluster.members[0].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
+    assert!(ok, "add-node failed: {text}");
+    // The first move waits for node 4 to catch up, which it cannot: it does not run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let meta_leader = loop {
+        let (_, moving, leader) = meta_view(&cluster, 0).await;
+        if moving == 1 && leader != 0 {
+            break leader;
+        }
+        assert!(Instant::now() < deadline, "no move recorded as under way");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let victim = cluster.index_of(meta_leader);
+    let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    writers.route_via(&cluster, &others);
+    cluster.kill(victim);
+
+    // Another node takes over the meta group; node 4 starts, and the rebalance completes
+    // without the old leader (its replicas are counted from the record until it is back).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, leader) = meta_view(&cluster, others[0]).await;
+        if leader != 0 && leader != meta_leader {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new meta leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peers = cluster.peers_of(&[others[0], new]);
+    cluster.spawn_with(new, &peers, &["--join"]);
+    writers.wait_for_progress(20).await;
+    // It restarts with the `--peers` the cluster was formed with.
+    let original = cluster.peers_of(&[0, 1, 2]);
+    cluster.spawn_with(victim, &original, &[]);
+    cluster.wait_ready(victim);
+    writers.route_via(&cluster, &[0, 1, 2, new]);
+    let four = BTreeMap::from([(1, 6), (2, 6), (3, 6), (4, 6)]);
+    wait_for_spread(&cluster, victim, &four).await;
+    writers.wait_for_progress(20).await;
+    let acked = writers.stop().await;
+
+    let actual = actual_voters(&cluster).await;
+    for (s, acks) in acked.iter().enumerate() {
+        let (voters, _) = &actual[&u32::from(shard_of_stream(s))];
+        let mut copies = Vec::new();
+        for id in voters {
+            copies.push(checked_copy(&cluster, cluster.index_of(*id), s, acks).await);
+        }
+        assert!(copies.windows(2).all(|w| w[0] == w[1]), "stream {s}: replicas differ");
+    }
+}
