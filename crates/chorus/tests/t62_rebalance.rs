@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use chorus_types::shard::shard_of;
 use chorus_types::{PublisherId, StreamKey, StreamName};
 use common::cluster::Cluster;
+use common::edge::Edge;
 use common::enc;
 use serde_json::{Value, json};
 
@@ -111,30 +112,41 @@ async fn wait_for_spread(cluster: &Cluster, i: usize, want: &BTreeMap<u64, usize
     }
 }
 
+/// The API base URLs of members `via`, plus `extra` (an edge).
+fn urls(cluster: &Cluster, via: &[usize], extra: &[&str]) -> Vec<String> {
+    let nodes = via.iter().map(|i| format!("http://{}", cluster.members[*i].api));
+    nodes.chain(extra.iter().map(|e| format!("http://{e}"))).collect()
+}
+
 /// Writers post continuously, each to its own stream, until told to stop.
 struct Writers {
     targets: Arc<Mutex<Vec<String>>>,
     acked: Arc<AtomicUsize>,
+    /// Acknowledged posts per target URL: shows that each path (a joined node, an edge)
+    /// really carried writes rather than failing over to another.
+    by_target: Arc<Mutex<BTreeMap<(String, usize), usize>>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
 }
 
 impl Writers {
-    fn start(cluster: &Cluster, via: &[usize]) -> Writers {
-        let targets: Vec<String> =
-            via.iter().map(|i| format!("http://{}", cluster.members[*i].api)).collect();
+    /// Writers posting through the APIs at `targets` (base URLs of nodes or edges).
+    fn start(targets: Vec<String>) -> Writers {
         let targets = Arc::new(Mutex::new(targets));
         let acked = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let by_target = Arc::new(Mutex::new(BTreeMap::new()));
         let tasks = (0..STREAMS)
-            .map(|s| tokio::spawn(writer(targets.clone(), s, acked.clone(), stop.clone())))
+            .map(|s| {
+                let counts = (acked.clone(), by_target.clone());
+                tokio::spawn(writer(targets.clone(), s, counts, stop.clone()))
+            })
             .collect();
-        Writers { targets, acked, stop, tasks }
+        Writers { targets, acked, by_target, stop, tasks }
     }
 
-    fn route_via(&self, cluster: &Cluster, via: &[usize]) {
-        *self.targets.lock().unwrap() =
-            via.iter().map(|i| format!("http://{}", cluster.members[*i].api)).collect();
+    fn route_via(&self, targets: Vec<String>) {
+        *self.targets.lock().unwrap() = targets;
     }
 
     /// Waits until `more` posts beyond now are acknowledged.
@@ -143,6 +155,21 @@ impl Writers {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.acked.load(Ordering::SeqCst) < goal {
             assert!(Instant::now() < deadline, "posts are not flowing");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Posts to stream `s` acknowledged through `target` (`host:port`).
+    fn acked_via(&self, target: &str, s: usize) -> usize {
+        let key = (format!("http://{target}"), s);
+        self.by_target.lock().unwrap().get(&key).copied().unwrap_or(0)
+    }
+
+    /// Waits until every stream has had a post acknowledged through `target`.
+    async fn wait_for_each_via(&self, target: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (0..STREAMS).any(|s| self.acked_via(target, s) == 0) {
+            assert!(Instant::now() < deadline, "posts through {target} are not flowing");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -163,7 +190,7 @@ impl Writers {
 async fn writer(
     targets: Arc<Mutex<Vec<String>>>,
     s: usize,
-    acked: Arc<AtomicUsize>,
+    (acked, by_target): (Arc<AtomicUsize>, Arc<Mutex<BTreeMap<(String, usize), usize>>>),
     stop: Arc<AtomicBool>,
 ) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -181,16 +208,18 @@ async fn writer(
                 let targets = targets.lock().unwrap();
                 targets[node % targets.len()].clone()
             };
-            let api = common::Api::at(base, common::cluster::API_KEY.into(), None);
+            let api = common::Api::at(base.clone(), common::cluster::API_KEY.into(), None);
             let body = json!({"type": "Chat/message", "content": k.to_string(), "clientMsgId": id});
             match api.try_call("POST", &path, Some(body)).await {
                 Ok((200 | 201, v)) => {
                     let ordinal = v["message"]["ordinal"].as_u64().or(v["ordinal"].as_u64());
                     out.insert(id.clone(), ordinal.unwrap_or_else(|| panic!("no ordinal: {v}")));
                     acked.fetch_add(1, Ordering::SeqCst);
+                    *by_target.lock().unwrap().entry((base, s)).or_default() += 1;
                     break;
                 }
                 Ok((status, v)) => {
+                    eprintln!("DEBUG {base} s{s} {status} {v}");
                     assert!(status >= 500 || status == 429, "post refused for good: {status} {v}");
                 }
                 Err(_) => {}
@@ -255,8 +284,12 @@ async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() 
     // A `--peers` cluster records every node holding every shard.
     let three = BTreeMap::from([(1, 8), (2, 8), (3, 8)]);
     wait_for_spread(&cluster, 2, &three).await;
+    // An edge that knows only the first three nodes: it reaches shards led by node 4 through
+    // them.
+    let edge = Edge::start(&cluster, &[]);
+    let edge_addr = edge.addr.clone();
 
-    let writers = Writers::start(&cluster, &[0, 1, 2]);
+    let writers = Writers::start(urls(&cluster, &[0, 1, 2], &[&edge_addr]));
     writers.wait_for_progress(30).await;
 
     // Node 4 joins (knowing only itself and node 2) and is added through node 2, which
@@ -272,13 +305,21 @@ async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() 
     wait_for_spread(&cluster, new, &four).await;
     cluster.wait_ready(new);
 
-    // Posts also go through node 4, which leads some shards and forwards the others.
-    writers.route_via(&cluster, &[0, 1, 2, new]);
+    // Every stream is posted to through node 4: it leads some of their shards, follows
+    // others, and holds no replica of the rest (it forwards those to a node that does).
+    let actual = actual_voters(&cluster).await;
+    let elsewhere =
+        (0..STREAMS).filter(|s| !actual[&u32::from(shard_of_stream(*s))].0.contains(&4));
+    assert!(elsewhere.count() > 0, "no stream on a shard node 4 does not hold");
+    let api4 = cluster.members[new].api.clone();
+    writers.route_via(urls(&cluster, &[new], &[]));
+    writers.wait_for_each_via(&api4).await;
+    writers.route_via(urls(&cluster, &[0, 1, 2, new], &[&edge_addr]));
     writers.wait_for_progress(40).await;
 
     // Node 1 (a meta voter, probably its leader) is drained and removed, asked through
     // node 4. Traffic moves off it first, as an operator would.
-    writers.route_via(&cluster, &[1, 2, new]);
+    writers.route_via(urls(&cluster, &[1, 2, new], &[&edge_addr]));
     let (ok, text) = admin(&new_addr, &["remove-node", "--id", "1"]).await;
     assert!(ok, "remove-node failed: {text}");
     // A second removal would leave two active nodes: refused.
@@ -297,6 +338,9 @@ async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     writers.wait_for_progress(40).await;
+    // And every stream through the edge, which knows only nodes 1-3 (1 now drained).
+    writers.route_via(urls(&cluster, &[], &[&edge_addr]));
+    writers.wait_for_each_via(&edge_addr).await;
     let acked = writers.stop().await;
 
     // `status` shows the meta leader, each node's status and replicas, and no moves.
@@ -337,7 +381,7 @@ async fn a_new_meta_leader_finishes_a_rebalance_the_old_one_started() {
         assert_eq!(status, 201, "create: {body}");
     }
     wait_for_spread(&cluster, 0, &BTreeMap::from([(1, 8), (2, 8), (3, 8)])).await;
-    let writers = Writers::start(&cluster, &[0, 1, 2]);
+    let writers = Writers::start(urls(&cluster, &[0, 1, 2], &[]));
     writers.wait_for_progress(20).await;
 
     let new = cluster.add_member(4);
@@ -357,7 +401,7 @@ async fn a_new_meta_leader_finishes_a_rebalance_the_old_one_started() {
     };
     let victim = cluster.index_of(meta_leader);
     let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
-    writers.route_via(&cluster, &others);
+    writers.route_via(urls(&cluster, &others, &[]));
     cluster.kill(victim);
 
     // Another node takes over the meta group; node 4 starts, and the rebalance completes
@@ -378,7 +422,7 @@ async fn a_new_meta_leader_finishes_a_rebalance_the_old_one_started() {
     let original = cluster.peers_of(&[0, 1, 2]);
     cluster.spawn_with(victim, &original, &[]);
     cluster.wait_ready(victim);
-    writers.route_via(&cluster, &[0, 1, 2, new]);
+    writers.route_via(urls(&cluster, &[0, 1, 2, new], &[]));
     let four = BTreeMap::from([(1, 6), (2, 6), (3, 6), (4, 6)]);
     wait_for_spread(&cluster, victim, &four).await;
     writers.wait_for_progress(20).await;

@@ -20,6 +20,28 @@ impl AdminService {
     }
 }
 
+impl AdminService {
+    /// The group `group`, which this node must lead (membership changes go to the leader).
+    fn led_group(&self, group: u32) -> Result<(u16, chorus_raft::Raft), Status> {
+        let group = u16::try_from(group)
+            .map_err(|_| Status::invalid_argument(format!("no group {group}")))?;
+        let raft = self
+            .node
+            .group_table()
+            .get(group)
+            .ok_or_else(|| Status::not_found(format!("group {group} is not on this node")))?;
+        let me = self.node.node_id();
+        let leader = raft.metrics().borrow().current_leader;
+        if leader != Some(me) {
+            return Err(Status::failed_precondition(format!(
+                "node {me} does not lead group {group}; leader: {}",
+                leader.map_or("unknown".into(), |l| l.to_string())
+            )));
+        }
+        Ok((group, raft))
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(
@@ -41,6 +63,7 @@ impl Admin for AdminService {
             .map(|(id, addr)| pb::NodeInfo { id, peer_addr: addr, api_addr: String::new() })
             .collect();
         let shard_count = self.node.shard_count();
+        let me = self.node.node_id();
         let groups = self
             .node
             .group_table()
@@ -64,9 +87,15 @@ impl Admin for AdminService {
                             .collect()
                     })
                     .unwrap_or_default();
+                // A node that stepped down (a leader that removed itself from the group) keeps
+                // its own vote, so openraft still names it; it leads nothing.
+                let leader = match m.current_leader {
+                    Some(l) if l == me && m.state != openraft::ServerState::Leader => 0,
+                    other => other.unwrap_or(0),
+                };
                 pb::GroupStatus {
                     group: u32::from(group),
-                    leader: m.current_leader.unwrap_or(0),
+                    leader,
                     term: m.current_term,
                     last_log_index: m.last_log_index.unwrap_or(0),
                     committed: self
@@ -114,21 +143,7 @@ impl Admin for AdminService {
         request: Request<pb::ReplaceVoterRequest>,
     ) -> Result<Response<pb::ReplaceVoterReply>, Status> {
         let req = request.into_inner();
-        let group = u16::try_from(req.group)
-            .map_err(|_| Status::invalid_argument(format!("no group {}", req.group)))?;
-        let raft = self
-            .node
-            .group_table()
-            .get(group)
-            .ok_or_else(|| Status::not_found(format!("group {group} is not on this node")))?;
-        let me = self.node.node_id();
-        let leader = raft.metrics().borrow().current_leader;
-        if leader != Some(me) {
-            return Err(Status::failed_precondition(format!(
-                "node {me} does not lead group {group}; leader: {}",
-                leader.map_or("unknown".into(), |l| l.to_string())
-            )));
-        }
+        let (group, raft) = self.led_group(req.group)?;
         if req.new == 0 || req.new_addr.is_empty() {
             return Err(Status::invalid_argument("new node id and address are required"));
         }
@@ -144,11 +159,40 @@ impl Admin for AdminService {
         let mut next = voters;
         next.remove(&req.old);
         next.insert(req.new);
+        // A leader that replaces itself leaves the group here and steps down once the change
+        // is applied. openraft 0.9 answers a proposal only when the proposing node applies it,
+        // and nothing replicates to a node outside the group, so what it proposed in its last
+        // moments answers `timeout` (outcome unknown; a retry with the same clientMsgId is
+        // safe) after the request timeout. Keeping it as a learner does not help: in 0.9 a
+        // learner may stay leader. The planner therefore moves followers' replicas first.
         raft.change_membership(next.clone(), false)
             .await
             .map_err(|e| Status::unavailable(format!("changing voters: {e}")))?;
         tracing::info!(group, old = req.old, new = req.new, "voter replaced");
         Ok(Response::new(pb::ReplaceVoterReply { voters: next.into_iter().collect() }))
+    }
+
+    async fn remove_learner(
+        &self,
+        request: Request<pb::RemoveLearnerRequest>,
+    ) -> Result<Response<pb::RemoveLearnerReply>, Status> {
+        let req = request.into_inner();
+        let (group, raft) = self.led_group(req.group)?;
+        let membership = raft.metrics().borrow().membership_config.clone();
+        if membership.membership().voter_ids().any(|v| v == req.node) {
+            return Err(Status::failed_precondition(format!(
+                "node {} is a voter of group {group}",
+                req.node
+            )));
+        }
+        if membership.membership().get_node(&req.node).is_some() {
+            let gone = std::collections::BTreeSet::from([req.node]);
+            raft.change_membership(openraft::ChangeMembers::RemoveNodes(gone), false)
+                .await
+                .map_err(|e| Status::unavailable(format!("removing learner {}: {e}", req.node)))?;
+            tracing::info!(group, node = req.node, "learner removed");
+        }
+        Ok(Response::new(pb::RemoveLearnerReply {}))
     }
 
     async fn local_messages(

@@ -34,6 +34,9 @@ const SESSION_BITS: u32 = chorus_api::SESSION_ID_BITS;
 pub(crate) enum Target {
     Local,
     Remote(u64),
+    /// A node that holds the shard, asked to route the call on to its leader (this node
+    /// holds no usable replica of the shard).
+    Holder(u64),
 }
 
 /// How a forwarded call failed.
@@ -113,17 +116,19 @@ impl Router {
         })
     }
 
-    /// For a shard this node holds no replica of (its group has no membership: a joined node
-    /// holds only its share), a node that does, from the meta record; it forwards the call to
-    /// the leader. `None` when this node is a replica, or knows of no holder.
+    /// For a shard this node is not a voter of as far as it knows (a joined node holds only
+    /// its share; a leader that removed itself is a learner whose view of the leader is its
+    /// own old vote), a node that holds it, from the meta record; it routes the call on to the
+    /// leader. `None` when this node is a voter, or knows of no holder.
     async fn holder_elsewhere(&self, shard: ShardId, raft: &chorus_raft::Raft) -> Option<u64> {
-        let has_replica = {
-            let m = raft.metrics();
-            let m = m.borrow();
-            m.current_leader.is_some()
-                || m.membership_config.membership().voter_ids().next().is_some()
-        };
-        if has_replica {
+        let is_voter = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.me);
+        if is_voter {
             return None;
         }
         let (_, state) = crate::meta::store::read(self.node.db()).await.ok()??;
@@ -142,7 +147,7 @@ impl Router {
             .raft(shard)
             .ok_or_else(|| err(ErrorCode::Internal, "no replica of the shard on this node"))?;
         if let Some(holder) = self.holder_elsewhere(shard, &raft).await {
-            return Ok(Target::Remote(holder));
+            return Ok(Target::Holder(holder));
         }
         let mut rx = raft.metrics();
         loop {
@@ -171,6 +176,7 @@ impl Router {
                 (_, None) => false,
                 (Target::Local, Some(l)) => l != self.me,
                 (Target::Remote(p), Some(l)) => l != p,
+                (Target::Holder(_), Some(_)) => false,
             };
             if moved || tokio::time::timeout_at(until, rx.changed()).await.is_err() {
                 return;
@@ -178,17 +184,20 @@ impl Router {
         }
     }
 
+    /// Sends `call` to node `id`: to run there (`route: false`, it leads the shard), or to be
+    /// routed on to the leader (`route: true`, it only holds the shard).
     async fn forward(
         &self,
         id: u64,
         caller: &Caller,
         call: OwnerCall,
+        route: bool,
     ) -> Result<OwnerReply, Failure> {
         let mut client = self.owner_client(id).map_err(Failure::NotRun)?;
         crate::metrics::FORWARDED_CALLS.inc();
         let mut wire = WireCaller::from(caller);
         wire.session = self.tag_session(caller.session);
-        let body = serde_json::to_vec(&CallEnvelope { caller: wire, call, route: false })
+        let body = serde_json::to_vec(&CallEnvelope { caller: wire, call, route })
             .map_err(|e| Failure::NotRun(err(ErrorCode::Internal, &e.to_string())))?;
         match client.call(pb::OwnerRequest { call: body }).await {
             Ok(resp) => serde_json::from_slice(&resp.into_inner().reply)
@@ -223,7 +232,8 @@ impl Router {
             };
             let outcome = match target {
                 Target::Local => Ok(execute(&self.node, caller, call.clone()).await),
-                Target::Remote(id) => self.forward(id, caller, call.clone()).await,
+                Target::Remote(id) => self.forward(id, caller, call.clone(), false).await,
+                Target::Holder(id) => self.forward(id, caller, call.clone(), true).await,
             };
             let last = match outcome {
                 Ok(reply) => match reply.error() {

@@ -9,13 +9,18 @@
 //!    between them. With `S × 3` replicas over `n` nodes this ends with every node holding
 //!    `⌊3S/n⌋` or `⌈3S/n⌉`.
 //!
-//! Ties go to the lowest node id, so the plan is deterministic.
+//! Ties go to the lowest node id, so the plan is deterministic. Among the shards a rule
+//! could move, one whose leader is not the node giving up its replica goes first: a leader
+//! that removes itself leaves its group leaderless for an election timeout (openraft 0.9 has
+//! no leadership transfer).
 
 use std::collections::BTreeMap;
 
 use super::state::{MetaState, Move, REPLICAS};
 
-pub fn next_move(state: &MetaState) -> Option<Move> {
+/// The next move, given the recorded placement and each shard's current leader (shards
+/// missing from `leaders` have none known).
+pub fn next_move(state: &MetaState, leaders: &BTreeMap<u16, u64>) -> Option<Move> {
     let active = state.active_ids();
     let mut counts: BTreeMap<u64, usize> = active.iter().map(|id| (*id, 0)).collect();
     for voters in &state.placement {
@@ -30,14 +35,18 @@ pub fn next_move(state: &MetaState) -> Option<Move> {
         counts.iter().filter(|(id, _)| !voters.contains(id)).min_by_key(|(id, c)| (**c, **id))
     };
 
+    let mut drains = Vec::new();
     for (shard, voters) in state.placement.iter().enumerate() {
         let Ok(shard) = u16::try_from(shard) else { break };
         let Some(leaving) = voters.iter().copied().find(|id| !active.contains(id)) else {
             continue;
         };
         if let Some((to, _)) = receiver(voters) {
-            return Some(Move { shard, from: leaving, to: *to });
+            drains.push(Move { shard, from: leaving, to: *to });
         }
+    }
+    if let Some(m) = prefer_followers(&drains, leaders) {
+        return Some(m);
     }
 
     let (most, most_count) = counts.iter().max_by_key(|(id, c)| (**c, std::cmp::Reverse(**id)))?;
@@ -45,13 +54,20 @@ pub fn next_move(state: &MetaState) -> Option<Move> {
     if most_count.saturating_sub(*least_count) < 2 {
         return None;
     }
+    let mut candidates = Vec::new();
     for (shard, voters) in state.placement.iter().enumerate() {
         let Ok(shard) = u16::try_from(shard) else { break };
         if voters.contains(most) && !voters.contains(least) && voters.len() == REPLICAS {
-            return Some(Move { shard, from: *most, to: *least });
+            candidates.push(Move { shard, from: *most, to: *least });
         }
     }
-    None
+    prefer_followers(&candidates, leaders)
+}
+
+/// The first move whose source does not lead the shard, else the first.
+fn prefer_followers(moves: &[Move], leaders: &BTreeMap<u16, u64>) -> Option<Move> {
+    let follower = moves.iter().find(|m| leaders.get(&m.shard) != Some(&m.from));
+    follower.or(moves.first()).copied()
 }
 
 #[cfg(test)]
@@ -74,7 +90,7 @@ mod tests {
     /// Applies moves until the planner has none; returns how many it made.
     fn settle(state: &mut MetaState) -> usize {
         let mut moves = 0;
-        while let Some(m) = next_move(state) {
+        while let Some(m) = next_move(state, &BTreeMap::new()) {
             let voters = &mut state.placement[usize::from(m.shard)];
             assert!(voters.remove(&m.from), "{m:?}: source does not hold the shard");
             assert!(voters.insert(m.to), "{m:?}: target already holds the shard");
@@ -93,7 +109,7 @@ mod tests {
     #[test]
     fn three_nodes_holding_everything_is_balanced() {
         let state = cluster(&[1, 2, 3], 64);
-        assert_eq!(next_move(&state), None);
+        assert_eq!(next_move(&state, &BTreeMap::new()), None);
     }
 
     #[test]
@@ -125,7 +141,7 @@ mod tests {
         let mut state = cluster(&[1, 2, 3, 4], 8);
         settle(&mut state);
         state.drain_node(1).unwrap();
-        let first = next_move(&state).unwrap();
+        let first = next_move(&state, &BTreeMap::new()).unwrap();
         assert_eq!(first.from, 1, "draining goes before balancing");
         settle(&mut state);
         assert_valid(&state);
@@ -133,6 +149,25 @@ mod tests {
         assert_eq!(counts[&1], 0);
         assert_eq!(counts.values().sum::<usize>(), 24);
         assert!(counts.iter().filter(|(id, _)| **id != 1).all(|(_, c)| *c == 8));
+    }
+
+    #[test]
+    fn a_replica_that_is_not_the_leader_moves_first() {
+        let state = cluster(&[1, 2, 3, 4], 8);
+        // Shard s is led by node s % 3 + 1, as a `--peers` cluster starts.
+        let leaders: BTreeMap<u16, u64> = (0..8).map(|s| (s, u64::from(s % 3) + 1)).collect();
+        let m = next_move(&state, &leaders).unwrap();
+        assert_eq!(m.from, 1, "the most loaded node, lowest id");
+        assert_eq!(m.to, 4);
+        assert_eq!(m.shard, 1, "shard 0 is led by node 1; shard 1 is not");
+        // When node 1 leads every shard, a leader's replica has to move.
+        let all_one: BTreeMap<u16, u64> = (0..8).map(|s| (s, 1)).collect();
+        assert_eq!(next_move(&state, &all_one).unwrap().shard, 0);
+        // Draining prefers followers too.
+        let mut draining = cluster(&[1, 2, 3, 4], 8);
+        draining.drain_node(2).unwrap();
+        let m = next_move(&draining, &leaders).unwrap();
+        assert_eq!((m.from, m.shard), (2, 0), "shard 0 is led by node 1, not node 2");
     }
 
     #[test]
@@ -159,6 +194,10 @@ mod tests {
     fn nothing_to_do_when_no_receiver_exists() {
         let mut state = cluster(&[1, 2, 3], 2);
         state.nodes.get_mut(&1).unwrap().status = NodeStatus::Draining;
-        assert_eq!(next_move(&state), None, "no active node outside the shard can take it");
+        assert_eq!(
+            next_move(&state, &BTreeMap::new()),
+            None,
+            "no active node outside the shard can take it"
+        );
     }
 }

@@ -48,6 +48,8 @@ pub enum RebalanceError {
     UnknownNode(u64),
     #[error("moving shard {shard} from {from} to {to}: {status}")]
     Move { shard: u16, from: u64, to: u64, status: tonic::Status },
+    #[error("dropping learner {node} from shard {shard}: {status}")]
+    Learner { shard: u16, node: u64, status: tonic::Status },
     #[error("bad node address: {0}")]
     Address(#[from] chorus_raft::grpc::PeerError),
 }
@@ -59,6 +61,10 @@ struct Actual {
     term: u64,
     voters: BTreeSet<u64>,
     joint: bool,
+    learners: BTreeSet<u64>,
+    /// The leader's commit index, and what each learner has applied (as it reports).
+    committed: u64,
+    applied: BTreeMap<u64, u64>,
 }
 
 pub struct Rebalancer {
@@ -113,10 +119,16 @@ impl Rebalancer {
         if self.record_actual(&state, &actual).await? {
             return Ok(true);
         }
+        if self.drop_caught_up_learners(&state, &actual).await? {
+            return Ok(true);
+        }
         // A joint change left over by a previous leader is finished by re-running its move.
         let planned = match state.moving {
             Some(m) if actual.get(&m.shard).is_some_and(|a| a.joint) => Some(m),
-            _ => next_move(&state),
+            _ => {
+                let leaders = actual.iter().map(|(shard, a)| (*shard, a.leader)).collect();
+                next_move(&state, &leaders)
+            }
         };
         if let Some(m) = planned {
             self.make_move(&state, &actual, m).await?;
@@ -171,12 +183,19 @@ impl Rebalancer {
     /// leader did not answer are missing.
     async fn actual_voters(&mut self, state: &MetaState) -> BTreeMap<u16, Actual> {
         let mut actual: BTreeMap<u16, Actual> = BTreeMap::new();
+        // (shard, node) → what that node's replica has applied.
+        let mut applied: BTreeMap<(u16, u64), u64> = BTreeMap::new();
         for node in state.nodes.values() {
             let Ok(mut client) = self.client(&node.addr) else { continue };
             let mut request = tonic::Request::new(pb::StatusRequest {});
             request.set_timeout(STATUS_TIMEOUT);
             let Ok(reply) = client.status(request).await else { continue };
             let reply = reply.into_inner();
+            for g in &reply.groups {
+                if let Ok(shard) = u16::try_from(g.group) {
+                    applied.insert((shard, reply.node_id), g.applied);
+                }
+            }
             for g in reply.groups.iter().filter(|g| g.leader == reply.node_id) {
                 let Ok(shard) = u16::try_from(g.group) else { continue };
                 let seen = Actual {
@@ -184,12 +203,22 @@ impl Rebalancer {
                     term: g.term,
                     voters: g.voters.iter().copied().collect(),
                     joint: g.joint,
+                    learners: g.learners.iter().copied().collect(),
+                    committed: g.committed,
+                    applied: BTreeMap::new(),
                 };
                 match actual.get(&shard) {
                     Some(known) if known.term >= seen.term => {}
                     _ => {
                         actual.insert(shard, seen);
                     }
+                }
+            }
+        }
+        for (shard, a) in &mut actual {
+            for learner in &a.learners {
+                if let Some(done) = applied.get(&(*shard, *learner)) {
+                    a.applied.insert(*learner, *done);
                 }
             }
         }
@@ -223,6 +252,41 @@ impl Rebalancer {
         })
         .await?;
         Ok(true)
+    }
+
+    /// Drops learners that no move is waiting for: a move interrupted between adding its
+    /// learner and the voter change (the meta leader died) may be planned differently by
+    /// the next leader, and a learner keeps its group awake (no hibernation). Only a learner
+    /// that has applied the leader's commit index goes: one still catching up may belong to
+    /// a move a previous meta leader still has in flight.
+    async fn drop_caught_up_learners(
+        &mut self,
+        state: &MetaState,
+        actual: &BTreeMap<u16, Actual>,
+    ) -> Result<bool, RebalanceError> {
+        let mut dropped = false;
+        for (shard, a) in actual {
+            for learner in &a.learners {
+                let moving_here =
+                    state.moving.is_some_and(|m| m.shard == *shard && m.to == *learner);
+                let caught_up = a.applied.get(learner).is_some_and(|m| *m >= a.committed);
+                if moving_here || !caught_up {
+                    continue;
+                }
+                let leader =
+                    state.nodes.get(&a.leader).ok_or(RebalanceError::UnknownNode(a.leader))?;
+                let mut client = self.client(&leader.addr)?;
+                let request = pb::RemoveLearnerRequest { group: u32::from(*shard), node: *learner };
+                client.remove_learner(request).await.map_err(|status| RebalanceError::Learner {
+                    shard: *shard,
+                    node: *learner,
+                    status,
+                })?;
+                tracing::info!(shard, node = learner, "learner dropped");
+                dropped = true;
+            }
+        }
+        Ok(dropped)
     }
 
     /// Records `m` as under way, makes it on the shard's leader, records the new voters.
