@@ -118,13 +118,16 @@ fn urls(cluster: &Cluster, via: &[usize], extra: &[&str]) -> Vec<String> {
     nodes.chain(extra.iter().map(|e| format!("http://{e}"))).collect()
 }
 
+/// Acknowledged posts by (target URL, stream).
+type PerTarget = BTreeMap<(String, usize), usize>;
+
 /// Writers post continuously, each to its own stream, until told to stop.
 struct Writers {
     targets: Arc<Mutex<Vec<String>>>,
     acked: Arc<AtomicUsize>,
     /// Acknowledged posts per target URL: shows that each path (a joined node, an edge)
     /// really carried writes rather than failing over to another.
-    by_target: Arc<Mutex<BTreeMap<(String, usize), usize>>>,
+    by_target: Arc<Mutex<PerTarget>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<BTreeMap<String, u64>>>,
 }
@@ -190,7 +193,7 @@ impl Writers {
 async fn writer(
     targets: Arc<Mutex<Vec<String>>>,
     s: usize,
-    (acked, by_target): (Arc<AtomicUsize>, Arc<Mutex<BTreeMap<(String, usize), usize>>>),
+    (acked, by_target): (Arc<AtomicUsize>, Arc<Mutex<PerTarget>>),
     stop: Arc<AtomicBool>,
 ) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -219,7 +222,6 @@ async fn writer(
                     break;
                 }
                 Ok((status, v)) => {
-                    eprintln!("DEBUG {base} s{s} {status} {v}");
                     assert!(status >= 500 || status == 429, "post refused for good: {status} {v}");
                 }
                 Err(_) => {}

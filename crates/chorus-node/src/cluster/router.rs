@@ -146,7 +146,7 @@ impl Router {
             .node
             .raft(shard)
             .ok_or_else(|| err(ErrorCode::Internal, "no replica of the shard on this node"))?;
-        if let Some(holder) = self.holder_elsewhere(shard, &raft).await {
+        if let Some(holder) = self.holder_elsewhere(shard, raft).await {
             return Ok(Target::Holder(holder));
         }
         let mut rx = raft.metrics();
