@@ -44,41 +44,49 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Moves every group's replica from `old` to `new`, one group at a time, each on its leader.
+/// Replaces node `old` by node `new` through the meta group: `new` is added and `old` drained,
+/// so the rebalancer moves each of `old`'s replicas to the least loaded node — `new`, which
+/// holds none — shard by shard (learner, catch-up, one joint voter change on the shard's
+/// leader). Waits until `old` holds no replica and has left the meta group.
 async fn replace_node(ask: &str, old: u64, new: u64, new_addr: &str) -> anyhow::Result<()> {
     let mut client = AdminClient::connect(format!("http://{ask}"))
         .await
         .with_context(|| format!("connecting to {ask}"))?;
-    let status = client.status(pb::StatusRequest {}).await.context("asking for status")?;
-    let groups: Vec<u32> = status.into_inner().groups.iter().map(|g| g.group).collect();
-    for group in groups {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        loop {
-            // Ask afresh each time: leadership may move while replicas move.
-            let result = match client.status(pb::StatusRequest {}).await {
-                Ok(status) => {
-                    let status = status.into_inner();
-                    let g = status.groups.iter().find(|g| g.group == group);
-                    let leader = g.map_or(0, |g| g.leader);
-                    match status.nodes.iter().find(|n| n.id == leader && leader != 0) {
-                        Some(n) => replace_on(&n.peer_addr, group, old, new, new_addr).await,
-                        None => Err(anyhow::anyhow!("group {group} has no leader yet")),
-                    }
-                }
-                Err(s) => Err(anyhow::anyhow!("status: {}", s.message())),
-            };
-            match result {
-                Ok(voters) => {
-                    println!("shard {group}: voters {voters:?}");
-                    break;
-                }
-                Err(e) if std::time::Instant::now() < deadline => {
-                    eprintln!("shard {group}: {e}; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(e.context(format!("replacing node {old} in shard {group}"))),
+    client
+        .add_node(pb::AddNodeRequest { id: new, addr: new_addr.to_owned() })
+        .await
+        .map_err(|s| anyhow::anyhow!("adding node {new}: {}", s.message()))?;
+    match client.remove_node(pb::RemoveNodeRequest { id: old }).await {
+        Ok(_) => {}
+        // Already gone: a repeated command only waits for the shards below.
+        Err(s) if s.code() == tonic::Code::NotFound => {}
+        Err(s) => anyhow::bail!("draining node {old}: {}", s.message()),
+    }
+    let mut reported = std::collections::BTreeSet::new();
+    let mut last_progress = std::time::Instant::now();
+    loop {
+        let status = match client.status(pb::StatusRequest {}).await {
+            Ok(status) => status.into_inner(),
+            Err(s) => {
+                eprintln!("status: {}; retrying", s.message());
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for g in status.groups.iter().filter(|g| !g.voters.contains(&old)) {
+            if reported.insert(g.group) {
+                println!("shard {}: voters {:?}", g.group, g.voters);
+                last_progress = std::time::Instant::now();
             }
         }
+        let in_meta = status.meta.as_ref().is_some_and(|m| m.nodes.iter().any(|n| n.id == old));
+        if reported.len() == status.groups.len() && !in_meta {
+            break;
+        }
+        if last_progress.elapsed() > std::time::Duration::from_secs(300) {
+            anyhow::bail!("no shard moved off node {old} for 5 minutes; see `chorus admin status`");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     println!("node {new} replaced node {old} in every shard");
     Ok(())
@@ -147,23 +155,5 @@ fn print_status(s: &pb::StatusReply, per_shard: bool) {
                 lag.join(" ")
             );
         }
-    }
-}
-
-/// Asks `leader` to move `group`'s replica from `old` to `new`; the voters after the change.
-async fn replace_on(
-    leader: &str,
-    group: u32,
-    old: u64,
-    new: u64,
-    new_addr: &str,
-) -> anyhow::Result<Vec<u64>> {
-    let mut client = AdminClient::connect(format!("http://{leader}"))
-        .await
-        .with_context(|| format!("connecting to the leader at {leader}"))?;
-    let req = pb::ReplaceVoterRequest { group, old, new, new_addr: new_addr.to_owned() };
-    match client.replace_voter(req).await {
-        Ok(r) => Ok(r.into_inner().voters),
-        Err(s) => Err(anyhow::anyhow!("{}", s.message())),
     }
 }

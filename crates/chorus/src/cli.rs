@@ -126,8 +126,9 @@ pub enum AdminCommand {
         #[arg(long)]
         shards: bool,
     },
-    /// Move every shard's replica from node OLD to node NEW (started with `chorus node --join`):
-    /// NEW is added as a learner, catches up, then replaces OLD as a voter, shard by shard.
+    /// Replace node OLD by node NEW (started with `chorus node --join`): NEW is added and OLD
+    /// drained through the meta group, so every replica of OLD moves to NEW, shard by shard
+    /// (learner, catch-up, one voter change). Waits until OLD has left the cluster.
     ReplaceNode {
         #[arg(long)]
         old: u64,
