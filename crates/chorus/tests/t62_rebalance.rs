@@ -440,3 +440,38 @@ async fn a_new_meta_leader_finishes_a_rebalance_the_old_one_started() {
         assert!(copies.windows(2).all(|w| w[0] == w[1]), "stream {s}: replicas differ");
     }
 }
+
+/// Property: an edge learns the cluster's nodes from the meta record its nodes report (the
+/// same path brings it a joined node). Started knowing only node 2, it keeps serving every
+/// stream once node 2 is killed (after node 4 joined and took its share), through the nodes
+/// it learned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_learns_the_nodes_from_the_meta_record() {
+    let mut cluster = Cluster::start(3, SHARDS, FAST_RAFT);
+    let app = cluster.api(0, None);
+    for s in 0..STREAMS {
+        let body = json!({"publisherId": "alice", "name": stream_name(s), "type": "Chat/room"});
+        let (status, body) = app.call("POST", "/v1/streams", Some(body)).await;
+        assert_eq!(status, 201, "create: {body}");
+    }
+    let edge = Edge::start_with_nodes(&cluster.members[1].peer, &[]);
+    let new = cluster.add_member(4);
+    let peers = cluster.peers_of(&[1, new]);
+    cluster.spawn_with(new, &peers, &["--join"]);
+    let new_addr = cluster.members[new].peer.clone();
+    let (ok, text) =
+        admin(&cluster.members[1].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
+    assert!(ok, "add-node failed: {text}");
+    wait_for_spread(&cluster, 1, &BTreeMap::from([(1, 6), (2, 6), (3, 6), (4, 6)])).await;
+
+    // Posts flow through the edge (so it is up and has polled node 2), then node 2 goes.
+    let writers = Writers::start(urls(&cluster, &[], &[&edge.addr]));
+    writers.wait_for_progress(STREAMS).await;
+    cluster.kill(1);
+    writers.wait_for_each_via(&edge.addr).await;
+    let goal = STREAMS * 3;
+    writers.wait_for_progress(goal).await;
+    let acked = writers.stop().await;
+    let total: usize = acked.iter().map(BTreeMap::len).sum();
+    assert!(total >= goal, "only {total} posts acknowledged");
+}
