@@ -121,7 +121,9 @@ fn print_status(s: &pb::StatusReply, per_shard: bool) {
         let led = s.groups.iter().filter(|g| g.leader == n.id).count();
         println!("  {:>3}  {:<24} leads {led} shards", n.id, n.peer_addr);
     }
-    let leaderless = s.groups.iter().filter(|g| g.leader == 0).count();
+    // A group with no voters is not a replica on this node (a joined node holds only its
+    // share of the shards).
+    let leaderless = s.groups.iter().filter(|g| g.leader == 0 && !g.voters.is_empty()).count();
     let max_lag = s
         .groups
         .iter()

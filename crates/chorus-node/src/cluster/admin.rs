@@ -161,15 +161,40 @@ impl Admin for AdminService {
         next.insert(req.new);
         // A leader that replaces itself leaves the group here and steps down once the change
         // is applied. openraft 0.9 answers a proposal only when the proposing node applies it,
-        // and nothing replicates to a node outside the group, so what it proposed in its last
-        // moments answers `timeout` (outcome unknown; a retry with the same clientMsgId is
-        // safe) after the request timeout. Keeping it as a learner does not help: in 0.9 a
-        // learner may stay leader. The planner therefore moves followers' replicas first.
+        // and nothing replicates to a node outside the group, so the rebalancer then has the
+        // new leader feed it the log as a learner (`AddLearner`, then `RemoveLearner`) to
+        // answer what it was committing. (Keeping it as a learner here instead does not work:
+        // in 0.9 a learner may stay leader.)
         raft.change_membership(next.clone(), false)
             .await
             .map_err(|e| Status::unavailable(format!("changing voters: {e}")))?;
         tracing::info!(group, old = req.old, new = req.new, "voter replaced");
         Ok(Response::new(pb::ReplaceVoterReply { voters: next.into_iter().collect() }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::AddLearnerReply>, Status> {
+        let req = request.into_inner();
+        let (group, raft) = self.led_group(req.group)?;
+        if req.node == 0 || req.addr.is_empty() {
+            return Err(Status::invalid_argument("node id and address are required"));
+        }
+        let voter = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == req.node);
+        if !voter {
+            raft.add_learner(req.node, openraft::BasicNode { addr: req.addr }, true)
+                .await
+                .map_err(|e| Status::unavailable(format!("adding learner {}: {e}", req.node)))?;
+            tracing::info!(group, node = req.node, "learner added");
+        }
+        Ok(Response::new(pb::AddLearnerReply {}))
     }
 
     async fn remove_learner(

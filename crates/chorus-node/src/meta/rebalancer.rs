@@ -35,6 +35,8 @@ const ROUND: Duration = Duration::from_millis(500);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// A move includes a learner catching up (possibly by snapshot).
 const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a leader that removed itself is waited for to be fed the log it was committing.
+const FEED_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebalanceError {
@@ -336,7 +338,59 @@ impl Rebalancer {
         })
         .await?;
         tracing::info!(shard = m.shard, ?voters, "replica moved");
+        if leader.leader == m.from {
+            self.feed_old_leader(state, m).await;
+        }
         Ok(())
+    }
+
+    /// The shard's leader just removed itself: it stepped down holding writes it proposed
+    /// and will only answer once it applies them, which needs a log nobody sends it any more.
+    /// The new leader adds it back as a learner until it has caught up, then drops it, so
+    /// those writes get their (committed) answer within an election instead of the request
+    /// timeout. Best effort: a failure only costs those writes a `timeout` answer, and a
+    /// leftover learner is dropped by a later round.
+    async fn feed_old_leader(&mut self, state: &MetaState, m: Move) {
+        let Some(old) = state.nodes.get(&m.from) else { return };
+        let deadline = tokio::time::Instant::now() + FEED_TIMEOUT;
+        let new_leader = loop {
+            let actual = self.actual_voters(state).await;
+            if let Some(a) = actual.get(&m.shard).filter(|a| a.leader != m.from) {
+                break a.leader;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(shard = m.shard, "no new leader to feed the old one");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let Some(leader) = state.nodes.get(&new_leader) else { return };
+        let Ok(mut client) = self.client(&leader.addr) else { return };
+        let group = u32::from(m.shard);
+        let mut add = tonic::Request::new(pb::AddLearnerRequest {
+            group,
+            node: m.from,
+            addr: old.addr.clone(),
+        });
+        add.set_timeout(FEED_TIMEOUT);
+        if let Err(status) = client.add_learner(add).await {
+            tracing::warn!(shard = m.shard, %status, "feeding the old leader failed");
+        }
+        // Caught up is not yet applied: it applies once it hears the commit index.
+        loop {
+            let actual = self.actual_voters(state).await;
+            let applied = actual
+                .get(&m.shard)
+                .is_some_and(|a| a.applied.get(&m.from).is_some_and(|done| *done >= a.committed));
+            if applied || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let remove = pb::RemoveLearnerRequest { group, node: m.from };
+        if let Err(status) = client.remove_learner(remove).await {
+            tracing::warn!(shard = m.shard, %status, "dropping the old leader failed");
+        }
     }
 
     /// Takes drained nodes (draining, no replica left) out of the meta group and the record.
