@@ -30,6 +30,7 @@ fn status_of(e: MetaError) -> Status {
         MetaError::Storage(_)
         | MetaError::Malformed(_)
         | MetaError::Refused(_)
+        | MetaError::UnexpectedOutcome
         | MetaError::Key(_) => Status::internal(e.to_string()),
     }
 }

@@ -24,6 +24,7 @@ use chorus_proto::pb::admin_client::AdminClient;
 use chorus_raft::grpc::peers::endpoint;
 use chorus_storage::Db;
 use openraft::ChangeMembers;
+use openraft::error::{ClientWriteError, RaftError};
 use tonic::transport::Channel;
 
 use super::planner::next_move;
@@ -43,7 +44,7 @@ pub enum RebalanceError {
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("changing the meta group's membership: {0}")]
-    MetaMembership(String),
+    MetaMembership(Box<RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>>),
     #[error("shard {shard} has no known leader")]
     NoLeader { shard: u16 },
     #[error("node {0} is not in the meta record")]
@@ -166,7 +167,7 @@ impl Rebalancer {
             self.meta
                 .add_learner(*id, addr, false)
                 .await
-                .map_err(|e| RebalanceError::MetaMembership(e.to_string()))?;
+                .map_err(|e| RebalanceError::MetaMembership(Box::new(e)))?;
             tracing::info!(node = id, "meta group learner added");
         }
         Ok(())
@@ -417,7 +418,7 @@ impl Rebalancer {
             self.meta
                 .change_membership(next.clone(), false)
                 .await
-                .map_err(|e| RebalanceError::MetaMembership(e.to_string()))?;
+                .map_err(|e| RebalanceError::MetaMembership(Box::new(e)))?;
             tracing::info!(node = gone, ?next, "meta voter replaced");
             // This node may have removed itself; the next meta leader continues.
             return Ok(true);
@@ -426,7 +427,7 @@ impl Rebalancer {
             self.meta
                 .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([gone])), false)
                 .await
-                .map_err(|e| RebalanceError::MetaMembership(e.to_string()))?;
+                .map_err(|e| RebalanceError::MetaMembership(Box::new(e)))?;
         }
         store::update(&self.db, &self.meta, |s| {
             s.nodes.remove(&gone);

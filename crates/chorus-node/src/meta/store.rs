@@ -42,6 +42,8 @@ pub enum MetaError {
     Contended,
     #[error("the meta group refused the write: {0:?}")]
     Refused(Rejection),
+    #[error("the meta group answered a write with something other than the stream")]
+    UnexpectedOutcome,
     #[error("meta group: {0}")]
     Raft(Box<RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>>),
     #[error(transparent)]
@@ -118,7 +120,7 @@ async fn write(
             ..
         }) => Ok(WriteResult::Conflict),
         Some(Outcome::Rejected { reason, .. }) => Err(MetaError::Refused(reason)),
-        _ => Err(MetaError::Refused(Rejection::NotFound)),
+        _ => Err(MetaError::UnexpectedOutcome),
     }
 }
 
