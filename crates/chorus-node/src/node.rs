@@ -278,9 +278,15 @@ impl Node {
         shard_of(key, self.inner.shard_count)
     }
 
-    /// True when every shard group has a leader.
+    /// True when every shard held here has a leader and, on a cluster member, the meta group
+    /// has one (a joined node is not ready until it has been added).
     pub fn is_ready(&self) -> bool {
-        self.shards_without_leader() == 0
+        self.shards_without_leader() == 0 && self.meta_has_leader()
+    }
+
+    fn meta_has_leader(&self) -> bool {
+        let Some(meta) = &self.inner.meta else { return true };
+        meta.raft.metrics().borrow().current_leader.is_some()
     }
 
     /// Local shard groups that know no leader (`/readyz` is not ready while any does). A

@@ -44,6 +44,8 @@ pub async fn apply(node: &Node, change: Change) -> Result<pb::MembershipReply, S
         Some(l) => return forward(&meta, l, change).await,
         None => return Err(Status::unavailable("the meta group has no leader yet")),
     }
+    // A change may arrive on a fresh cluster before the rebalancer's first round.
+    store::bootstrap(node.db(), &meta, node.shard_count()).await.map_err(status_of)?;
     let next = match &change {
         Change::Add { id, addr } => {
             let (id, addr) = (*id, addr.clone());

@@ -140,18 +140,8 @@ impl Rebalancer {
         self.retire_drained(&state).await
     }
 
-    /// The first record of a cluster: its meta voters hold every shard (how a `--peers`
-    /// cluster starts).
     async fn bootstrap(&self) -> Result<(), RebalanceError> {
-        let membership = self.meta.metrics().borrow().membership_config.clone();
-        let nodes: BTreeMap<u64, String> = membership
-            .membership()
-            .voter_ids()
-            .filter_map(|id| membership.membership().get_node(&id).map(|n| (id, n.addr.clone())))
-            .collect();
-        store::bootstrap(&self.db, &self.meta, &nodes, self.shards).await?;
-        tracing::info!(nodes = ?nodes.keys().collect::<Vec<_>>(), "meta record created");
-        Ok(())
+        Ok(store::bootstrap(&self.db, &self.meta, self.shards).await?)
     }
 
     /// Every recorded node gets the meta group, as a learner unless it is a voter.

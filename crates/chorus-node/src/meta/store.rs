@@ -130,19 +130,25 @@ enum WriteResult {
     Conflict,
 }
 
-/// Writes the first record unless one exists (any node may try; one wins).
-pub async fn bootstrap(
-    db: &Db,
-    raft: &chorus_raft::Raft,
-    nodes: &BTreeMap<u64, String>,
-    shards: u16,
-) -> Result<(), MetaError> {
+/// Writes the first record unless one exists (any node may try; one wins): the meta group's
+/// voters hold every shard, which is how a `--peers` cluster starts.
+pub async fn bootstrap(db: &Db, raft: &chorus_raft::Raft, shards: u16) -> Result<(), MetaError> {
     if read(db).await?.is_some() {
         return Ok(());
     }
-    let state = MetaState::initial(nodes, shards);
+    let membership = raft.metrics().borrow().membership_config.clone();
+    let nodes: BTreeMap<u64, String> = membership
+        .membership()
+        .voter_ids()
+        .filter_map(|id| membership.membership().get_node(&id).map(|n| (id, n.addr.clone())))
+        .collect();
+    let state = MetaState::initial(&nodes, shards);
     match write(raft, None, &state).await? {
-        WriteResult::Done | WriteResult::Conflict => Ok(()),
+        WriteResult::Done => {
+            tracing::info!(nodes = ?nodes.keys().collect::<Vec<_>>(), "meta record created");
+            Ok(())
+        }
+        WriteResult::Conflict => Ok(()),
     }
 }
 
