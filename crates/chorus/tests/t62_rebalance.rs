@@ -454,6 +454,9 @@ async fn an_edge_learns_the_nodes_from_the_meta_record() {
         let (status, body) = app.call("POST", "/v1/streams", Some(body)).await;
         assert_eq!(status, 201, "create: {body}");
     }
+    // The record exists before the edge starts, so its first poll of node 2 (at start) finds
+    // nodes 1 and 3 in it.
+    wait_for_spread(&cluster, 1, &BTreeMap::from([(1, 8), (2, 8), (3, 8)])).await;
     let edge = Edge::start_with_nodes(&cluster.members[1].peer, &[]);
     let new = cluster.add_member(4);
     let peers = cluster.peers_of(&[1, new]);
