@@ -340,6 +340,10 @@ async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     writers.wait_for_progress(40).await;
+    // Node 1 still runs, holding no replica: it forwards every stream to a node that does.
+    let api1 = cluster.members[0].api.clone();
+    writers.route_via(urls(&cluster, &[0], &[]));
+    writers.wait_for_each_via(&api1).await;
     // And every stream through the edge, which knows only nodes 1-3 (1 now drained).
     writers.route_via(urls(&cluster, &[], &[&edge_addr]));
     writers.wait_for_each_via(&edge_addr).await;

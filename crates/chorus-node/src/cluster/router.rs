@@ -23,11 +23,35 @@ use tonic::transport::Channel;
 
 use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller, execute};
 use crate::error::err;
+use crate::meta::state::MetaState;
 use crate::node::Node;
 
 /// Bits of a forwarded session id that hold the session; the node id sits above them, so a
 /// session id is unique across the cluster when it travels.
 const SESSION_BITS: u32 = chorus_api::SESSION_ID_BITS;
+
+/// How long [`Router::meta_record`] reuses a read of the meta record.
+const RECORD_TTL: Duration = Duration::from_secs(1);
+
+/// A read of the meta record and when it was made (`None` inside: there was no record).
+type CachedRecord = Mutex<Option<(Instant, Option<Arc<MetaState>>)>>;
+
+/// The cached value in `slot` while fresh, else `read()` (cached).
+async fn cached_record<F, Fut>(slot: &CachedRecord, read: F) -> Option<Arc<MetaState>>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Option<Arc<MetaState>>>,
+{
+    let cached = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some((at, record)) = cached
+        && at.elapsed() < RECORD_TTL
+    {
+        return record;
+    }
+    let record = read().await;
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), record.clone()));
+    record
+}
 
 /// Where an operation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +76,8 @@ pub struct Router {
     pub(crate) me: u64,
     peers: HashMap<u64, String>,
     clients: Mutex<HashMap<u64, OwnerClient<Channel>>>,
+    /// The meta record, when last read (see [`Router::meta_record`]).
+    placement: CachedRecord,
     pub(crate) timeout: Duration,
     this: Weak<Router>,
 }
@@ -67,6 +93,7 @@ impl Router {
             node,
             peers,
             clients: Mutex::default(),
+            placement: Mutex::default(),
             timeout,
             this: this.clone(),
         })
@@ -116,11 +143,14 @@ impl Router {
         })
     }
 
-    /// For a shard this node is not a voter of as far as it knows (a joined node holds only
-    /// its share; a leader that removed itself is a learner whose view of the leader is its
-    /// own old vote), a node that holds it, from the meta record; it routes the call on to the
-    /// leader. `None` when this node is a voter, or knows of no holder.
+    /// For a shard this node does not hold (a joined node holds only its share; a node a
+    /// replica moved away from may still think it leads, or, after a restart, wait for an
+    /// election it cannot win), a node that does, from the meta record: it routes the call on
+    /// to the leader. This node counts as holding the shard when both the record and its own
+    /// Raft membership make it a voter. `None` when it holds the shard, or knows no record.
     async fn holder_elsewhere(&self, shard: ShardId, raft: &chorus_raft::Raft) -> Option<u64> {
+        let state = self.meta_record().await?;
+        let placed = state.placement.get(usize::from(shard.0))?;
         let is_voter = raft
             .metrics()
             .borrow()
@@ -128,12 +158,25 @@ impl Router {
             .membership()
             .voter_ids()
             .any(|v| v == self.me);
-        if is_voter {
+        if is_voter && placed.contains(&self.me) {
             return None;
         }
-        let (_, state) = crate::meta::store::read(self.node.db()).await.ok()??;
-        let voters = state.placement.get(usize::from(shard.0))?;
-        voters.iter().copied().find(|id| *id != self.me)
+        placed.iter().copied().find(|id| *id != self.me)
+    }
+
+    /// The meta record as this node's replica has it, read at most every [`RECORD_TTL`]
+    /// (placement changes one shard at a time and a stale view costs one extra hop).
+    async fn meta_record(&self) -> Option<Arc<MetaState>> {
+        cached_record(&self.placement, || async {
+            match crate::meta::store::read(self.node.db()).await {
+                Ok(record) => record.map(|(_, s)| Arc::new(s)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the meta record failed");
+                    None
+                }
+            }
+        })
+        .await
     }
 
     /// The node that leads `shard` now, waiting (until `deadline`) through an election.
