@@ -6,7 +6,8 @@
 //! - [`state`]: the record and the admin changes to it (pure).
 //! - [`planner`]: the next replica move (pure).
 //! - [`store`]: the record in the meta group (compare-and-set through Raft).
-//! - [`rebalancer`]: the task on the meta leader that makes the moves.
+//! - [`rebalancer`]: the task on the meta leader that makes the moves (its learner
+//!   housekeeping in `rebalancer/learners.rs`).
 //! - [`admin`]: `add-node` / `remove-node` on the meta leader, forwarded from any node.
 
 pub mod admin;
