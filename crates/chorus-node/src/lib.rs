@@ -36,6 +36,7 @@ mod ephemeral_limit;
 mod error;
 mod hub;
 mod listen;
+pub mod meta;
 pub mod metrics;
 pub mod node;
 mod proposer;

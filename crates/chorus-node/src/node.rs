@@ -66,18 +66,24 @@ pub struct NodeConfig {
 pub struct ClusterSpec {
     /// Node id → the address its peers reach it at (gRPC: Raft, owner calls, admin).
     pub peers: BTreeMap<u64, String>,
-    /// A node that joins an existing cluster (to replace a voter): it never initialises a
-    /// group, it waits to be added by the groups' leaders (`chorus admin replace-node`).
+    /// A node that joins an existing cluster (a 4th node, or one replacing a voter): it never
+    /// initialises a group, it waits to be added (`chorus admin add-node` / `replace-node`).
+    /// Its `peers` need only name itself and the nodes it should know by address; the rest
+    /// it learns from the Raft membership of the groups it is added to.
     pub join: bool,
 }
 
 impl ClusterSpec {
-    /// Checks the member set: 3 voters (a shard must survive one failure) including `me`.
+    /// Checks the member set: 3 voters (a shard must survive one failure) including `me`; a
+    /// joining node lists itself and at least one node of the cluster.
     pub fn validate(&self, me: u64) -> Result<(), String> {
         if !self.peers.contains_key(&me) {
             return Err(format!("--peers must include this node ({me})"));
         }
-        if self.peers.len() != 3 {
+        if self.join && self.peers.len() < 2 {
+            return Err("--join needs --peers naming this node and at least one other".into());
+        }
+        if !self.join && self.peers.len() != 3 {
             return Err(format!(
                 "a cluster has exactly 3 voters per shard; --peers lists {}",
                 self.peers.len()
@@ -117,6 +123,11 @@ pub(crate) struct Inner {
     pub(crate) ephemeral_limiter: EphemeralLimiter,
     /// The hibernation controller and peer pingers (cluster members only).
     pub(crate) hibernation: Option<tokio::task::JoinHandle<()>>,
+    /// The meta group's replica on this node (cluster members only).
+    pub(crate) meta: Option<ShardGroup>,
+    /// The rebalancer task (cluster members only; it acts only on the meta leader). Aborted
+    /// at shutdown: every step it takes is recorded in Raft, so stopping it anywhere is safe.
+    pub(crate) rebalancer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Inner {
@@ -172,7 +183,7 @@ impl Node {
         }
         tracing::info!(shards = shard_count, dir = %config.data_dir.display(), "storage opened");
         let hub = Arc::new(Hub::default());
-        let (groups, pool) = match &config.cluster {
+        let (groups, pool, meta) = match &config.cluster {
             None => {
                 let groups = start_groups(
                     config.node_id,
@@ -183,19 +194,28 @@ impl Node {
                     hub.clone(),
                 )
                 .await?;
-                (groups, None)
+                (groups, None, None)
             }
             Some(cluster) => {
                 cluster.validate(config.node_id).map_err(|m| NodeError::Config(m.to_string()))?;
-                let (groups, pool) =
+                let (groups, pool, meta) =
                     start_cluster_groups(&config, cluster, shard_count, &db, hub.clone()).await?;
-                (groups, Some(pool))
+                (groups, Some(pool), Some(meta))
             }
         };
         let table = Arc::new(GroupTable::default());
-        for g in &groups {
+        for g in groups.iter().chain(meta.iter()) {
             table.insert(g.shard.0, g.raft.clone());
         }
+        let rebalancer = meta.as_ref().map(|m| {
+            let task = crate::meta::rebalancer::Rebalancer::new(
+                config.node_id,
+                db.clone(),
+                m.raft.clone(),
+                shard_count,
+            );
+            tokio::spawn(task.run())
+        });
         tracing::info!(groups = groups.len(), "shard groups started");
         crate::metrics::register();
         let collectors = Mutex::new(crate::metrics::register_collectors(&groups, &db));
@@ -230,6 +250,8 @@ impl Node {
                 collectors,
                 ephemeral_limiter,
                 hibernation,
+                meta,
+                rebalancer,
             }),
         })
     }
@@ -241,6 +263,11 @@ impl Node {
 
     pub fn cluster(&self) -> Option<&ClusterSpec> {
         self.inner.config.cluster.as_ref()
+    }
+
+    /// The meta group's Raft handle (cluster members only).
+    pub fn meta_raft(&self) -> Option<chorus_raft::Raft> {
+        self.inner.meta.as_ref().map(|g| g.raft.clone())
     }
 
     /// The Raft handle of `shard`.
@@ -273,15 +300,30 @@ impl Node {
         shard_of(key, self.inner.shard_count)
     }
 
-    /// True when every shard group has a leader.
+    /// True when every shard held here has a leader and, on a cluster member, the meta group
+    /// has one (a joined node is not ready until it has been added).
     pub fn is_ready(&self) -> bool {
-        self.shards_without_leader() == 0
+        self.shards_without_leader() == 0 && self.meta_has_leader()
     }
 
-    /// Local shard groups that know no leader (`/readyz` is not ready while any does).
+    fn meta_has_leader(&self) -> bool {
+        let Some(meta) = &self.inner.meta else { return true };
+        meta.raft.metrics().borrow().current_leader.is_some()
+    }
+
+    /// Local shard groups that know no leader (`/readyz` is not ready while any does). A
+    /// group with no membership yet is not a replica here (a joined node holds only its
+    /// share of the shards) and does not count.
     pub fn shards_without_leader(&self) -> usize {
         let groups = self.inner.groups.iter();
-        groups.filter(|g| g.raft.metrics().borrow().current_leader.is_none()).count()
+        groups
+            .filter(|g| {
+                let m = g.raft.metrics();
+                let m = m.borrow();
+                m.current_leader.is_none()
+                    && m.membership_config.membership().voter_ids().next().is_some()
+            })
+            .count()
     }
 
     /// Waits until every shard has a leader, or the timeout passes.
@@ -290,7 +332,10 @@ impl Node {
         for g in &self.inner.groups {
             let mut rx = g.raft.metrics();
             loop {
-                if rx.borrow().current_leader.is_some() {
+                let m = rx.borrow().clone();
+                if m.current_leader.is_some()
+                    || m.membership_config.membership().voter_ids().next().is_none()
+                {
                     break;
                 }
                 match tokio::time::timeout_at(deadline, rx.changed()).await {
@@ -308,11 +353,14 @@ impl Node {
         if let Some(h) = &self.inner.hibernation {
             h.abort();
         }
+        if let Some(h) = &self.inner.rebalancer {
+            h.abort();
+        }
         // Actors have drained, so no proposal is pending.
         for p in &self.inner.proposers {
             p.abort();
         }
-        for g in &self.inner.groups {
+        for g in self.inner.groups.iter().chain(self.inner.meta.iter()) {
             if let Err(e) = g.raft.shutdown().await {
                 tracing::warn!(shard = %g.shard, error = %e, "shard shutdown failed");
             }
@@ -322,7 +370,9 @@ impl Node {
     }
 }
 
-/// Starts this node's replica of every shard (each of the three nodes holds every shard).
+/// Starts this node's replica of every shard (a node of a `--peers` cluster holds every
+/// shard; a joined node's replicas stay empty until the rebalancer adds it to a shard), and
+/// of the meta group, which `ids[0]` initialises with the three `--peers` as voters.
 ///
 /// A group with no state yet is initialised, with all three voters, by one node: the shard's
 /// preferred leader, `ids[shard % 3]`. It campaigns at once and almost always wins, so a new
@@ -335,7 +385,7 @@ async fn start_cluster_groups(
     shard_count: u16,
     db: &Db,
     hub: Arc<Hub>,
-) -> Result<(Vec<ShardGroup>, Arc<PeerPool>), NodeError> {
+) -> Result<(Vec<ShardGroup>, Arc<PeerPool>, ShardGroup), NodeError> {
     let me = config.node_id;
     let host = GroupHost::start(me, db, config.raft.clone(), hub)?;
     let pool = PeerPool::new(me, cluster.peers.clone().into_iter().collect(), shard_count);
@@ -352,5 +402,9 @@ async fn start_cluster_groups(
         let network = GrpcNetwork::new(s, pool.clone());
         groups.push(host.group(ShardId(s), network, init).await?);
     }
-    Ok((groups, pool))
+    let meta_group = crate::meta::META_GROUP;
+    let init = (ids.first() == Some(&me) && !cluster.join).then(|| members.clone());
+    let network = GrpcNetwork::new(meta_group, pool.clone());
+    let meta = host.meta_group(ShardId(meta_group), network, init).await?;
+    Ok((groups, pool, meta))
 }

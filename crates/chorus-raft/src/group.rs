@@ -73,16 +73,37 @@ impl GroupHost {
     where
         N: RaftNetworkFactory<TypeConfig>,
     {
+        self.start_group(shard, network, init, Some(self.observer.clone())).await
+    }
+
+    /// Like [`GroupHost::group`], for the meta group: its commits are not stream messages
+    /// anyone listens to, so no observer hears of them.
+    pub async fn meta_group<N>(
+        &self,
+        group: ShardId,
+        network: N,
+        init: Option<BTreeMap<u64, BasicNode>>,
+    ) -> Result<ShardGroup, StartError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
+        self.start_group(group, network, init, None).await
+    }
+
+    async fn start_group<N>(
+        &self,
+        shard: ShardId,
+        network: N,
+        init: Option<BTreeMap<u64, BasicNode>>,
+        observer: Option<Arc<dyn ApplyObserver>>,
+    ) -> Result<ShardGroup, StartError>
+    where
+        N: RaftNetworkFactory<TypeConfig>,
+    {
         let fail = |e: &dyn std::fmt::Display| StartError::Raft { shard, message: e.to_string() };
         let log = LogStore::new(self.db.clone(), shard, self.writer.clone());
         let committed = log.committed_index();
-        let sm = StateMachine::open(
-            self.db.clone(),
-            shard,
-            self.applier.clone(),
-            Some(self.observer.clone()),
-        )
-        .await?;
+        let sm = StateMachine::open(self.db.clone(), shard, self.applier.clone(), observer).await?;
         let raft = Raft::new(self.node_id, self.config.clone(), network, log, sm)
             .await
             .map_err(|e| fail(&e))?;

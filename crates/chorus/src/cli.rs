@@ -64,11 +64,12 @@ pub struct NodeArgs {
     pub peer_listen: SocketAddr,
     /// The cluster's voters, `id=host:port` of each node's peer address, comma-separated;
     /// must include this node. Each shard of a new cluster is initialised by its preferred
-    /// leader, `ids[shard % 3]`.
+    /// leader, `ids[shard % 3]`, and the meta group by `ids[0]`. With `--join`: this node and
+    /// any existing nodes it should reach by these addresses (at least one).
     #[arg(long, env = env::PEERS, value_delimiter = ',', required = true)]
     pub peers: Vec<String>,
     /// Join an existing cluster instead of forming one: never initialise a shard, wait to be
-    /// made a voter (`chorus admin replace-node`).
+    /// added (`chorus admin add-node`, or `replace-node`).
     #[arg(long)]
     pub join: bool,
     /// Config file (TOML, `version = 1`).
@@ -125,8 +126,9 @@ pub enum AdminCommand {
         #[arg(long)]
         shards: bool,
     },
-    /// Move every shard's replica from node OLD to node NEW (started with `chorus node --join`):
-    /// NEW is added as a learner, catches up, then replaces OLD as a voter, shard by shard.
+    /// Replace node OLD by node NEW (started with `chorus node --join`): NEW is added and OLD
+    /// drained through the meta group, so every replica of OLD moves to NEW, shard by shard
+    /// (learner, catch-up, one voter change). Waits until OLD has left the cluster.
     ReplaceNode {
         #[arg(long)]
         old: u64,
@@ -135,6 +137,21 @@ pub enum AdminCommand {
         /// NEW's peer (gRPC) address.
         #[arg(long)]
         addr: String,
+    },
+    /// Add node ID (started with `chorus node --join`) to the cluster; the meta leader then
+    /// moves an even share of the shard replicas to it, one shard at a time.
+    AddNode {
+        #[arg(long)]
+        id: u64,
+        /// The node's peer (gRPC) address.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Drain node ID: every replica moves off it, then it leaves the cluster (stop it once
+    /// `status` no longer lists it). Refused unless 3 other active nodes remain.
+    RemoveNode {
+        #[arg(long)]
+        id: u64,
     },
 }
 

@@ -7,6 +7,7 @@ use chorus_storage::reads;
 use chorus_types::{PublisherId, StreamKey, StreamName};
 use tonic::{Request, Response, Status};
 
+use crate::meta::admin::Change;
 use crate::node::Node;
 
 pub struct AdminService {
@@ -16,6 +17,28 @@ pub struct AdminService {
 impl AdminService {
     pub fn new(node: Node) -> Self {
         AdminService { node }
+    }
+}
+
+impl AdminService {
+    /// The group `group`, which this node must lead (membership changes go to the leader).
+    fn led_group(&self, group: u32) -> Result<(u16, chorus_raft::Raft), Status> {
+        let group = u16::try_from(group)
+            .map_err(|_| Status::invalid_argument(format!("no group {group}")))?;
+        let raft = self
+            .node
+            .group_table()
+            .get(group)
+            .ok_or_else(|| Status::not_found(format!("group {group} is not on this node")))?;
+        let me = self.node.node_id();
+        let leader = raft.metrics().borrow().current_leader;
+        if leader != Some(me) {
+            return Err(Status::failed_precondition(format!(
+                "node {me} does not lead group {group}; leader: {}",
+                leader.map_or("unknown".into(), |l| l.to_string())
+            )));
+        }
+        Ok((group, raft))
     }
 }
 
@@ -39,15 +62,20 @@ impl Admin for AdminService {
             .into_iter()
             .map(|(id, addr)| pb::NodeInfo { id, peer_addr: addr, api_addr: String::new() })
             .collect();
+        let shard_count = self.node.shard_count();
+        let me = self.node.node_id();
         let groups = self
             .node
             .group_table()
             .all()
             .into_iter()
+            // The meta group is reported in `meta`: edges take `groups` as the shard list.
+            .filter(|(group, _)| *group < shard_count)
             .map(|(group, raft)| {
                 let m = raft.metrics().borrow().clone();
                 let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
                 let membership = m.membership_config.membership();
+                let joint = membership.get_joint_config().len() > 1;
                 let voters: Vec<u64> = membership.voter_ids().collect();
                 let learners: Vec<u64> = membership.learner_ids().collect();
                 let matched = m
@@ -59,9 +87,15 @@ impl Admin for AdminService {
                             .collect()
                     })
                     .unwrap_or_default();
+                // A node that stepped down (a leader that removed itself from the group) keeps
+                // its own vote, so openraft still names it; it leads nothing.
+                let leader = match m.current_leader {
+                    Some(l) if l == me && m.state != openraft::ServerState::Leader => 0,
+                    other => other.unwrap_or(0),
+                };
                 pb::GroupStatus {
                     group: u32::from(group),
-                    leader: m.current_leader.unwrap_or(0),
+                    leader,
                     term: m.current_term,
                     last_log_index: m.last_log_index.unwrap_or(0),
                     committed: self
@@ -76,10 +110,32 @@ impl Admin for AdminService {
                     state: format!("{:?}", m.state),
                     snapshot: m.snapshot.map(|l| l.index).unwrap_or(0),
                     purged: m.purged.map(|l| l.index).unwrap_or(0),
+                    joint,
                 }
             })
             .collect();
-        Ok(Response::new(pb::StatusReply { node_id: self.node.node_id(), nodes, groups }))
+        let meta = crate::meta::admin::status(&self.node).await;
+        Ok(Response::new(pb::StatusReply { node_id: self.node.node_id(), nodes, groups, meta }))
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<pb::AddNodeRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let req = request.into_inner();
+        if req.addr.is_empty() {
+            return Err(Status::invalid_argument("the new node's peer address is required"));
+        }
+        let change = Change::Add { id: req.id, addr: req.addr };
+        Ok(Response::new(crate::meta::admin::apply(&self.node, change).await?))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::MembershipReply>, Status> {
+        let change = Change::Remove { id: request.into_inner().id };
+        Ok(Response::new(crate::meta::admin::apply(&self.node, change).await?))
     }
 
     async fn replace_voter(
@@ -87,21 +143,7 @@ impl Admin for AdminService {
         request: Request<pb::ReplaceVoterRequest>,
     ) -> Result<Response<pb::ReplaceVoterReply>, Status> {
         let req = request.into_inner();
-        let group = u16::try_from(req.group)
-            .map_err(|_| Status::invalid_argument(format!("no group {}", req.group)))?;
-        let raft = self
-            .node
-            .group_table()
-            .get(group)
-            .ok_or_else(|| Status::not_found(format!("group {group} is not on this node")))?;
-        let me = self.node.node_id();
-        let leader = raft.metrics().borrow().current_leader;
-        if leader != Some(me) {
-            return Err(Status::failed_precondition(format!(
-                "node {me} does not lead group {group}; leader: {}",
-                leader.map_or("unknown".into(), |l| l.to_string())
-            )));
-        }
+        let (group, raft) = self.led_group(req.group)?;
         if req.new == 0 || req.new_addr.is_empty() {
             return Err(Status::invalid_argument("new node id and address are required"));
         }
@@ -117,11 +159,65 @@ impl Admin for AdminService {
         let mut next = voters;
         next.remove(&req.old);
         next.insert(req.new);
+        // A leader that replaces itself leaves the group here and steps down once the change
+        // is applied. openraft 0.9 answers a proposal only when the proposing node applies it,
+        // and nothing replicates to a node outside the group, so the rebalancer then has the
+        // new leader feed it the log as a learner (`AddLearner`, then `RemoveLearner`) to
+        // answer what it was committing. (Keeping it as a learner here instead does not work:
+        // in 0.9 a learner may stay leader.)
         raft.change_membership(next.clone(), false)
             .await
             .map_err(|e| Status::unavailable(format!("changing voters: {e}")))?;
         tracing::info!(group, old = req.old, new = req.new, "voter replaced");
         Ok(Response::new(pb::ReplaceVoterReply { voters: next.into_iter().collect() }))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<pb::AddLearnerReply>, Status> {
+        let req = request.into_inner();
+        let (group, raft) = self.led_group(req.group)?;
+        if req.node == 0 || req.addr.is_empty() {
+            return Err(Status::invalid_argument("node id and address are required"));
+        }
+        let voter = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == req.node);
+        if !voter {
+            raft.add_learner(req.node, openraft::BasicNode { addr: req.addr }, true)
+                .await
+                .map_err(|e| Status::unavailable(format!("adding learner {}: {e}", req.node)))?;
+            tracing::info!(group, node = req.node, "learner added");
+        }
+        Ok(Response::new(pb::AddLearnerReply {}))
+    }
+
+    async fn remove_learner(
+        &self,
+        request: Request<pb::RemoveLearnerRequest>,
+    ) -> Result<Response<pb::RemoveLearnerReply>, Status> {
+        let req = request.into_inner();
+        let (group, raft) = self.led_group(req.group)?;
+        let membership = raft.metrics().borrow().membership_config.clone();
+        if membership.membership().voter_ids().any(|v| v == req.node) {
+            return Err(Status::failed_precondition(format!(
+                "node {} is a voter of group {group}",
+                req.node
+            )));
+        }
+        if membership.membership().get_node(&req.node).is_some() {
+            let gone = std::collections::BTreeSet::from([req.node]);
+            raft.change_membership(openraft::ChangeMembers::RemoveNodes(gone), false)
+                .await
+                .map_err(|e| Status::unavailable(format!("removing learner {}: {e}", req.node)))?;
+            tracing::info!(group, node = req.node, "learner removed");
+        }
+        Ok(Response::new(pb::RemoveLearnerReply {}))
     }
 
     async fn local_messages(

@@ -56,14 +56,16 @@ async fn open(
                 }
             });
         }
-        Target::Remote(id) => id,
+        Target::Remote(id) => (id, false),
+        // A node that holds the shard opens it on the leader for us.
+        Target::Holder(id) => (id, true),
     };
+    let (id, route) = id;
     let mut client = router.owner_client(id).map_err(OpenFailure::Retry)?;
     let mut wire = WireCaller::from(caller);
     wire.session = router.tag_session(caller.session);
-    let body =
-        serde_json::to_vec(&ListenCall { caller: wire, key: key.clone(), since, route: false })
-            .map_err(|e| OpenFailure::Final(err(ErrorCode::Internal, &e.to_string())))?;
+    let body = serde_json::to_vec(&ListenCall { caller: wire, key: key.clone(), since, route })
+        .map_err(|e| OpenFailure::Final(err(ErrorCode::Internal, &e.to_string())))?;
     let unreachable =
         || OpenFailure::Retry(err(ErrorCode::Unavailable, "stream owner unreachable"));
     let mut stream = client

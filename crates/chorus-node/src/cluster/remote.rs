@@ -1,7 +1,7 @@
 //! An edge's [`StreamService`]: every operation goes over `Owner` gRPC to a node of the
 //! cluster, which routes it to the stream's shard leader (`route: true`) and follows leader
-//! changes there. The edge keeps no shard map: nodes already track leaders (each holds a
-//! replica of every shard), so an edge only needs one reachable node.
+//! changes there. The edge keeps no shard map: nodes already track leaders (and forward what
+//! they hold no replica of), so an edge only needs one reachable node.
 //!
 //! Calls go to the node that leads the stream's shard as far as the edge knows (`topology`,
 //! refreshed every second from the nodes), else to the node that answered last; when it
@@ -14,9 +14,13 @@
 //!
 //! Each node is one HTTP/2 connection ([`endpoint`]); every listen the edge holds through a
 //! node is a subscription on one `Owner.Subscribe` stream ([`Mux`]).
+//!
+//! The node list starts as the edge's `--nodes` and grows: a node that joined the cluster
+//! later (`chorus admin add-node`) is in the meta group's record, which every node's status
+//! carries, so the edge connects to it too and sends it the shards it leads directly.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use chorus_api::{
@@ -43,8 +47,11 @@ const MAX_PAUSE: Duration = Duration::from_millis(500);
 /// How long a readiness probe waits for a node.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-struct NodeConn {
+pub(super) struct NodeConn {
     addr: String,
+    /// The connection, shared by the owner client, the subscription stream and the topology
+    /// poller's admin client.
+    pub(super) channel: Channel,
     client: OwnerClient<Channel>,
     /// Every listen this edge holds through the node, on one `Owner.Subscribe` stream.
     mux: tokio::sync::Mutex<Option<Arc<Mux>>>,
@@ -52,7 +59,9 @@ struct NodeConn {
 
 /// [`StreamService`] over the `Owner` gRPC service of a cluster's nodes.
 pub struct RemoteService {
-    nodes: Vec<NodeConn>,
+    /// The `--nodes`, then nodes learned from the meta record, in the order learned (indexes
+    /// never change: the topology refers to nodes by index).
+    nodes: RwLock<Vec<Arc<NodeConn>>>,
     /// Which node leads which shard, learned from the nodes: calls start there.
     topology: Arc<Topology>,
     /// The node that answered last: calls start there.
@@ -60,6 +69,16 @@ pub struct RemoteService {
     /// How long one operation may take, retries included. Longer than a node's own request
     /// timeout, so the node's answer (even `timeout`) arrives before the edge gives up.
     timeout: Duration,
+}
+
+impl NodeConn {
+    fn new(addr: &str) -> Result<NodeConn, chorus_raft::grpc::PeerError> {
+        let channel = endpoint(addr)?.connect_lazy();
+        let client = OwnerClient::new(channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Ok(NodeConn { addr: addr.to_owned(), channel, client, mux: Default::default() })
+    }
 }
 
 impl RemoteService {
@@ -70,22 +89,52 @@ impl RemoteService {
             return Err(NodeError::Config("an edge needs at least one node address".into()));
         }
         let mut nodes = Vec::with_capacity(addrs.len());
-        let mut channels = Vec::with_capacity(addrs.len());
         for addr in addrs {
-            let channel = endpoint(addr)
-                .map_err(|e| NodeError::Config(format!("node address {addr:?}: {e}")))?
-                .connect_lazy();
-            channels.push(channel.clone());
-            let client = OwnerClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE)
-                .max_encoding_message_size(MAX_MESSAGE);
-            nodes.push(NodeConn { addr: addr.clone(), client, mux: Default::default() });
+            nodes.push(Arc::new(
+                NodeConn::new(addr)
+                    .map_err(|e| NodeError::Config(format!("node address {addr:?}: {e}")))?,
+            ));
         }
-        let topology = Arc::new(Topology::default());
+        let service = Arc::new(RemoteService {
+            nodes: RwLock::new(nodes),
+            topology: Arc::new(Topology::default()),
+            preferred: AtomicUsize::new(0),
+            timeout,
+        });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(topology::refresh(Arc::downgrade(&topology), channels));
+            runtime.spawn(topology::refresh(Arc::downgrade(&service)));
         }
-        Ok(Arc::new(RemoteService { nodes, topology, preferred: AtomicUsize::new(0), timeout }))
+        Ok(service)
+    }
+
+    /// The nodes known now (a snapshot: the list only grows).
+    pub(super) fn nodes(&self) -> Vec<Arc<NodeConn>> {
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(super) fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Adds the active nodes of the meta record in `status` that the edge does not know yet.
+    pub(super) fn learn_nodes(&self, status: &pb::StatusReply) {
+        let Some(meta) = &status.meta else { return };
+        for n in meta.nodes.iter().filter(|n| n.status == "active") {
+            let known = self.nodes().iter().any(|c| c.addr == n.peer_addr);
+            if known {
+                continue;
+            }
+            match NodeConn::new(&n.peer_addr) {
+                Ok(conn) => {
+                    tracing::info!(node = n.id, addr = %n.peer_addr, "learned a node");
+                    let mut nodes = self.nodes.write().unwrap_or_else(PoisonError::into_inner);
+                    nodes.push(Arc::new(conn));
+                }
+                Err(e) => {
+                    tracing::warn!(node = n.id, error = %e, "bad node address in the meta record")
+                }
+            }
+        }
     }
 
     /// Where attempts start: the leader of `key`'s shard when known, else the node that
@@ -95,14 +144,20 @@ impl RemoteService {
             .unwrap_or_else(|| self.preferred.load(Ordering::Relaxed))
     }
 
-    fn node(&self, start: usize, attempt: usize) -> (usize, &NodeConn) {
-        let i = (start + attempt) % self.nodes.len();
-        (i, &self.nodes[i])
+    fn node(&self, start: usize, attempt: usize) -> (usize, Arc<NodeConn>) {
+        let nodes = self.nodes.read().unwrap_or_else(PoisonError::into_inner);
+        // Never empty: `new` refuses an empty list and nodes are only added.
+        let i = (start + attempt) % nodes.len().max(1);
+        (i, Arc::clone(&nodes[i]))
+    }
+
+    fn node_count(&self) -> usize {
+        self.nodes.read().unwrap_or_else(PoisonError::into_inner).len().max(1)
     }
 
     /// Waits before the next try; after a full round over the nodes, longer.
     async fn pause(&self, attempt: usize, pause: &mut Duration) {
-        if attempt.is_multiple_of(self.nodes.len()) {
+        if attempt.is_multiple_of(self.node_count()) {
             tokio::time::sleep(*pause).await;
             *pause = (*pause * 2).min(MAX_PAUSE);
         }
@@ -302,7 +357,7 @@ impl StreamService for RemoteService {
         .map_err(|e| ApiError::internal(e.to_string()))?;
         let mut last = ApiError::new(ErrorCode::Unavailable, "no node of the cluster answers");
         let start = self.start(None);
-        for attempt in 0..self.nodes.len() {
+        for attempt in 0..self.node_count() {
             let (i, node) = self.node(start, attempt);
             let mut request = tonic::Request::new(pb::OwnerRequest { call: body.clone() });
             request.set_timeout(PROBE_TIMEOUT);
@@ -347,7 +402,7 @@ impl StreamService for RemoteService {
             // Each node gets a share of the time left, so one that hangs leaves room to try
             // the others.
             let share = deadline.saturating_duration_since(Instant::now()) / 2;
-            match self.open(node, body.clone(), Instant::now() + share.max(PROBE_TIMEOUT)).await {
+            match self.open(&node, body.clone(), Instant::now() + share.max(PROBE_TIMEOUT)).await {
                 Ok(listening) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return Ok(listening);

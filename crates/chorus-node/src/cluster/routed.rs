@@ -154,7 +154,7 @@ impl StreamService for Router {
         if self.node.is_ready() {
             Ok(())
         } else {
-            Err(ApiError::new(ErrorCode::Unavailable, "a shard has no leader"))
+            Err(ApiError::new(ErrorCode::Unavailable, "a shard or the meta group has no leader"))
         }
     }
 

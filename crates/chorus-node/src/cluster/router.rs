@@ -23,17 +23,44 @@ use tonic::transport::Channel;
 
 use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller, execute};
 use crate::error::err;
+use crate::meta::state::MetaState;
 use crate::node::Node;
 
 /// Bits of a forwarded session id that hold the session; the node id sits above them, so a
 /// session id is unique across the cluster when it travels.
 const SESSION_BITS: u32 = chorus_api::SESSION_ID_BITS;
 
+/// How long [`Router::meta_record`] reuses a read of the meta record.
+const RECORD_TTL: Duration = Duration::from_secs(1);
+
+/// A read of the meta record and when it was made (`None` inside: there was no record).
+type CachedRecord = Mutex<Option<(Instant, Option<Arc<MetaState>>)>>;
+
+/// The cached value in `slot` while fresh, else `read()` (cached).
+async fn cached_record<F, Fut>(slot: &CachedRecord, read: F) -> Option<Arc<MetaState>>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Option<Arc<MetaState>>>,
+{
+    let cached = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some((at, record)) = cached
+        && at.elapsed() < RECORD_TTL
+    {
+        return record;
+    }
+    let record = read().await;
+    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), record.clone()));
+    record
+}
+
 /// Where an operation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Target {
     Local,
     Remote(u64),
+    /// A node that holds the shard, asked to route the call on to its leader (this node
+    /// holds no usable replica of the shard).
+    Holder(u64),
 }
 
 /// How a forwarded call failed.
@@ -49,6 +76,8 @@ pub struct Router {
     pub(crate) me: u64,
     peers: HashMap<u64, String>,
     clients: Mutex<HashMap<u64, OwnerClient<Channel>>>,
+    /// The meta record, when last read (see [`Router::meta_record`]).
+    placement: CachedRecord,
     pub(crate) timeout: Duration,
     this: Weak<Router>,
 }
@@ -64,6 +93,7 @@ impl Router {
             node,
             peers,
             clients: Mutex::default(),
+            placement: Mutex::default(),
             timeout,
             this: this.clone(),
         })
@@ -113,6 +143,42 @@ impl Router {
         })
     }
 
+    /// For a shard this node does not hold (a joined node holds only its share; a node a
+    /// replica moved away from may still think it leads, or, after a restart, wait for an
+    /// election it cannot win), a node that does, from the meta record: it routes the call on
+    /// to the leader. This node counts as holding the shard when both the record and its own
+    /// Raft membership make it a voter. `None` when it holds the shard, or knows no record.
+    async fn holder_elsewhere(&self, shard: ShardId, raft: &chorus_raft::Raft) -> Option<u64> {
+        let state = self.meta_record().await?;
+        let placed = state.placement.get(usize::from(shard.0))?;
+        let is_voter = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.me);
+        if is_voter && placed.contains(&self.me) {
+            return None;
+        }
+        placed.iter().copied().find(|id| *id != self.me)
+    }
+
+    /// The meta record as this node's replica has it, read at most every [`RECORD_TTL`]
+    /// (placement changes one shard at a time and a stale view costs one extra hop).
+    async fn meta_record(&self) -> Option<Arc<MetaState>> {
+        cached_record(&self.placement, || async {
+            match crate::meta::store::read(self.node.db()).await {
+                Ok(record) => record.map(|(_, s)| Arc::new(s)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the meta record failed");
+                    None
+                }
+            }
+        })
+        .await
+    }
+
     /// The node that leads `shard` now, waiting (until `deadline`) through an election.
     pub(crate) async fn target(
         &self,
@@ -123,6 +189,9 @@ impl Router {
             .node
             .raft(shard)
             .ok_or_else(|| err(ErrorCode::Internal, "no replica of the shard on this node"))?;
+        if let Some(holder) = self.holder_elsewhere(shard, raft).await {
+            return Ok(Target::Holder(holder));
+        }
         let mut rx = raft.metrics();
         loop {
             if let Some(leader) = rx.borrow_and_update().current_leader {
@@ -150,6 +219,7 @@ impl Router {
                 (_, None) => false,
                 (Target::Local, Some(l)) => l != self.me,
                 (Target::Remote(p), Some(l)) => l != p,
+                (Target::Holder(_), Some(_)) => false,
             };
             if moved || tokio::time::timeout_at(until, rx.changed()).await.is_err() {
                 return;
@@ -157,17 +227,20 @@ impl Router {
         }
     }
 
+    /// Sends `call` to node `id`: to run there (`route: false`, it leads the shard), or to be
+    /// routed on to the leader (`route: true`, it only holds the shard).
     async fn forward(
         &self,
         id: u64,
         caller: &Caller,
         call: OwnerCall,
+        route: bool,
     ) -> Result<OwnerReply, Failure> {
         let mut client = self.owner_client(id).map_err(Failure::NotRun)?;
         crate::metrics::FORWARDED_CALLS.inc();
         let mut wire = WireCaller::from(caller);
         wire.session = self.tag_session(caller.session);
-        let body = serde_json::to_vec(&CallEnvelope { caller: wire, call, route: false })
+        let body = serde_json::to_vec(&CallEnvelope { caller: wire, call, route })
             .map_err(|e| Failure::NotRun(err(ErrorCode::Internal, &e.to_string())))?;
         match client.call(pb::OwnerRequest { call: body }).await {
             Ok(resp) => serde_json::from_slice(&resp.into_inner().reply)
@@ -202,7 +275,8 @@ impl Router {
             };
             let outcome = match target {
                 Target::Local => Ok(execute(&self.node, caller, call.clone()).await),
-                Target::Remote(id) => self.forward(id, caller, call.clone()).await,
+                Target::Remote(id) => self.forward(id, caller, call.clone(), false).await,
+                Target::Holder(id) => self.forward(id, caller, call.clone(), true).await,
             };
             let last = match outcome {
                 Ok(reply) => match reply.error() {

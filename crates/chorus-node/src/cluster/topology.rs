@@ -1,7 +1,7 @@
 //! What an edge knows of the cluster's shard leaders, so that it sends each operation and
 //! listen straight to the node that leads the stream's shard.
 //!
-//! Every second the edge asks each node for its status (`Admin.Status`): the node's id (so the
+//! Every second the edge asks each node it knows for its status (`Admin.Status`): the node's id (so the
 //! edge knows which of its `--nodes` addresses is which node) and, per shard, the leader and
 //! term as that node sees them; the highest term wins. Knowing is only a shortcut: calls still
 //! carry `route: true`, so a stale entry costs one forwarding hop on the node, never a wrong
@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 use std::sync::{PoisonError, RwLock, Weak};
+
+use super::remote::RemoteService;
 use std::time::Duration;
 
 use chorus_proto::pb;
@@ -66,17 +68,23 @@ impl Topology {
     }
 }
 
-/// Refreshes `topology` from the nodes behind `channels` until the edge's service is gone.
-pub(super) async fn refresh(topology: Weak<Topology>, channels: Vec<Channel>) {
-    let mut clients: Vec<AdminClient<Channel>> =
-        channels.into_iter().map(AdminClient::new).collect();
+/// Refreshes the service's topology from its nodes, and its node list from the meta record
+/// they report, until the service is gone.
+pub(super) async fn refresh(service: Weak<RemoteService>) {
+    let mut clients: Vec<AdminClient<Channel>> = Vec::new();
     loop {
+        let Some(known) = service.upgrade().map(|s| s.nodes()) else { return };
+        for node in known.iter().skip(clients.len()) {
+            clients.push(AdminClient::new(node.channel.clone()));
+        }
         for (index, client) in clients.iter_mut().enumerate() {
-            let Some(topology) = topology.upgrade() else { return };
+            let Some(service) = service.upgrade() else { return };
             let mut request = tonic::Request::new(pb::StatusRequest {});
             request.set_timeout(STATUS_TIMEOUT);
             if let Ok(reply) = client.status(request).await {
-                topology.learn(index, &reply.into_inner());
+                let reply = reply.into_inner();
+                service.topology().learn(index, &reply);
+                service.learn_nodes(&reply);
             }
         }
         tokio::time::sleep(REFRESH).await;
@@ -103,6 +111,7 @@ mod tests {
             node_id,
             nodes: Vec::new(),
             groups: vec![group(shard, leader, term), group(1 - shard, 0, 0)],
+            meta: None,
         };
         // Node 7 is the edge's address #2 and says node 9 leads in term 3.
         t.learn(2, &status(7, 9, 3));

@@ -29,6 +29,19 @@ impl Edge {
         edge
     }
 
+    /// Starts an edge given only the peer addresses `nodes` (comma-separated).
+    pub fn start_with_nodes(nodes: &str, extra: &[&str]) -> Edge {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut edge = Edge {
+            addr: format!("127.0.0.1:{port}"),
+            nodes: nodes.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        edge.spawn();
+        edge
+    }
+
     /// Starts the process (again, on the same address) and waits until it is ready.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "edge already runs");
