@@ -163,7 +163,10 @@ impl Drop for Pingers {
 
 fn want_tick(me: u64, group: u16, seen: &Seen, w: &Watch, liveness: &Liveness, hot: bool) -> bool {
     if seen.leader {
-        return w.grew.elapsed() < IDLE
+        // A leader that a committed membership change removed steps down on a tick, so it
+        // must keep ticking until it has.
+        return !seen.voters.contains(&me)
+            || w.grew.elapsed() < IDLE
             || seen.lagging.iter().any(|id| liveness.is_alive(*id))
             || seen.changing
             || hot
@@ -173,7 +176,11 @@ fn want_tick(me: u64, group: u16, seen: &Seen, w: &Watch, liveness: &Liveness, h
         // A learner never campaigns.
         return false;
     }
-    let trusted = seen.current_leader.is_some_and(|l| l != me && liveness.leads(l, group));
+    // A leader outside the voters is on its way out (removed by a membership change): the
+    // followers' election timers must run.
+    let trusted = seen
+        .current_leader
+        .is_some_and(|l| l != me && seen.voters.contains(&l) && liveness.leads(l, group));
     !trusted
 }
 
