@@ -69,34 +69,15 @@ async fn sequential_writer(
     let mut node = s;
     for k in 0..count {
         let id = format!("w{s}-{k}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            assert!(Instant::now() < deadline, "post {id} not acknowledged within 30 s");
-            let (base, up) = {
-                let nodes = cluster.lock().unwrap();
-                nodes[node % nodes.len()].clone()
-            };
-            if !up {
-                node += 1;
-                continue;
-            }
-            let api = common::Api::at(base, common::cluster::API_KEY.into(), None);
-            let body = json!({"type": "Chat/message", "content": k.to_string(), "clientMsgId": id});
-            match api.try_call("POST", &path, Some(body)).await {
-                Ok((200 | 201, v)) => {
-                    let ordinal = v["message"]["ordinal"].as_u64().or(v["ordinal"].as_u64());
-                    out.insert(id.clone(), ordinal.unwrap_or_else(|| panic!("no ordinal: {v}")));
-                    acked.fetch_add(1, Ordering::SeqCst);
-                    break;
-                }
-                Ok((status, v)) => {
-                    assert!(status >= 500 || status == 429, "post refused for good: {status} {v}");
-                }
-                Err(_) => {}
-            }
-            node += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let target = |n: usize| {
+            let nodes = cluster.lock().unwrap();
+            let (base, up) = nodes[n % nodes.len()].clone();
+            up.then_some(base)
+        };
+        let (_, ordinal) =
+            common::cluster::post_until_acked(target, &mut node, &path, &id, &k.to_string()).await;
+        out.insert(id, ordinal);
+        acked.fetch_add(1, Ordering::SeqCst);
     }
     out
 }

@@ -192,3 +192,40 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// Posts `content` with clientMsgId `id` to `path` until it is acknowledged, the way a careful
+/// client retries: each attempt goes to `target(*cursor)` (`None`: that target is down, try the
+/// next), and the cursor moves on after every failure. A refusal other than 5xx or 429 fails
+/// the test. Returns the base URL that acknowledged and the ordinal.
+pub async fn post_until_acked(
+    target: impl Fn(usize) -> Option<String>,
+    cursor: &mut usize,
+    path: &str,
+    id: &str,
+    content: &str,
+) -> (String, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "post {id} not acknowledged within 30 s");
+        let Some(base) = target(*cursor) else {
+            *cursor += 1;
+            tokio::task::yield_now().await;
+            continue;
+        };
+        let api = Api::at(base.clone(), API_KEY.into(), None);
+        let body =
+            serde_json::json!({"type": "Chat/message", "content": content, "clientMsgId": id});
+        match api.try_call("POST", path, Some(body)).await {
+            Ok((200 | 201, v)) => {
+                let ordinal = v["message"]["ordinal"].as_u64().or(v["ordinal"].as_u64());
+                return (base, ordinal.unwrap_or_else(|| panic!("no ordinal: {v}")));
+            }
+            Ok((status, v)) => {
+                assert!(status >= 500 || status == 429, "post refused for good: {status} {v}");
+            }
+            Err(_) => {}
+        }
+        *cursor += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
