@@ -254,19 +254,25 @@ async fn checked_copy(
     messages
 }
 
-/// Property: adding a node moves an even share of replicas to it (8 shards × 3 over 4 nodes
-/// = 6 each) and removing one moves all of its replicas away (8 each on the other 3), one
-/// shard at a time, while writes continue; nothing acknowledged is lost or duplicated, and
-/// every current replica of a stream holds the same gap-free log.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() {
-    let mut cluster = Cluster::start(3, SHARDS, FAST_RAFT);
+/// A 3-node cluster (`--peers`) with the test's streams created.
+async fn cluster_with_streams() -> Cluster {
+    let cluster = Cluster::start(3, SHARDS, FAST_RAFT);
     let app = cluster.api(0, None);
     for s in 0..STREAMS {
         let body = json!({"publisherId": "alice", "name": stream_name(s), "type": "Chat/room"});
         let (status, body) = app.call("POST", "/v1/streams", Some(body)).await;
         assert_eq!(status, 201, "create: {body}");
     }
+    cluster
+}
+
+/// Property: adding a node moves an even share of replicas to it (8 shards × 3 over 4 nodes
+/// = 6 each) and removing one moves all of its replicas away (8 each on the other 3), one
+/// shard at a time, while writes continue; nothing acknowledged is lost or duplicated, and
+/// every current replica of a stream holds the same gap-free log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() {
+    let mut cluster = cluster_with_streams().await;
     // A `--peers` cluster records every node holding every shard.
     let three = BTreeMap::from([(1, 8), (2, 8), (3, 8)]);
     wait_for_spread(&cluster, 2, &three).await;
@@ -363,13 +369,7 @@ async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() 
 /// rejoins as an ordinary member. Writes go on throughout and nothing acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_meta_leader_finishes_a_rebalance_the_old_one_started() {
-    let mut cluster = Cluster::start(3, SHARDS, FAST_RAFT);
-    let app = cluster.api(0, None);
-    for s in 0..STREAMS {
-        let body = json!({"publisherId": "alice", "name": stream_name(s), "type": "Chat/room"});
-        let (status, body) = app.call("POST", "/v1/streams", Some(body)).await;
-        assert_eq!(status, 201, "create: {body}");
-    }
+    let mut cluster = cluster_with_streams().await;
     wait_for_spread(&cluster, 0, &BTreeMap::from([(1, 8), (2, 8), (3, 8)])).await;
     let writers = Writers::start(urls(&cluster, &[0, 1, 2], &[]));
     writers.wait_for_progress(20).await;
@@ -435,13 +435,7 @@ async fn a_new_meta_leader_finishes_a_rebalance_the_old_one_started() {
 /// it learned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_edge_learns_the_nodes_from_the_meta_record() {
-    let mut cluster = Cluster::start(3, SHARDS, FAST_RAFT);
-    let app = cluster.api(0, None);
-    for s in 0..STREAMS {
-        let body = json!({"publisherId": "alice", "name": stream_name(s), "type": "Chat/room"});
-        let (status, body) = app.call("POST", "/v1/streams", Some(body)).await;
-        assert_eq!(status, 201, "create: {body}");
-    }
+    let mut cluster = cluster_with_streams().await;
     // The record exists before the edge starts, so its first poll of node 2 (at start) finds
     // nodes 1 and 3 in it.
     wait_for_spread(&cluster, 1, &BTreeMap::from([(1, 8), (2, 8), (3, 8)])).await;
