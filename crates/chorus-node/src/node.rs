@@ -326,6 +326,54 @@ impl Node {
             .count()
     }
 
+    /// Forms a cluster from nodes started with `--join` (`chorus admin init`): initialises,
+    /// with `voters` as members, the groups this node is the preferred leader of — the same
+    /// split a `--peers` start uses (shard `s` on `ids[s % 3]`, the meta group on `ids[0]`),
+    /// so leadership starts spread. A group that already has state is left as it is, so a
+    /// repeated or concurrent init changes nothing. Returns how many groups it initialised.
+    pub async fn initialize(&self, voters: &BTreeMap<u64, String>) -> Result<u32, NodeError> {
+        let me = self.node_id();
+        let check = ClusterSpec { peers: voters.clone(), join: false };
+        check.validate(me).map_err(NodeError::Config)?;
+        let members: BTreeMap<u64, openraft::BasicNode> = voters
+            .iter()
+            .map(|(id, addr)| (*id, openraft::BasicNode { addr: addr.clone() }))
+            .collect();
+        let ids: Vec<u64> = voters.keys().copied().collect();
+        let mut mine: Vec<&chorus_raft::Raft> = self
+            .inner
+            .groups
+            .iter()
+            .filter(|g| ids[usize::from(g.shard.0) % ids.len()] == me)
+            .map(|g| &g.raft)
+            .collect();
+        if ids.first() == Some(&me)
+            && let Some(meta) = &self.inner.meta
+        {
+            mine.push(&meta.raft);
+        }
+        let mut initialised = 0;
+        for raft in mine {
+            let fresh = raft
+                .is_initialized()
+                .await
+                .map(|done| !done)
+                .map_err(|e| NodeError::Config(format!("reading group state: {e}")))?;
+            if !fresh {
+                continue;
+            }
+            match raft.initialize(members.clone()).await {
+                Ok(()) => initialised += 1,
+                // Another voter's state reached this group first: it is formed.
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(e) => return Err(NodeError::Config(format!("initialising a group: {e}"))),
+            }
+        }
+        Ok(initialised)
+    }
+
     /// Waits until every shard has a leader, or the timeout passes.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -7,6 +7,9 @@ use chorus_proto::pb::admin_client::AdminClient;
 use crate::cli::{AdminArgs, AdminCommand};
 
 pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::Init { peers } = &args.command {
+        return init(peers).await;
+    }
     let mut client = AdminClient::connect(format!("http://{}", args.node))
         .await
         .with_context(|| format!("connecting to {}", args.node))?;
@@ -31,6 +34,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("node {id} added; replicas move to it in the background");
             print_meta_nodes(&reply.nodes);
         }
+        // Handled before connecting: it talks to each voter.
+        AdminCommand::Init { .. } => {}
         AdminCommand::RemoveNode { id } => {
             let reply = client
                 .remove_node(pb::RemoveNodeRequest { id })
@@ -40,6 +45,35 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
             println!("node {id} draining; it leaves the cluster once its replicas have moved");
             print_meta_nodes(&reply.nodes);
         }
+    }
+    Ok(())
+}
+
+/// Sends `Admin.Init` to each of the three voters, so each initialises the groups it is the
+/// preferred leader of. Every voter must be reachable: a cluster formed from part of them
+/// would start with some shards leaderless.
+async fn init(peers: &[String]) -> anyhow::Result<()> {
+    let voters = crate::node::parse_peers(peers)?;
+    if voters.len() != 3 {
+        anyhow::bail!("--peers: a cluster starts with exactly 3 voters, got {}", voters.len());
+    }
+    let mut total = 0;
+    for (id, addr) in &voters {
+        let mut client = AdminClient::connect(format!("http://{addr}"))
+            .await
+            .with_context(|| format!("connecting to node {id} at {addr}"))?;
+        let reply = client
+            .init(pb::InitRequest { voters: voters.clone().into_iter().collect() })
+            .await
+            .map_err(|s| anyhow::anyhow!("init on node {id}: {}", s.message()))?
+            .into_inner();
+        println!("node {id}: initialised {} groups", reply.initialised);
+        total += reply.initialised;
+    }
+    if total == 0 {
+        println!("the cluster was already formed; nothing changed");
+    } else {
+        println!("cluster formed; `chorus admin status` shows the leaders as they are elected");
     }
     Ok(())
 }

@@ -120,6 +120,15 @@ pub struct AdminArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum AdminCommand {
+    /// Form a new cluster from three nodes started with `--join` (which never initialise on
+    /// their own): each of them initialises its share of the groups with these voters, so
+    /// leadership starts spread. Nodes started with `--peers` alone form the cluster
+    /// themselves and need no init; running it again changes nothing.
+    Init {
+        /// The three voters, `id=host:port` (peer addresses), comma-separated or repeated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peers: Vec<String>,
+    },
     /// Nodes, shards, their leaders, terms, commit indexes and follower lag.
     Status {
         /// One line per shard instead of a summary.

@@ -15,7 +15,7 @@ use crate::dev::{actor_settings, raft_config, shutdown_signal};
 use crate::{logging, process_metrics, secrets};
 
 /// Parses `id=host:port,…`.
-fn parse_peers(items: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
+pub(crate) fn parse_peers(items: &[String]) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut peers = BTreeMap::new();
     for item in items.iter().filter(|i| !i.trim().is_empty()) {
         let (id, addr) = item

@@ -118,6 +118,19 @@ impl Admin for AdminService {
         Ok(Response::new(pb::StatusReply { node_id: self.node.node_id(), nodes, groups, meta }))
     }
 
+    async fn init(
+        &self,
+        request: Request<pb::InitRequest>,
+    ) -> Result<Response<pb::InitReply>, Status> {
+        let voters: std::collections::BTreeMap<u64, String> =
+            request.into_inner().voters.into_iter().collect();
+        let initialised = self.node.initialize(&voters).await.map_err(|e| match e {
+            crate::error::NodeError::Config(m) => Status::invalid_argument(m),
+            other => Status::internal(other.to_string()),
+        })?;
+        Ok(Response::new(pb::InitReply { initialised }))
+    }
+
     async fn add_node(
         &self,
         request: Request<pb::AddNodeRequest>,

@@ -39,6 +39,18 @@ impl Cluster {
     /// Starts `n` nodes with `shards` shards and the given extra config (TOML) and waits until
     /// every shard has a leader.
     pub fn start(n: usize, shards: u16, extra_config: &str) -> Cluster {
+        let mut cluster = Cluster::unstarted(n, shards, extra_config);
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        for i in 0..n {
+            cluster.wait_ready(i);
+        }
+        cluster
+    }
+
+    /// `n` members with ports and data dirs, none started yet.
+    pub fn unstarted(n: usize, shards: u16, extra_config: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("chorus.toml");
         std::fs::write(&config, format!("version = 1\n{extra_config}\n")).unwrap();
@@ -51,14 +63,12 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut cluster = Cluster { members, config, shards, _dir: dir };
-        for i in 0..n {
-            cluster.spawn(i);
-        }
-        for i in 0..n {
-            cluster.wait_ready(i);
-        }
-        cluster
+        Cluster { members, config, shards, _dir: dir }
+    }
+
+    /// `--peers` naming every member.
+    pub fn all_peers(&self) -> String {
+        self.peers_arg()
     }
 
     fn peers_arg(&self) -> String {
