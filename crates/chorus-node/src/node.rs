@@ -344,11 +344,11 @@ impl Node {
             .inner
             .groups
             .iter()
-            .filter(|g| ids[usize::from(g.shard.0) % ids.len()] == me)
+            .filter(|g| preferred_leader(&ids, g.shard.0) == Some(me))
             .map(|g| &g.raft)
             .collect();
-        if ids.first() == Some(&me)
-            && let Some(meta) = &self.inner.meta
+        if let Some(meta) = &self.inner.meta
+            && preferred_leader(&ids, crate::meta::META_GROUP) == Some(me)
         {
             mine.push(&meta.raft);
         }
@@ -444,15 +444,25 @@ async fn start_cluster_groups(
         .collect();
     let ids: Vec<u64> = cluster.peers.keys().copied().collect();
     let mut groups = Vec::with_capacity(usize::from(shard_count));
+    let initialises = |group: u16| !cluster.join && preferred_leader(&ids, group) == Some(me);
     for s in 0..shard_count {
-        let preferred = ids[usize::from(s) % ids.len()];
-        let init = (preferred == me && !cluster.join).then(|| members.clone());
+        let init = initialises(s).then(|| members.clone());
         let network = GrpcNetwork::new(s, pool.clone());
         groups.push(host.group(ShardId(s), network, init).await?);
     }
     let meta_group = crate::meta::META_GROUP;
-    let init = (ids.first() == Some(&me) && !cluster.join).then(|| members.clone());
+    let init = initialises(meta_group).then(|| members.clone());
     let network = GrpcNetwork::new(meta_group, pool.clone());
     let meta = host.meta_group(ShardId(meta_group), network, init).await?;
     Ok((groups, pool, meta))
+}
+
+/// The voter that initialises (and so almost always first leads) `group` in a new cluster of
+/// `voters` (sorted ids): shard `s` on the `s % 3`-th, so leadership starts spread, and the
+/// meta group on the first.
+fn preferred_leader(voters: &[u64], group: u16) -> Option<u64> {
+    if group == crate::meta::META_GROUP {
+        return voters.first().copied();
+    }
+    voters.get(usize::from(group) % voters.len().max(1)).copied()
 }

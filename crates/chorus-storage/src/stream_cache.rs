@@ -25,30 +25,39 @@ const CAPACITY: usize = 16_384;
 /// Owned by the applier thread (hence `RefCell`: reads go through `&self`).
 #[derive(Default)]
 pub struct StreamCache {
-    records: RefCell<HashMap<(ShardId, StreamKey), StreamRecord>>,
+    /// By shard, then stream: a lookup borrows the key (a post's hot path allocates nothing
+    /// here) and a snapshot install drops one shard's map.
+    records: RefCell<HashMap<ShardId, HashMap<StreamKey, StreamRecord>>>,
+    /// Records held over all shards.
+    len: std::cell::Cell<usize>,
 }
 
 impl StreamCache {
     fn get(&self, shard: ShardId, key: &StreamKey) -> Option<StreamRecord> {
-        // The key is cloned for the lookup: `(ShardId, StreamKey)` tuples cannot borrow.
-        self.records.borrow().get(&(shard, key.clone())).cloned()
+        self.records.borrow().get(&shard)?.get(key).cloned()
     }
 
     /// Keeps `record` as the current state of its stream.
     pub fn keep(&self, shard: ShardId, record: StreamRecord) {
         let mut records = self.records.borrow_mut();
-        if records.len() >= CAPACITY {
+        if self.len.get() >= CAPACITY {
             records.clear();
+            self.len.set(0);
         }
-        records.insert((shard, record.key()), record);
+        if records.entry(shard).or_default().insert(record.key(), record).is_none() {
+            self.len.set(self.len.get() + 1);
+        }
     }
 
     pub fn forget_shard(&self, shard: ShardId) {
-        self.records.borrow_mut().retain(|(s, _), _| *s != shard);
+        if let Some(gone) = self.records.borrow_mut().remove(&shard) {
+            self.len.set(self.len.get() - gone.len());
+        }
     }
 
     pub fn clear(&self) {
         self.records.borrow_mut().clear();
+        self.len.set(0);
     }
 }
 

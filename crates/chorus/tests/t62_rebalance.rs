@@ -35,6 +35,19 @@ fn shard_of_stream(s: usize) -> u16 {
     shard_of(&key, SHARDS).0
 }
 
+/// Starts node 4 with `--join` (knowing only itself and node 2) and adds it through node 2,
+/// which forwards to the meta leader. Returns its member index and peer address.
+async fn join_node_4(cluster: &mut Cluster) -> (usize, String) {
+    let new = cluster.add_member(4);
+    let peers = cluster.peers_of(&[1, new]);
+    cluster.spawn_with(new, &peers, &["--join"]);
+    let new_addr = cluster.members[new].peer.clone();
+    let (ok, text) =
+        admin(&cluster.members[1].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
+    assert!(ok, "add-node failed: {text}");
+    (new, new_addr)
+}
+
 /// Runs `chorus admin --node <node> <args>`; (success, stdout + stderr).
 async fn admin(node: &str, args: &[&str]) -> (bool, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
@@ -286,13 +299,7 @@ async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() 
 
     // Node 4 joins (knowing only itself and node 2) and is added through node 2, which
     // forwards to the meta leader.
-    let new = cluster.add_member(4);
-    let peers = cluster.peers_of(&[1, new]);
-    cluster.spawn_with(new, &peers, &["--join"]);
-    let new_addr = cluster.members[new].peer.clone();
-    let (ok, text) =
-        admin(&cluster.members[1].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
-    assert!(ok, "add-node failed: {text}");
+    let (new, new_addr) = join_node_4(&mut cluster).await;
     let four = BTreeMap::from([(1, 6), (2, 6), (3, 6), (4, 6)]);
     wait_for_spread(&cluster, new, &four).await;
     cluster.wait_ready(new);
@@ -440,13 +447,7 @@ async fn an_edge_learns_the_nodes_from_the_meta_record() {
     // nodes 1 and 3 in it.
     wait_for_spread(&cluster, 1, &BTreeMap::from([(1, 8), (2, 8), (3, 8)])).await;
     let edge = Edge::start_with_nodes(&cluster.members[1].peer, &[]);
-    let new = cluster.add_member(4);
-    let peers = cluster.peers_of(&[1, new]);
-    cluster.spawn_with(new, &peers, &["--join"]);
-    let new_addr = cluster.members[new].peer.clone();
-    let (ok, text) =
-        admin(&cluster.members[1].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
-    assert!(ok, "add-node failed: {text}");
+    join_node_4(&mut cluster).await;
     wait_for_spread(&cluster, 1, &BTreeMap::from([(1, 6), (2, 6), (3, 6), (4, 6)])).await;
 
     // Posts flow through the edge (so it is up and has polled node 2), then node 2 goes.

@@ -231,17 +231,11 @@ async fn join_participants(
         let rest: Vec<(usize, &[String])> = users.chunks(BATCH).enumerate().skip(1).collect();
         stream::iter(rest.into_iter().map(Ok::<_, anyhow::Error>))
             .try_for_each_concurrent(4, |(i, chunk)| async move {
-                let response = http
+                let request = http
                     .post(batch_url(&nodes[i % nodes.len()]))
                     .bearer_auth(API_KEY)
-                    .json(&json!({"join": chunk}))
-                    .send()
-                    .await?;
-                let status = response.status();
-                if !status.is_success() {
-                    bail!("batch join: {status} {}", response.text().await.unwrap_or_default());
-                }
-                Ok(())
+                    .json(&json!({"join": chunk}));
+                succeeded(request, "batch join").await
             })
             .await?;
         return Ok("batch route, 1000 per call");
@@ -254,18 +248,22 @@ async fn join_participants(
     }
     stream::iter(users.iter().enumerate().map(Ok::<_, anyhow::Error>))
         .try_for_each_concurrent(256, |(i, user)| async move {
-            let response = http
+            let request = http
                 .post(format!("http://{}{}/join", nodes[i % nodes.len()], room_path()))
                 .bearer_auth(API_KEY)
-                .header("X-Chorus-As-User", user)
-                .send()
-                .await?;
-            let status = response.status();
-            if !status.is_success() {
-                bail!("join: {status} {}", response.text().await.unwrap_or_default());
-            }
-            Ok(())
+                .header("X-Chorus-As-User", user);
+            succeeded(request, "join").await
         })
         .await?;
     Ok("one join per user: the batch route is not on this server")
+}
+
+/// Sends `request`; a non-success status is an error naming `what`, the status and the body.
+async fn succeeded(request: reqwest::RequestBuilder, what: &str) -> anyhow::Result<()> {
+    let response = request.send().await?;
+    let status = response.status();
+    if !status.is_success() {
+        bail!("{what}: {status} {}", response.text().await.unwrap_or_default());
+    }
+    Ok(())
 }
