@@ -85,6 +85,11 @@ pub fn may_manage_type_rule(key: &StreamKey, caller: &Caller) -> Result<(), Serv
 
 /// A manager may grant admin levels below manage only; `own` may grant any. Replacing the row
 /// set must not take manage or own away from anyone either, unless the caller owns.
+///
+/// `PUT …/access` replaces the whole set, so a manager's request carries the rows of existing
+/// managers (often the manager's own): keeping such a row's subject and admin level is neither
+/// a grant nor a removal. Only a manage-or-above admin level that is new for its subject, or one
+/// that disappears, needs `own`.
 pub fn may_grant(
     access: &Access,
     existing: &[AccessRow],
@@ -94,13 +99,21 @@ pub fn may_grant(
     if access.admin() >= AdminLevel::OWN {
         return Ok(());
     }
-    let grants_manage = rows.iter().any(|r| r.admin_level >= AdminLevel::MANAGE);
-    let revokes_manage =
-        existing.iter().any(|r| r.admin_level >= AdminLevel::MANAGE && !rows.contains(r));
+    let grants_manage = rows.iter().any(|r| is_manage_row(r) && !keeps_admin_of(existing, r));
+    let revokes_manage = existing.iter().any(|r| is_manage_row(r) && !keeps_admin_of(rows, r));
     need(
         !grants_manage && !revokes_manage,
         "granting or removing admin level manage or above needs admin level own (40)",
     )
+}
+
+fn is_manage_row(row: &AccessRow) -> bool {
+    row.admin_level >= AdminLevel::MANAGE
+}
+
+/// Whether `rows` hold a row for `row`'s subject with the same admin level.
+fn keeps_admin_of(rows: &[AccessRow], row: &AccessRow) -> bool {
+    rows.iter().any(|other| other.subject == row.subject && other.admin_level == row.admin_level)
 }
 
 /// Only the app (its API key without `X-Chorus-As-User`) joins other users. The answer does not
@@ -209,5 +222,64 @@ pub fn authorize(
             };
             Ok((command, access))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chorus_types::{AccessSubject, Levels, UserId};
+
+    use super::*;
+
+    fn manager() -> Access {
+        let levels = Levels { read_level: 40, write_level: 40, admin_level: AdminLevel::MANAGE };
+        Access { levels, direct: [true; 3] }
+    }
+
+    fn user_row(user: &str, admin_level: i32) -> AccessRow {
+        AccessRow {
+            subject: AccessSubject::User(UserId::new(user).unwrap()),
+            read_level: 40,
+            write_level: 40,
+            admin_level,
+        }
+    }
+
+    /// DESIGN.md §3 "Access rows": a manager may grant admin levels below manage, even though
+    /// the replaced set keeps existing managers' rows (the manager's own included).
+    #[test]
+    fn manager_keeps_manage_rows_and_grants_below_manage() {
+        let existing = [user_row("mgr", 30), user_row("owner", 40)];
+        let mut rows = existing.to_vec();
+        rows.push(user_row("carol", 20));
+        assert!(may_grant(&manager(), &existing, &rows).is_ok());
+        // Changing a manager row's other levels keeps its admin level: allowed.
+        rows[0].read_level = 35;
+        assert!(may_grant(&manager(), &existing, &rows).is_ok());
+    }
+
+    #[test]
+    fn manager_cannot_grant_raise_or_remove_manage() {
+        let existing = [user_row("mgr", 30), user_row("owner", 40)];
+        let forbidden = |rows: &[AccessRow]| {
+            let error = may_grant(&manager(), &existing, rows).unwrap_err();
+            assert_eq!(error.error.code, ErrorCode::Forbidden);
+        };
+        let mut grants = existing.to_vec();
+        grants.push(user_row("carol", 30));
+        forbidden(&grants);
+        let mut raises = existing.to_vec();
+        raises[0].admin_level = 40;
+        forbidden(&raises);
+        forbidden(&[user_row("mgr", 30)]);
+        let mut lowers = existing.to_vec();
+        lowers[1].admin_level = 20;
+        forbidden(&lowers);
+    }
+
+    #[test]
+    fn owner_may_grant_anything() {
+        let owner = Access { levels: Levels::MAX, direct: [true; 3] };
+        assert!(may_grant(&owner, &[user_row("mgr", 30)], &[user_row("carol", 40)]).is_ok());
     }
 }

@@ -189,12 +189,9 @@ impl StreamService for Node {
     async fn create(&self, caller: &Caller, req: CreateStream) -> Result<StreamView, ServiceError> {
         let publisher = match (&caller.principal, req.publisher_id) {
             (Principal::App, Some(p)) => p,
-            (Principal::App, None) => {
-                return Err(err(
-                    ErrorCode::InvalidArgument,
-                    "publisherId is required when the app creates a stream",
-                ));
-            }
+            // `publisherId` defaults to the caller (DESIGN.md §3), and the app's own identity is
+            // the publisher `""`, as its posts' `byUserId` is.
+            (Principal::App, None) => PublisherId::app(),
             (Principal::User { id, .. }, None) => PublisherId::from(id.clone()),
             (Principal::User { id, .. }, Some(p)) => {
                 if p.as_str() != id.as_str() {

@@ -14,7 +14,6 @@ use chorus_types::{
 use super::call::OwnerCall;
 use super::relay;
 use super::router::Router;
-use crate::error::err;
 
 /// The key a create will have, so it can be routed: the publisher as the leader will resolve
 /// it, and a generated name fixed here.
@@ -22,12 +21,8 @@ fn create_key(caller: &Caller, req: &mut CreateStream) -> Result<StreamKey, Serv
     let publisher = match (&caller.principal, &req.publisher_id) {
         (_, Some(p)) => p.clone(),
         (Principal::User { id, .. }, None) => PublisherId::from(id.clone()),
-        (Principal::App, None) => {
-            return Err(err(
-                ErrorCode::InvalidArgument,
-                "publisherId is required when the app creates a stream",
-            ));
-        }
+        // The app's own publisher is `""` (as in `Node::create`).
+        (Principal::App, None) => PublisherId::app(),
     };
     let name = match &req.name {
         Some(n) => n.clone(),

@@ -1,0 +1,83 @@
+//! Wire-contract regressions against a started `chorus dev`: claims of DESIGN.md §3 that an
+//! independent client suite checks and the server once got wrong. Each test names the claim.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Api, Server, enc};
+use serde_json::{Value, json};
+
+fn stream_path(publisher: &str, name: &str) -> String {
+    format!("/v1/streams/{publisher}/{}", enc(name))
+}
+
+fn code(v: &Value) -> Option<&str> {
+    v["error"]["code"].as_str()
+}
+
+/// "A manager may grant admin levels below manage only": `PUT …/access` replaces the whole
+/// set, so a manager (admin 30 from its own user row) must be able to send a set that keeps
+/// the existing manager and owner rows unchanged and adds a row below manage. Adding,
+/// raising or dropping a manage-or-above row still needs `own`.
+#[tokio::test]
+async fn manager_grants_below_manage_while_keeping_manager_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let room = stream_path("alice", "Chat/room/managed");
+    let create = json!({"type": "Chat/room", "name": "Chat/room/managed", "readLevel": 35});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+    assert_eq!(s, 201, "{v}");
+    let mgr_row = json!({"ofUserId": "mgr", "readLevel": 40, "writeLevel": 40, "adminLevel": 30});
+    let owner_row = json!({"ofUserId": "owner2", "adminLevel": 40});
+    let rows = json!({"rows": [mgr_row, owner_row]});
+    let (s, v) = alice.call("PUT", &format!("{room}/access"), Some(rows)).await;
+    assert_eq!(s, 200, "{v}");
+
+    let mgr = Api::new(&server, server.token("mgr", &[]));
+    let grant = |admin: i32| json!({"rows": [mgr_row, owner_row, {"ofUserId": "carol", "writeLevel": 20, "adminLevel": admin}]});
+    let (s, v) = mgr.call("PUT", &format!("{room}/access"), Some(grant(20))).await;
+    assert_eq!(s, 200, "a manager grants admin 20 and keeps the existing rows: {v}");
+    assert_eq!(v["rows"].as_array().map(Vec::len), Some(3), "{v}");
+    let (s, v) = mgr.call("GET", &format!("{room}/access"), None).await;
+    assert_eq!((s, v["rows"][2]["adminLevel"].as_i64()), (200, Some(20)), "{v}");
+
+    let (s, v) = mgr.call("PUT", &format!("{room}/access"), Some(grant(30))).await;
+    assert_eq!((s, code(&v)), (403, Some("forbidden")), "granting manage: {v}");
+    let raised = json!({"rows": [{"ofUserId": "mgr", "adminLevel": 40}, owner_row]});
+    let (s, v) = mgr.call("PUT", &format!("{room}/access"), Some(raised)).await;
+    assert_eq!((s, code(&v)), (403, Some("forbidden")), "raising itself to own: {v}");
+    let dropped = json!({"rows": [mgr_row]});
+    let (s, v) = mgr.call("PUT", &format!("{room}/access"), Some(dropped)).await;
+    assert_eq!((s, code(&v)), (403, Some("forbidden")), "removing an owner row: {v}");
+
+    // The publisher (own) may grant anything.
+    let any = json!({"rows": [{"ofUserId": "carol", "adminLevel": 40}]});
+    let (s, v) = alice.call("PUT", &format!("{room}/access"), Some(any)).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// "`publisherId` defaults to the caller": the app's own publisher is `""` (its posts carry
+/// `byUserId: ""`), so an app create without `publisherId` makes a `""` stream, fetched as `~`.
+#[tokio::test]
+async fn app_create_without_publisher_id_publishes_as_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let app = Api::new(&server, server.api_key.clone());
+    let create = json!({"type": "Chat/room", "name": "Chat/room/lobby", "readLevel": 35});
+    let (s, v) = app.call("POST", "/v1/streams", Some(create)).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["publisherId"], "");
+    let (s, v) = app.call("GET", &stream_path("~", "Chat/room/lobby"), None).await;
+    assert_eq!((s, v["name"].as_str()), (200, Some("Chat/room/lobby")), "{v}");
+
+    // A user's default stays the user, and only the app may name another publisher.
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let (s, v) = alice.call("POST", "/v1/streams", Some(json!({"type": "Chat/room"}))).await;
+    assert_eq!((s, v["publisherId"].as_str()), (201, Some("alice")), "{v}");
+    let (s, v) = alice
+        .call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "publisherId": ""})))
+        .await;
+    assert_eq!((s, code(&v)), (403, Some("forbidden")), "{v}");
+}
