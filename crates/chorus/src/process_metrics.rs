@@ -1,7 +1,8 @@
-//! Process metrics under the standard names every Prometheus client exports
-//! (`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, …), so
-//! stock Grafana panels and alerts work unchanged. Every role (`dev`, and the node and edge
-//! processes of a cluster) registers them once at start.
+//! Process metrics: the standard set every Prometheus client exports, under `chorus_process_*`
+//! (`chorus_process_cpu_seconds_total`, `chorus_process_resident_memory_bytes`,
+//! `chorus_process_open_fds`, …) because DESIGN.md §3 names every metric `chorus_*`; a stock
+//! panel needs only the prefix. Every role (`dev`, and the node and edge processes of a
+//! cluster) registers them once at start.
 //!
 //! The `prometheus` crate has such a collector behind its `process` feature, which pulls in
 //! `procfs`; these few numbers are read from `/proc/self` directly instead. On other systems
@@ -105,17 +106,23 @@ impl ProcessCollector {
             std::fs::read("/proc/self/auxv").map(|b| parse_auxv(&b)).unwrap_or((None, None));
         ProcessCollector {
             cpu_seconds: Counter::new(
-                "process_cpu_seconds_total",
+                "chorus_process_cpu_seconds_total",
                 "Total user and system CPU time spent in seconds.",
             )
             .expect("valid metric name"),
-            resident_bytes: int("process_resident_memory_bytes", "Resident memory size in bytes."),
-            virtual_bytes: int("process_virtual_memory_bytes", "Virtual memory size in bytes."),
-            open_fds: int("process_open_fds", "Number of open file descriptors."),
-            max_fds: int("process_max_fds", "Maximum number of open file descriptors."),
-            threads: int("process_threads", "Number of OS threads in the process."),
+            resident_bytes: int(
+                "chorus_process_resident_memory_bytes",
+                "Resident memory size in bytes.",
+            ),
+            virtual_bytes: int(
+                "chorus_process_virtual_memory_bytes",
+                "Virtual memory size in bytes.",
+            ),
+            open_fds: int("chorus_process_open_fds", "Number of open file descriptors."),
+            max_fds: int("chorus_process_max_fds", "Maximum number of open file descriptors."),
+            threads: int("chorus_process_threads", "Number of OS threads in the process."),
             start_time: Gauge::new(
-                "process_start_time_seconds",
+                "chorus_process_start_time_seconds",
                 "Start time of the process since unix epoch in seconds.",
             )
             .expect("valid metric name"),
@@ -246,10 +253,10 @@ mod tests {
                 metric.get_gauge().get_value()
             }
         };
-        assert!(value("process_resident_memory_bytes") > 1_000_000.0);
-        assert!(value("process_open_fds") >= 3.0);
-        assert!(value("process_threads") >= 1.0);
-        assert!(value("process_start_time_seconds") > 1_600_000_000.0);
-        assert!(value("process_cpu_seconds_total") >= 0.0);
+        assert!(value("chorus_process_resident_memory_bytes") > 1_000_000.0);
+        assert!(value("chorus_process_open_fds") >= 3.0);
+        assert!(value("chorus_process_threads") >= 1.0);
+        assert!(value("chorus_process_start_time_seconds") > 1_600_000_000.0);
+        assert!(value("chorus_process_cpu_seconds_total") >= 0.0);
     }
 }

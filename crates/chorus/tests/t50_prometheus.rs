@@ -198,9 +198,9 @@ async fn prometheus_scrapes_chorus_and_sees_the_load() {
         ("max(chorus_raft_shard_commit_index)", acked),
         ("chorus_storage_disk_size_bytes", 1.0),
         ("chorus_storage_rocksdb_memtable_bytes", 1.0),
-        ("process_resident_memory_bytes", 1e6),
-        ("process_open_fds", 3.0),
-        ("process_start_time_seconds", 1.6e9),
+        ("chorus_process_resident_memory_bytes", 1e6),
+        ("chorus_process_open_fds", 3.0),
+        ("chorus_process_start_time_seconds", 1.6e9),
     ] {
         let value = scalar(&prometheus, expr).await.unwrap_or_else(|| panic!("{expr} missing"));
         println!("prometheus: {expr} = {value}");

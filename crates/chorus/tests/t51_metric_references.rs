@@ -19,7 +19,7 @@ const FORBIDDEN_LABELS: &[&str] =
     &["user", "user_id", "stream", "stream_name", "publisher", "session", "connection", "name"];
 
 /// The subsystems metric names start with (`chorus_<subsystem>_<name>_<unit>`).
-const SUBSYSTEMS: &[&str] = &["edge", "node", "raft", "storage"];
+const SUBSYSTEMS: &[&str] = &["edge", "node", "process", "raft", "storage"];
 
 struct Exported {
     /// Family name → type, from the `# TYPE` lines.
@@ -90,7 +90,7 @@ fn exported(text: &str) -> Exported {
     parsed
 }
 
-/// Every `chorus_*` and `process_*` name in the alert rules, the alert unit tests and the
+/// Every `chorus_*` name in the alert rules, the alert unit tests and the
 /// dashboard is exported (or allow-listed with a reason).
 #[tokio::test]
 async fn every_referenced_metric_is_exported() {
@@ -121,13 +121,16 @@ async fn every_referenced_metric_is_exported() {
     assert!(missing.is_empty(), "referenced but not exported: {missing:#?}");
 }
 
-/// Exported Chorus metrics are named `chorus_<subsystem>_…`, counters end in `_total`, and
-/// no label could take a user, stream or connection id.
+/// Every exported metric is named `chorus_<subsystem>_…` (DESIGN.md §3: names `chorus_*`, the
+/// process metrics included), counters end in `_total`, and no label could take a user, stream
+/// or connection id.
 #[tokio::test]
 async fn exported_metrics_follow_the_rules() {
     let exported = exported_after_traffic().await;
     for (family, kind) in &exported.families {
-        let Some(rest) = family.strip_prefix("chorus_") else { continue };
+        let rest = family
+            .strip_prefix("chorus_")
+            .unwrap_or_else(|| panic!("{family}: every metric is named chorus_*"));
         let subsystem = rest.split('_').next().unwrap();
         assert!(SUBSYSTEMS.contains(&subsystem), "{family}: unknown subsystem {subsystem}");
         assert_eq!(kind == "counter", family.ends_with("_total"), "{family} is a {kind}");
@@ -137,9 +140,11 @@ async fn exported_metrics_follow_the_rules() {
             assert!(!FORBIDDEN_LABELS.contains(&label.as_str()), "{series} has label {label}");
         }
     }
-    for expected in
-        ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"]
-    {
+    for expected in [
+        "chorus_process_cpu_seconds_total",
+        "chorus_process_resident_memory_bytes",
+        "chorus_process_open_fds",
+    ] {
         assert!(exported.families.contains_key(expected), "{expected} missing");
     }
 }
@@ -147,9 +152,9 @@ async fn exported_metrics_follow_the_rules() {
 #[test]
 fn metric_names_are_found_in_expressions() {
     let names = deploy::metric_names(
-        "histogram_quantile(0.99, sum by (le) (rate(chorus_node_x_bucket{job=~\"chorus-.*\"}[5m]))) / process_open_fds",
+        "histogram_quantile(0.99, sum by (le) (rate(chorus_node_x_bucket{job=~\"chorus-.*\"}[5m]))) / chorus_process_open_fds",
     );
     let expected: BTreeSet<String> =
-        ["chorus_node_x_bucket", "process_open_fds"].iter().map(|s| s.to_string()).collect();
+        ["chorus_node_x_bucket", "chorus_process_open_fds"].iter().map(|s| s.to_string()).collect();
     assert_eq!(names, expected);
 }

@@ -78,7 +78,7 @@ pub fn alert_test_series() -> Vec<String> {
     out
 }
 
-/// The Chorus and process metric names an expression mentions (`chorus_*`, `process_*`).
+/// The metric names an expression mentions (`chorus_*`, and a stray unprefixed `process_*`).
 pub fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let bytes = expr.as_bytes();
