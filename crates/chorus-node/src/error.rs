@@ -57,3 +57,24 @@ impl From<ContextError> for ServiceError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chorus_types::{PublisherId, StreamKey, StreamName};
+
+    use super::*;
+
+    /// An unreadable source fails closed: the caller is told to retry, never given an answer
+    /// computed without it.
+    #[test]
+    fn an_unreadable_access_source_is_unavailable() {
+        let Ok(name) = StreamName::new("Chat/room*") else { panic!("a valid name") };
+        let key = StreamKey::new(PublisherId::app(), name);
+        let timeout = ApiError::new(ErrorCode::Timeout, "no leader");
+        for e in [ContextError::Source { key, error: timeout }, ContextError::Unsettled] {
+            let service = ServiceError::from(e);
+            assert_eq!(service.error.code, ErrorCode::Unavailable);
+            assert!(service.error.retry_after_ms.is_some(), "retryable");
+        }
+    }
+}
