@@ -16,6 +16,7 @@
 //! barrier.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chorus_api::{Caller, ServiceError};
 use chorus_streams::access::Access;
@@ -26,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::access_ctx::AccessCtx;
 use crate::actors::NodeRef;
 use crate::authorize::{WriteOp, authorize};
-use crate::error::{err, internal};
+use crate::error::err;
 use crate::metrics;
 
 pub type Reply = Result<(Outcome, Access), ServiceError>;
@@ -44,7 +45,9 @@ pub struct StreamActor {
     rx: mpsc::Receiver<ActorRequest>,
     /// The access context of the last turn and the hub's access epoch when it was read. Reused
     /// while the epoch is unchanged: only non-post commands change access, and each of them
-    /// bumps the epoch when it applies, before its caller hears back.
+    /// bumps the epoch when it applies here, before its caller hears back. Parts read from
+    /// other shards may change without applying here, so a context holding them is also
+    /// read again once it expires (`AccessCtx::expires`, `SOURCE_TTL`).
     cached: Option<(u64, Arc<AccessCtx>)>,
     /// Set once the read barrier of this actor's leadership has passed.
     caught_up: bool,
@@ -114,14 +117,11 @@ impl StreamActor {
         let epoch = node.hub.access_epoch();
         if let Some((cached_epoch, ctx)) = &self.cached
             && *cached_epoch == epoch
+            && ctx.in_force(Instant::now())
         {
             return Ok(ctx.clone());
         }
-        let (db, shards, key) = (node.db.clone(), node.shard_count, self.key.clone());
-        let ctx = chorus_storage::error::blocking(move || AccessCtx::load(&db, shards, &key))
-            .await
-            .map_err(internal)?;
-        let ctx = Arc::new(ctx);
+        let ctx = Arc::new(AccessCtx::load(node, &self.key).await?);
         self.cached = Some((epoch, ctx.clone()));
         Ok(ctx)
     }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chorus_api::{Delivered, ListenEvent, Relayed, wire};
-use chorus_storage::ApplyObserver;
+use chorus_storage::{AccessChange, ApplyObserver};
 use chorus_types::{MessageRecord, ShardId, StreamKey};
 use tokio::sync::broadcast;
 
@@ -23,6 +23,11 @@ pub struct Hub {
     /// Bumped whenever an applied batch may have changed access (anything but posts), so
     /// stream actors know their cached access context is stale.
     access_epoch: AtomicU64,
+    /// Bumped per shard (indexed by shard id) when an applied batch changed stream records or
+    /// access rows there, so the node's copies of access sources read from other nodes
+    /// (`source_cache`) are dropped by changes to their own shard only — not by the joins of
+    /// a busy room next to them.
+    shard_access_epochs: Box<[AtomicU64]>,
     /// Map size at which `subscribe` next drops the channels nobody listens to any more
     /// (quiet streams would otherwise keep theirs until their next message).
     sweep_at: AtomicU64,
@@ -32,6 +37,11 @@ pub struct Hub {
 const SWEEP_FLOOR: u64 = 1024;
 
 impl Hub {
+    pub fn new(shard_count: u16) -> Hub {
+        let shard_access_epochs = (0..shard_count).map(|_| AtomicU64::new(0)).collect();
+        Hub { shard_access_epochs, ..Hub::default() }
+    }
+
     pub fn subscribe(&self, key: &StreamKey) -> broadcast::Receiver<ListenEvent> {
         let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         let len = streams.len() as u64;
@@ -60,6 +70,13 @@ impl Hub {
         self.access_epoch.load(Ordering::Acquire)
     }
 
+    /// The access epoch of one shard (0 for a group that is not a shard, e.g. the meta group).
+    pub fn shard_access_epoch(&self, shard: ShardId) -> u64 {
+        self.shard_access_epochs
+            .get(usize::from(shard.0))
+            .map_or(0, |epoch| epoch.load(Ordering::Acquire))
+    }
+
     pub fn relay(&self, key: &StreamKey, relayed: Relayed) {
         if let Some(tx) = self.sender(key) {
             // No receiver left is fine: nobody is listening.
@@ -74,8 +91,13 @@ pub fn delivered(record: MessageRecord) -> Arc<Delivered> {
 }
 
 impl ApplyObserver for Hub {
-    fn committed(&self, _shard: ShardId, messages: Vec<MessageRecord>, access_changed: bool) {
-        if access_changed {
+    fn committed(&self, shard: ShardId, messages: Vec<MessageRecord>, access: AccessChange) {
+        if access == AccessChange::Sources
+            && let Some(epoch) = self.shard_access_epochs.get(usize::from(shard.0))
+        {
+            epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        if access != AccessChange::Nothing {
             self.access_epoch.fetch_add(1, Ordering::AcqRel);
         }
         let mut current: Option<(StreamKey, Option<broadcast::Sender<ListenEvent>>)> = None;

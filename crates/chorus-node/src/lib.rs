@@ -14,7 +14,9 @@
 //!
 //! # Layout
 //! - [`node`]: starting and stopping a node ([`Node`]).
-//! - `access_ctx`: gathering what the access calculation needs for one stream.
+//! - `access_ctx`: gathering what the access calculation needs for one stream, from this
+//!   node or, for sources on shards it does not lead, from their leaders (`access_source`,
+//!   with the node's copies in `source_cache`).
 //! - `authorize`: which level each write needs, turning a request into a [`chorus_streams::Command`].
 //! - `actor` / `actors`: the stream actor and its registry.
 //! - `proposer`: one task per shard merging the actors' entries into one Raft entry.
@@ -28,6 +30,7 @@
 //!   the scrape-time collectors a node registers (Raft per shard, RocksDB, disk).
 
 mod access_ctx;
+mod access_source;
 mod actor;
 mod actors;
 mod authorize;
@@ -41,6 +44,7 @@ pub mod metrics;
 pub mod node;
 mod proposer;
 mod service;
+mod source_cache;
 
 pub use error::NodeError;
 pub use node::{ActorSettings, ClusterSpec, Node, NodeConfig};

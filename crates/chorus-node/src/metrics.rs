@@ -39,6 +39,16 @@ pub static FORWARDED_CALLS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Access-context sources (`<type>*` rules, templates, inheritAccess parents) read from the
+/// node that leads their shard, because this node does not (see `access_ctx`). Each node
+/// reads one source at most once per `SOURCE_TTL` (1 s) unless a change to it applies here.
+pub static ACCESS_SOURCE_READS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "chorus_node_access_source_reads_total",
+        "access-context sources read from the leader of a shard this node does not lead",
+    )
+});
+
 pub static BATCH_COMMANDS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
         "chorus_node_batch_commands",
@@ -110,6 +120,7 @@ pub fn register() {
     for metric in [&LISTEN_CATCHUPS, &POST_DUPLICATES, &EPHEMERALS_RATE_LIMITED, &FORWARDED_CALLS] {
         LazyLock::force(metric);
     }
+    LazyLock::force(&ACCESS_SOURCE_READS);
     for metric in [&BATCH_COMMANDS, &COMMIT_SECONDS, &POST_SECONDS] {
         LazyLock::force(metric);
     }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use chorus_raft::grpc::{GroupTable, GrpcNetwork, PeerPool};
@@ -13,11 +13,13 @@ use chorus_streams::validate::{EphemeralLimits, Limits};
 use chorus_types::{ShardId, StreamKey, shard::shard_of};
 use openraft::error::{CheckIsLeaderError, RaftError};
 
+use crate::access_source::SourceReader;
 use crate::actors::ActorRegistry;
 use crate::ephemeral_limit::EphemeralLimiter;
 use crate::error::NodeError;
 use crate::hub::Hub;
 use crate::proposer::ShardProposer;
+use crate::source_cache::SourceCache;
 
 /// How stream actors behave.
 #[derive(Clone, Debug)]
@@ -128,9 +130,25 @@ pub(crate) struct Inner {
     /// The rebalancer task (cluster members only; it acts only on the meta leader). Aborted
     /// at shutdown: every step it takes is recorded in Raft, so stopping it anywhere is safe.
     pub(crate) rebalancer: Option<tokio::task::JoinHandle<()>>,
+    /// Copies of access sources read from the nodes that lead their shards.
+    pub(crate) sources: SourceCache,
+    /// Reads an access source where its shard is led: the cluster router, set once it exists
+    /// (weak: the router holds the node). Unset on a single node, where every shard is here.
+    pub(crate) remote_sources: OnceLock<Weak<dyn SourceReader>>,
 }
 
 impl Inner {
+    /// Whether this node's replica of `shard` may stand in for its leader when an access
+    /// context reads it: on a single node always; in a cluster only while this node leads it
+    /// (a follower may lag, and a node may hold no replica at all).
+    pub(crate) fn serves_locally(&self, shard: ShardId) -> bool {
+        if self.config.cluster.is_none() {
+            return true;
+        }
+        let Some(group) = self.groups.get(usize::from(shard.0)) else { return false };
+        group.raft.metrics().borrow().current_leader == Some(self.config.node_id)
+    }
+
     /// See [`Node::ensure_linearizable`]. Marks the shard hot first, so its heartbeats (which
     /// the barrier waits on) leave without lingering for company.
     pub(crate) async fn ensure_linearizable(&self, shard: ShardId) -> Result<(), String> {
@@ -182,7 +200,7 @@ impl Node {
             tracing::info!(stored = shard_count, "data dir keeps its shard count");
         }
         tracing::info!(shards = shard_count, dir = %config.data_dir.display(), "storage opened");
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new(shard_count));
         let (groups, pool, meta) = match &config.cluster {
             None => {
                 let groups = start_groups(
@@ -252,6 +270,8 @@ impl Node {
                 hibernation,
                 meta,
                 rebalancer,
+                sources: SourceCache::default(),
+                remote_sources: OnceLock::new(),
             }),
         })
     }
@@ -263,6 +283,14 @@ impl Node {
 
     pub fn cluster(&self) -> Option<&ClusterSpec> {
         self.inner.config.cluster.as_ref()
+    }
+
+    /// Has access sources on shards this node does not lead read through `reader` (the
+    /// cluster router). Set once; later calls change nothing.
+    pub(crate) fn set_source_reader(&self, reader: Weak<dyn SourceReader>) {
+        if self.inner.remote_sources.set(reader).is_err() {
+            tracing::debug!("access source reader already set");
+        }
     }
 
     /// The meta group's Raft handle (cluster members only).

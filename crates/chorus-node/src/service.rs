@@ -23,7 +23,8 @@ use serde_json::json;
 use tokio::sync::oneshot;
 use tracing::instrument;
 
-use crate::access_ctx::AccessCtx;
+use crate::access_ctx::{self, AccessCtx};
+use crate::access_source::{SourceReader, SourceRows};
 use crate::actor::{ActorRequest, Reply};
 use crate::authorize::{WriteOp, app_only_join_batch, may_manage_type_rule, need, visible};
 use crate::ephemeral_limit::RetryAfterMs;
@@ -78,10 +79,7 @@ impl Node {
     }
 
     async fn context(&self, key: &StreamKey) -> Result<AccessCtx, ServiceError> {
-        let (db, shards, k) = (self.inner.db.clone(), self.inner.shard_count, key.clone());
-        chorus_storage::error::blocking(move || AccessCtx::load(&db, shards, &k))
-            .await
-            .map_err(internal)
+        Ok(AccessCtx::load(&self.inner, key).await?)
     }
 
     async fn write(
@@ -118,28 +116,39 @@ impl Node {
         chorus_storage::error::blocking(move || f(&db)).await.map_err(internal)
     }
 
+    /// The template a new stream `for_stream` of `stream_type` starts from: its publisher's,
+    /// else the app's. Templates live on their own shards, read as access sources are.
     async fn template(
         &self,
-        publisher: &PublisherId,
+        for_stream: &StreamKey,
         stream_type: &chorus_types::StreamType,
     ) -> Result<Option<(StreamRecord, Vec<AccessRow>)>, ServiceError> {
         let name = StreamName::template_for(stream_type);
-        for p in [publisher.clone(), PublisherId::app()] {
+        let own_shard = self.shard_of(for_stream);
+        for p in [for_stream.publisher_id.clone(), PublisherId::app()] {
             let key = StreamKey::new(p, name.clone());
-            let shard = self.shard_of(&key);
-            let found = self
-                .blocking_read(move |db| {
-                    Ok(match reads::stream(db, shard, &key)? {
-                        Some(s) => Some((s, reads::access_rows(db, shard, &key)?)),
-                        None => None,
-                    })
-                })
-                .await?;
-            if found.is_some() {
-                return Ok(found);
+            let found = access_ctx::source(&self.inner, own_shard, &key).await?;
+            if let Some(stream) = found.stream {
+                return Ok(Some((stream, found.rows)));
             }
         }
         Ok(None)
+    }
+
+    /// Reads an access source of this node's replica for another node assembling a context
+    /// (`Owner.Call` `accessSource`). Only the app (nodes call as the app) may: it returns raw
+    /// rows, which no user may read without admin level manage.
+    async fn read_access_source(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<SourceRows, ServiceError> {
+        if caller.principal != Principal::App {
+            return Err(err(ErrorCode::Forbidden, "access sources are read by nodes only"));
+        }
+        self.read_barrier(key).await?;
+        let (shard, key) = (self.shard_of(key), key.clone());
+        self.blocking_read(move |db| SourceRows::read_local(db, shard, &key)).await
     }
 
     async fn post_inner(
@@ -235,7 +244,8 @@ impl StreamService for Node {
         let template = if name.is_template() {
             None
         } else {
-            self.template(&publisher, &req.stream_type).await?
+            let for_stream = StreamKey::new(publisher.clone(), name.clone());
+            self.template(&for_stream, &req.stream_type).await?
         };
         let (stream, rows) = resolve(
             publisher,
@@ -599,5 +609,16 @@ impl StreamService for Node {
         let events =
             crate::listen::start(self.inner.db.clone(), shard, key.clone(), last, current, live);
         Ok(Listening { recovered, message_count: current, events })
+    }
+}
+
+#[async_trait::async_trait]
+impl SourceReader for Node {
+    async fn access_source(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<SourceRows, ServiceError> {
+        self.read_access_source(caller, key).await
     }
 }

@@ -23,6 +23,7 @@ use crate::log_writer::Threads;
 use crate::raft_types::{Entry, ShardResponse, StoredMembership};
 use crate::rocks_state::{RocksState, write_batch};
 use crate::snapshot::AppliedState;
+use crate::state_machine::AccessChange;
 use crate::stream_cache::{CachedState, StreamCache};
 
 /// Most jobs folded into one write.
@@ -34,9 +35,9 @@ pub struct Applied {
     pub applied: AppliedState,
     /// Committed messages in ordinal order, for listeners.
     pub messages: Vec<MessageRecord>,
-    /// Whether an entry may have changed access (anything but posts): cached access contexts
-    /// must be reloaded.
-    pub access_changed: bool,
+    /// What the entries may have changed for access (anything but posts): cached access
+    /// contexts must be reloaded.
+    pub access_change: AccessChange,
 }
 
 struct Job {
@@ -98,6 +99,18 @@ struct Computed {
     streams: Vec<StreamRecord>,
 }
 
+/// What `command` may change for access checks.
+fn access_change_of(command: &Command) -> AccessChange {
+    match command {
+        Command::Post { .. } => AccessChange::Nothing,
+        Command::Participate { .. } | Command::JoinBatch { .. } => AccessChange::Participants,
+        Command::Create { .. }
+        | Command::Update { .. }
+        | Command::Close { .. }
+        | Command::SetAccess { .. } => AccessChange::Sources,
+    }
+}
+
 /// Computes one job's outcomes and adds its writes (and applied state) to `batch`.
 fn compute(
     db: &Db,
@@ -109,14 +122,17 @@ fn compute(
     let mut overlay = Overlay::new(&state);
     let mut applied = job.applied.clone();
     let mut responses = Vec::with_capacity(job.entries.len());
-    let mut access_changed = false;
+    let mut access_change = AccessChange::Nothing;
     for entry in std::mem::take(&mut job.entries) {
         applied.0 = Some(entry.log_id);
         match entry.payload {
             EntryPayload::Blank => responses.push(ShardResponse::default()),
             EntryPayload::Normal(req) => {
-                access_changed |=
-                    req.envelopes.iter().any(|e| !matches!(e.command, Command::Post { .. }));
+                access_change = req
+                    .envelopes
+                    .iter()
+                    .map(|e| access_change_of(&e.command))
+                    .fold(access_change, Ord::max);
                 let outcomes = apply_entry(&mut overlay, &req.envelopes)?;
                 responses.push(ShardResponse { outcomes });
             }
@@ -142,7 +158,7 @@ fn compute(
             _ => {}
         }
     }
-    Ok(Computed { applied: Applied { responses, applied, messages, access_changed }, streams })
+    Ok(Computed { applied: Applied { responses, applied, messages, access_change }, streams })
 }
 
 fn apply_loop(db: Db, rx: mpsc::Receiver<Work>) {

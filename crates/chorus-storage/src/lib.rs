@@ -52,4 +52,4 @@ pub use error::StorageError;
 pub use log_store::LogStore;
 pub use log_writer::LogWriter;
 pub use raft_types::{ShardRequest, ShardResponse, TypeConfig};
-pub use state_machine::{ApplyObserver, StateMachine};
+pub use state_machine::{AccessChange, ApplyObserver, StateMachine};

@@ -21,11 +21,25 @@ use crate::raft_types::{
 };
 use crate::snapshot::{self, AppliedState};
 
+/// What an applied batch may have changed for access checks; the most of its commands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AccessChange {
+    /// Posts only.
+    #[default]
+    Nothing,
+    /// Participants (joins, leaves, subscriptions). Not an input of the access calculation,
+    /// but stream actors conservatively read their context again.
+    Participants,
+    /// Stream records or access rows (create, update, close, set access): inputs of this
+    /// stream's context and, as a `<type>*` rule, template or parent, of other streams'.
+    Sources,
+}
+
 /// Told of every applied batch, in commit order per shard.
 pub trait ApplyObserver: Send + Sync + 'static {
-    /// `messages` were committed (in ordinal order); `access_changed` when the batch held a
-    /// command other than a post, so cached access contexts are stale.
-    fn committed(&self, shard: ShardId, messages: Vec<MessageRecord>, access_changed: bool);
+    /// `messages` were committed (in ordinal order); `access` says which cached access
+    /// contexts may be stale.
+    fn committed(&self, shard: ShardId, messages: Vec<MessageRecord>, access: AccessChange);
 }
 
 /// One shard's state machine.
@@ -82,9 +96,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_write_err)?;
         self.applied = out.applied;
         if let Some(observer) = &self.observer
-            && (!out.messages.is_empty() || out.access_changed)
+            && (!out.messages.is_empty() || out.access_change != AccessChange::Nothing)
         {
-            observer.committed(self.shard, out.messages, out.access_changed);
+            observer.committed(self.shard, out.messages, out.access_change);
         }
         Ok(out.responses)
     }

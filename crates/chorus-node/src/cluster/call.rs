@@ -14,6 +14,8 @@ use chorus_types::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::access_source::{SourceReader, SourceRows};
+
 /// [`Caller`] on the wire. The session id stays with the caller's edge: ephemerals are
 /// filtered there, so it is carried only to keep the sender from getting its own.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,7 +67,9 @@ impl From<WireView> for StreamView {
     }
 }
 
-/// Every operation of [`StreamService`] except `listen` (which streams: `Owner.Listen`).
+/// Every operation of [`StreamService`] except `listen` (which streams: `Owner.Listen`), and
+/// `AccessSource`: a node assembling an access context reads one source (a `<type>*` rule,
+/// template or inheritAccess parent) on its shard's leader (nodes only, as the app).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum OwnerCall {
@@ -84,6 +88,7 @@ pub enum OwnerCall {
     AuthorizeListen { key: StreamKey },
     Readiness,
     JoinBatch { key: StreamKey, req: JoinBatch },
+    AccessSource { key: StreamKey },
 }
 
 impl OwnerCall {
@@ -102,7 +107,8 @@ impl OwnerCall {
             | OwnerCall::SetAccess { key, .. }
             | OwnerCall::Ephemeral { key, .. }
             | OwnerCall::AuthorizeListen { key }
-            | OwnerCall::JoinBatch { key, .. } => Some(key),
+            | OwnerCall::JoinBatch { key, .. }
+            | OwnerCall::AccessSource { key } => Some(key),
             OwnerCall::Create { .. } | OwnerCall::BatchGet { .. } | OwnerCall::Readiness => None,
         }
     }
@@ -124,6 +130,7 @@ impl OwnerCall {
             | OwnerCall::Access { .. }
             | OwnerCall::SetAccess { .. }
             | OwnerCall::AuthorizeListen { .. }
+            | OwnerCall::AccessSource { .. }
             | OwnerCall::Readiness => true,
             // Joining a participant twice leaves one participant (the retry reports
             // `joined: 0` for the users the first attempt joined; the state is the same).
@@ -158,6 +165,7 @@ pub enum OwnerReply {
     Done,
     Count(u64),
     BatchJoined(BatchJoined),
+    Source(SourceRows),
     Error { error: ApiError, stream: Option<WireView> },
 }
 
@@ -253,6 +261,13 @@ impl OwnerReply {
         }
     }
 
+    pub fn into_source(self) -> Result<SourceRows, ServiceError> {
+        match self.ok()? {
+            OwnerReply::Source(rows) => Ok(rows),
+            _ => Err(Self::unexpected()),
+        }
+    }
+
     pub fn into_done(self) -> Result<(), ServiceError> {
         match self.ok()? {
             OwnerReply::Done => Ok(()),
@@ -271,7 +286,7 @@ fn reply<T>(r: Result<T, ServiceError>, f: impl FnOnce(T) -> OwnerReply) -> Owne
 /// Runs `call` on `node`: a [`Node`](crate::Node) runs it here (the leader side); a
 /// [`Router`](super::Router) routes it to the stream's leader (a call an edge sent to any
 /// node).
-pub async fn execute<S: StreamService + ?Sized>(
+pub async fn execute<S: StreamService + SourceReader + ?Sized>(
     node: &S,
     caller: &Caller,
     call: OwnerCall,
@@ -322,6 +337,9 @@ pub async fn execute<S: StreamService + ?Sized>(
         }
         OwnerCall::JoinBatch { key, req } => {
             reply(node.join_batch(caller, &key, req).await, OwnerReply::BatchJoined)
+        }
+        OwnerCall::AccessSource { key } => {
+            reply(node.access_source(caller, &key).await, OwnerReply::Source)
         }
     }
 }

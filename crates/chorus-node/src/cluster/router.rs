@@ -2,12 +2,13 @@
 //! on a peer (`Owner.Call`), and leader changes show only as a short delay. (The
 //! `StreamService` impl over it is in `routed.rs`.)
 //!
-//! The router asks the local replica of the shard who leads it (every node holds every
-//! shard). While a shard has no leader (an election), it waits for one. When the leader
-//! answers `not_leader` or cannot be reached, the router retries on the new leader until the
-//! request deadline — but only operations that are safe to repeat ([`OwnerCall::is_idempotent`]:
-//! reads, participant and field changes, posts with a `clientMsgId`). An operation that is not
-//! safe to repeat and whose fate is unknown answers `timeout` (outcome unknown), never a guess.
+//! The router asks the local replica of the shard who leads it, or, for a shard this node
+//! does not hold, sends the call to a node that does (`holder_elsewhere`). While a shard has
+//! no leader (an election), it waits for one. When the leader answers `not_leader` or cannot
+//! be reached, the router retries on the new leader until the request deadline — but only
+//! operations that are safe to repeat ([`OwnerCall::is_idempotent`]: reads, participant and
+//! field changes, posts with a `clientMsgId`). An operation that is not safe to repeat and
+//! whose fate is unknown answers `timeout` (outcome unknown), never a guess.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -22,6 +23,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller, execute};
+use crate::access_source::{SourceReader, SourceRows};
 use crate::error::err;
 use crate::meta::state::MetaState;
 use crate::node::Node;
@@ -88,14 +90,18 @@ impl Router {
         let peers =
             node.cluster().map(|c| c.peers.clone().into_iter().collect()).unwrap_or_default();
         let timeout = node.inner.config.actors.request_timeout;
-        Arc::new_cyclic(|this| Router {
-            me: node.node_id(),
-            node,
-            peers,
-            clients: Mutex::default(),
-            placement: Mutex::default(),
-            timeout,
-            this: this.clone(),
+        Arc::new_cyclic(|this: &Weak<Router>| {
+            let reader: Weak<dyn SourceReader> = this.clone();
+            node.set_source_reader(reader);
+            Router {
+                me: node.node_id(),
+                node,
+                peers,
+                clients: Mutex::default(),
+                placement: Mutex::default(),
+                timeout,
+                this: this.clone(),
+            }
         })
     }
 
@@ -264,8 +270,18 @@ impl Router {
         key: &StreamKey,
         call: OwnerCall,
     ) -> OwnerReply {
+        self.dispatch_until(caller, key, call, Instant::now() + self.timeout).await
+    }
+
+    /// [`Router::dispatch`], giving up at `deadline`.
+    async fn dispatch_until(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        call: OwnerCall,
+        deadline: Instant,
+    ) -> OwnerReply {
         let shard = self.node.shard_of(key);
-        let deadline = Instant::now() + self.timeout;
         let retry_unknown = call.is_idempotent();
         let mut pause = Duration::from_millis(20);
         loop {
@@ -300,6 +316,22 @@ impl Router {
             self.settle(shard, target, pause, deadline).await;
             pause = (pause * 2).min(Duration::from_millis(500));
         }
+    }
+}
+
+/// Access sources of contexts assembled on this node, read on their shards' leaders.
+#[async_trait::async_trait]
+impl SourceReader for Router {
+    /// Gives up after half the request timeout: the write waiting on this context then still
+    /// answers `unavailable` (not run) before whoever forwarded it gives up on it.
+    async fn access_source(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<SourceRows, ServiceError> {
+        let deadline = Instant::now() + self.timeout / 2;
+        let call = OwnerCall::AccessSource { key: key.clone() };
+        self.dispatch_until(caller, key, call, deadline).await.into_source()
     }
 }
 

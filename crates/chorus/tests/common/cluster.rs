@@ -2,6 +2,7 @@
 //! gRPC between them, SIGKILL and restart.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -190,6 +191,60 @@ impl Cluster {
     pub fn index_of(&self, id: u64) -> usize {
         self.members.iter().position(|m| m.id == id).expect("member")
     }
+
+    /// Each shard's leader and voter set as the leader reports them (asking every running
+    /// member, the highest term winning), with whether it is in a joint change. Shards
+    /// without a known leader are missing.
+    pub async fn shard_views(&self) -> BTreeMap<u32, ShardView> {
+        let mut best: BTreeMap<u32, (u64, ShardView)> = BTreeMap::new();
+        for i in 0..self.members.len() {
+            if !self.is_up(i) {
+                continue;
+            }
+            let status = self.status(i).await;
+            for g in status.groups.iter().filter(|g| g.leader == status.node_id) {
+                let view = ShardView {
+                    leader: g.leader,
+                    voters: g.voters.iter().copied().collect(),
+                    joint: g.joint,
+                };
+                if best.get(&g.group).is_none_or(|(term, _)| *term < g.term) {
+                    best.insert(g.group, (g.term, view));
+                }
+            }
+        }
+        best.into_iter().map(|(g, (_, view))| (g, view)).collect()
+    }
+
+    /// The value of an unlabelled counter or gauge on member `i`'s `/metrics`.
+    pub async fn metric(&self, i: usize, name: &str) -> f64 {
+        let url = format!("http://{}/metrics", self.members[i].api);
+        let text = reqwest::get(&url).await.expect("metrics").text().await.expect("metrics body");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from {url}"))
+    }
+}
+
+/// A shard as its leader reports it.
+#[derive(Clone, Debug)]
+pub struct ShardView {
+    pub leader: u64,
+    pub voters: BTreeSet<u64>,
+    pub joint: bool,
+}
+
+/// Runs `chorus admin --node <node> <args>`; (success, stdout + stderr).
+pub async fn admin_cli(node: &str, args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["admin", "--node", node])
+        .args(args)
+        .output()
+        .await
+        .expect("chorus admin");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }
 
 impl Drop for Cluster {
