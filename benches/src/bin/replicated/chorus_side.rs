@@ -15,17 +15,15 @@ use crate::Args;
 use chorus_bench::cluster::{API_KEY, NodeCluster, chorus_binary};
 use chorus_bench::stats::{Failover, Window};
 
-const SHARDS: u16 = 64;
-
 async fn leader_of(cluster: &NodeCluster, ask: usize, shard: u16) -> anyhow::Result<u64> {
     let mut c = AdminClient::connect(format!("http://{}", cluster.peer[ask])).await?;
     let st = c.status(pb::StatusRequest {}).await?.into_inner();
     Ok(st.groups.iter().find(|g| g.group == u32::from(shard)).map_or(0, |g| g.leader))
 }
 
-fn shard(name: &str) -> anyhow::Result<u16> {
+fn shard(name: &str, shards: u16) -> anyhow::Result<u16> {
     let key = StreamKey::new(PublisherId::new("bench")?, StreamName::new(name)?);
-    Ok(shard_of(&key, SHARDS).0)
+    Ok(shard_of(&key, shards).0)
 }
 
 async fn create(client: &reqwest::Client, addr: &str, name: &str) -> anyhow::Result<()> {
@@ -106,12 +104,12 @@ async fn post_until_acked(
 async fn w3(mut cluster: NodeCluster, args: &Args) -> anyhow::Result<String> {
     let client = reqwest::Client::new();
     // Streams whose shards the victim leads, so every post feels the failover.
-    let victim = leader_of(&cluster, 0, shard("W3/room/0")?).await?;
+    let victim = leader_of(&cluster, 0, shard("W3/room/0", args.shards)?).await?;
     let mut streams = Vec::new();
     let mut i = 0;
     while streams.len() < 8 && i < 10_000 {
         let name = format!("W3/room/{i}");
-        if leader_of(&cluster, 0, shard(&name)?).await? == victim {
+        if leader_of(&cluster, 0, shard(&name, args.shards)?).await? == victim {
             create(&client, &cluster.api[0], &name).await?;
             streams.push(name);
         }
@@ -188,10 +186,10 @@ async fn w3(mut cluster: NodeCluster, args: &Args) -> anyhow::Result<String> {
 pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     let bin = chorus_binary(args.chorus.as_deref())?;
-    let cluster = NodeCluster::start(&bin, SHARDS).await.context("starting the chorus cluster")?;
+    let cluster = NodeCluster::start(&bin, args.shards).await.context("starting the chorus cluster")?;
     let idle = chorus_bench::procs::idle_cpu(&cluster.procs, Duration::from_secs(10)).await;
     let line =
-        format!("chorus  idle CPU per node ({SHARDS} shards x 3 replicas, no traffic): {idle}");
+        format!("chorus  idle CPU per node ({} shards x 3 replicas, no traffic): {idle}", args.shards);
     println!("{line}");
     out.push(line);
     let client = reqwest::Client::new();

@@ -37,6 +37,9 @@ pub struct Args {
     /// Message size in bytes.
     #[arg(long, default_value_t = 256)]
     pub size: usize,
+    /// Chorus shards (Raft groups per node); fixed when the cluster is formed.
+    #[arg(long, default_value_t = 64)]
+    pub shards: u16,
     /// Chorus streams posted to in W1 (spread over the shards, as chat rooms are).
     #[arg(long, default_value_t = 256)]
     pub streams: usize,

@@ -23,6 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::peers::{PeerConn, PeerError, PeerPool};
+use crate::metrics::CallKind;
 
 type NodeId = u64;
 type RpcErr<E> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -142,6 +143,13 @@ impl RaftNetwork<TypeConfig> for GrpcConn {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let commit_moved = rpc.leader_commit != self.last_commit;
         self.last_commit = rpc.leader_commit;
+        crate::metrics::count_call(if !rpc.entries.is_empty() {
+            CallKind::Entries
+        } else if commit_moved {
+            CallKind::Commit
+        } else {
+            CallKind::Heartbeat
+        });
         let urgent = !rpc.entries.is_empty() || commit_moved || self.pool.is_hot(self.group);
         self.batched(pb::RaftKind::Append, RPCTypes::AppendEntries, &rpc, urgent, &option).await
     }
@@ -151,6 +159,7 @@ impl RaftNetwork<TypeConfig> for GrpcConn {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        crate::metrics::count_call(CallKind::Vote);
         self.batched(pb::RaftKind::Vote, RPCTypes::Vote, &rpc, true, &option).await
     }
 
