@@ -186,10 +186,13 @@ async fn w3(mut cluster: NodeCluster, args: &Args) -> anyhow::Result<String> {
 pub async fn run(args: &Args) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     let bin = chorus_binary(args.chorus.as_deref())?;
-    let cluster = NodeCluster::start(&bin, args.shards).await.context("starting the chorus cluster")?;
+    let cluster =
+        NodeCluster::start(&bin, args.shards).await.context("starting the chorus cluster")?;
     let idle = chorus_bench::procs::idle_cpu(&cluster.procs, Duration::from_secs(10)).await;
-    let line =
-        format!("chorus  idle CPU per node ({} shards x 3 replicas, no traffic): {idle}", args.shards);
+    let line = format!(
+        "chorus  idle CPU per node ({} shards x 3 replicas, no traffic): {idle}",
+        args.shards
+    );
     println!("{line}");
     out.push(line);
     let client = reqwest::Client::new();

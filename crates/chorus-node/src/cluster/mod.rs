@@ -5,6 +5,7 @@
 
 mod admin;
 mod call;
+mod call_mux;
 mod mux;
 mod owner;
 mod relay;

@@ -89,6 +89,38 @@ fn item(i: &ListenItem) -> Result<pb::OwnerEvent, Status> {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::OwnerEvent, Status>> + Send>>;
 
+/// Runs one call: here (`route: false`, this node leads the shard) or routed to the leader.
+async fn run(node: &Node, router: &Router, env: CallEnvelope) -> OwnerReply {
+    let caller = env.caller.into();
+    if env.route {
+        execute(router, &caller, env.call).await
+    } else {
+        execute(node, &caller, env.call).await
+    }
+}
+
+/// The reply frame's body for a call on `Owner.Calls`: the call's reply, or an error reply
+/// when the frame is unreadable (the stream and the other calls on it go on).
+async fn run_frame(node: &Node, router: &Router, body: &[u8]) -> Vec<u8> {
+    let reply = match serde_json::from_slice::<CallEnvelope>(body) {
+        Ok(env) => run(node, router, env).await,
+        Err(e) => OwnerReply::from(crate::error::err(
+            chorus_types::ErrorCode::InvalidArgument,
+            &format!("bad owner call: {e}"),
+        )),
+    };
+    // An encoding failure leaves an empty body, which the caller reads as an internal error.
+    serde_json::to_vec(&reply).unwrap_or_default()
+}
+
+/// Calls of one `Owner.Calls` stream running at once; more wait, and the stream is not read
+/// meanwhile, which holds the caller back through HTTP/2 flow control.
+const STREAM_CALLS: usize = 1024;
+/// Replies waiting to be written to one `Owner.Calls` stream.
+const STREAM_REPLIES: usize = 1024;
+
+type CallStream = Pin<Box<dyn Stream<Item = Result<pb::CallFrame, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Owner for OwnerService {
     async fn call(
@@ -97,13 +129,34 @@ impl Owner for OwnerService {
     ) -> Result<Response<pb::OwnerResponse>, Status> {
         let env: CallEnvelope = serde_json::from_slice(&request.into_inner().call)
             .map_err(|e| Status::invalid_argument(format!("bad owner call: {e}")))?;
-        let caller = env.caller.into();
-        let reply: OwnerReply = if env.route {
-            execute(&*self.router, &caller, env.call).await
-        } else {
-            execute(&self.node, &caller, env.call).await
-        };
+        let reply = run(&self.node, &self.router, env).await;
         Ok(Response::new(pb::OwnerResponse { reply: encode(&reply)? }))
+    }
+
+    type CallsStream = CallStream;
+
+    /// Each frame runs in its own task, so a slow call (a post waiting for its commit) holds
+    /// up no other. Unlike a unary call, a call whose caller goes away runs to its end.
+    async fn calls(
+        &self,
+        request: Request<tonic::Streaming<pb::CallFrame>>,
+    ) -> Result<Response<CallStream>, Status> {
+        let mut incoming = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_REPLIES);
+        let (node, router) = (self.node.clone(), Arc::clone(&self.router));
+        tokio::spawn(async move {
+            let running = Arc::new(tokio::sync::Semaphore::new(STREAM_CALLS));
+            while let Ok(Some(frame)) = incoming.message().await {
+                let Ok(permit) = Arc::clone(&running).acquire_owned().await else { break };
+                let (node, router, tx) = (node.clone(), Arc::clone(&router), tx.clone());
+                tokio::spawn(async move {
+                    let body = run_frame(&node, &router, &frame.body).await;
+                    let _ = tx.send(Ok(pb::CallFrame { id: frame.id, body })).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     type ListenStream = EventStream;

@@ -36,9 +36,10 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller};
+use super::call_mux::{CallStream, SendError};
 use super::mux::Mux;
 use super::owner::{ListenCall, ListenItem};
-use super::router::{is_connect_failure, unknown_outcome};
+use super::router::unknown_outcome;
 use super::topology::{self, Topology};
 use crate::error::{NodeError, err};
 
@@ -55,6 +56,8 @@ pub(super) struct NodeConn {
     client: OwnerClient<Channel>,
     /// Every listen this edge holds through the node, on one `Owner.Subscribe` stream.
     mux: tokio::sync::Mutex<Option<Arc<Mux>>>,
+    /// Every call this edge sends the node, on one `Owner.Calls` stream.
+    calls: CallStream,
 }
 
 /// [`StreamService`] over the `Owner` gRPC service of a cluster's nodes.
@@ -77,7 +80,13 @@ impl NodeConn {
         let client = OwnerClient::new(channel.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        Ok(NodeConn { addr: addr.to_owned(), channel, client, mux: Default::default() })
+        Ok(NodeConn {
+            addr: addr.to_owned(),
+            channel,
+            client,
+            mux: Default::default(),
+            calls: CallStream::default(),
+        })
     }
 }
 
@@ -176,18 +185,16 @@ impl RemoteService {
         let mut attempt = 0;
         loop {
             let (i, node) = self.node(start, attempt);
-            let mut request = tonic::Request::new(pb::OwnerRequest { call: body.clone() });
-            request.set_timeout(deadline.saturating_duration_since(Instant::now()));
-            match node.client.clone().call(request).await {
-                Ok(response) => {
+            match node.calls.send(&node.client, body.clone(), Some(deadline)).await {
+                Ok(reply) => {
                     self.preferred.store(i, Ordering::Relaxed);
-                    return serde_json::from_slice(&response.into_inner().reply).unwrap_or_else(
-                        |e| OwnerReply::from(err(ErrorCode::Internal, &e.to_string())),
-                    );
+                    return serde_json::from_slice(&reply).unwrap_or_else(|e| {
+                        OwnerReply::from(err(ErrorCode::Internal, &e.to_string()))
+                    });
                 }
-                Err(status) => {
-                    tracing::debug!(node = %node.addr, %status, "owner call failed");
-                    if !is_connect_failure(&status) && !retry_unknown {
+                Err(failure) => {
+                    tracing::debug!(node = %node.addr, %failure, "owner call failed");
+                    if matches!(failure, SendError::Unknown(_)) && !retry_unknown {
                         return unknown_outcome("lost the connection to the cluster");
                     }
                 }

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use chorus_api::{Caller, ServiceError};
-use chorus_proto::pb;
 use chorus_proto::pb::owner_client::OwnerClient;
 use chorus_raft::grpc::peers::{MAX_MESSAGE, endpoint};
 use chorus_types::{ApiError, ErrorCode, ShardId, StreamKey};
@@ -23,6 +22,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller, execute};
+use super::call_mux::{CallStream, SendError};
 use crate::access_source::{SourceReader, SourceRows};
 use crate::error::err;
 use crate::meta::state::MetaState;
@@ -78,6 +78,8 @@ pub struct Router {
     pub(crate) me: u64,
     peers: HashMap<u64, String>,
     clients: Mutex<HashMap<u64, OwnerClient<Channel>>>,
+    /// Forwarded calls travel on one `Owner.Calls` stream per node.
+    call_streams: Mutex<HashMap<u64, Arc<CallStream>>>,
     /// The meta record, when last read (see [`Router::meta_record`]).
     placement: CachedRecord,
     pub(crate) timeout: Duration,
@@ -98,6 +100,7 @@ impl Router {
                 node,
                 peers,
                 clients: Mutex::default(),
+                call_streams: Mutex::default(),
                 placement: Mutex::default(),
                 timeout,
                 this: this.clone(),
@@ -242,25 +245,31 @@ impl Router {
         call: OwnerCall,
         route: bool,
     ) -> Result<OwnerReply, Failure> {
-        let mut client = self.owner_client(id).map_err(Failure::NotRun)?;
+        let client = self.owner_client(id).map_err(Failure::NotRun)?;
+        let stream = self.call_stream(id);
         crate::metrics::FORWARDED_CALLS.inc();
         let mut wire = WireCaller::from(caller);
         wire.session = self.tag_session(caller.session);
         let body = serde_json::to_vec(&CallEnvelope { caller: wire, call, route })
             .map_err(|e| Failure::NotRun(err(ErrorCode::Internal, &e.to_string())))?;
-        match client.call(pb::OwnerRequest { call: body }).await {
-            Ok(resp) => serde_json::from_slice(&resp.into_inner().reply)
+        match stream.send(&client, body, None).await {
+            Ok(reply) => serde_json::from_slice(&reply)
                 .map_err(|e| Failure::Unknown(err(ErrorCode::Internal, &e.to_string()))),
-            Err(status) => {
-                tracing::debug!(node = id, %status, "owner call failed");
+            Err(failure) => {
+                tracing::debug!(node = id, %failure, "owner call failed");
                 let e = err(ErrorCode::Unavailable, "the stream's owner could not be reached");
-                Err(if is_connect_failure(&status) {
-                    Failure::NotRun(e)
-                } else {
-                    Failure::Unknown(e)
+                Err(match failure {
+                    SendError::NotRun(_) => Failure::NotRun(e),
+                    SendError::Unknown(_) => Failure::Unknown(e),
                 })
             }
         }
+    }
+
+    /// The call stream to node `id` (opened on first use, again after it breaks).
+    fn call_stream(&self, id: u64) -> Arc<CallStream> {
+        let mut streams = self.call_streams.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(streams.entry(id).or_default())
     }
 
     /// Runs `call` on the leader of `key`'s shard, following leader changes.

@@ -1,0 +1,190 @@
+//! The caller's side of `Owner.Calls`: one gRPC stream per node carries every call a caller
+//! forwards there (an edge's operations, or a node's for shards it does not lead), each frame
+//! tagged with an id.
+//!
+//! A unary `Owner.Call` opens an HTTP/2 stream, encodes and decodes headers and runs the
+//! server's service stack for every post; a frame on an open stream does none of that. A
+//! reader task hands each reply to the call waiting for its id. When the stream breaks, every
+//! call still waiting learns that its outcome is unknown (it may have run), as a unary call cut
+//! off in flight would; the next call opens a new stream. A node that does not serve `Calls`
+//! (an older version, during a rolling upgrade) is called with unary `Owner.Call` instead.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use chorus_proto::pb;
+use chorus_proto::pb::owner_client::OwnerClient;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use super::router::is_connect_failure;
+
+/// How long a node found without `Calls` is called with unary calls before trying again.
+const UNSUPPORTED_RETRY: Duration = Duration::from_secs(60);
+
+/// Calls waiting for their reply, by id; `None` once the stream broke.
+type Waiting = Mutex<Option<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
+
+fn lock(waiting: &Waiting) -> MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<Vec<u8>>>>> {
+    // Every update is one insert, remove or take: a panicked holder leaves it consistent.
+    waiting.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why a forwarded call has no reply.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SendError {
+    /// Surely not run: the node could not be reached, or the stream was gone before sending.
+    #[error("not sent: {0}")]
+    NotRun(String),
+    /// Sent, and then the connection broke or the deadline passed: it may have run.
+    #[error("outcome unknown: {0}")]
+    Unknown(String),
+}
+
+struct CallMux {
+    requests: mpsc::UnboundedSender<pb::CallFrame>,
+    waiting: Arc<Waiting>,
+    next_id: AtomicU64,
+}
+
+impl CallMux {
+    async fn open(client: &OwnerClient<Channel>) -> Result<Arc<CallMux>, tonic::Status> {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let mut replies = client.clone().calls(outbound).await?.into_inner();
+        let waiting: Arc<Waiting> = Arc::new(Mutex::new(Some(HashMap::new())));
+        let w = Arc::clone(&waiting);
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = replies.message().await {
+                let waiter = lock(&w).as_mut().and_then(|m| m.remove(&frame.id));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(frame.body);
+                }
+            }
+            // Dropping the waiters tells every call still waiting that its outcome is unknown;
+            // none is added after.
+            lock(&w).take();
+        });
+        Ok(Arc::new(CallMux { requests, waiting, next_id: AtomicU64::new(1) }))
+    }
+
+    fn is_broken(&self) -> bool {
+        lock(&self.waiting).is_none() || self.requests.is_closed()
+    }
+
+    async fn call(&self, body: Vec<u8>) -> Result<Vec<u8>, SendError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        match lock(&self.waiting).as_mut() {
+            Some(waiting) => waiting.insert(id, tx),
+            None => return Err(SendError::NotRun("the call stream to the node broke".into())),
+        };
+        // A call given up on (deadline, caller gone) leaves no waiter behind.
+        let _forget = Forget { waiting: &self.waiting, id };
+        if self.requests.send(pb::CallFrame { id, body }).is_err() {
+            return Err(SendError::NotRun("the call stream to the node broke".into()));
+        }
+        rx.await.map_err(|_| SendError::Unknown("the connection to the node broke".into()))
+    }
+}
+
+struct Forget<'a> {
+    waiting: &'a Waiting,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Some(waiting) = lock(self.waiting).as_mut() {
+            waiting.remove(&self.id);
+        }
+    }
+}
+
+enum Slot {
+    Open(Arc<CallMux>),
+    /// The node answered `Calls` with "unimplemented" at this time.
+    Unsupported(Instant),
+}
+
+/// How a caller reaches one node's `Owner` service: the call stream, kept open between calls.
+#[derive(Default)]
+pub(super) struct CallStream(tokio::sync::Mutex<Option<Slot>>);
+
+enum Path {
+    Stream(Arc<CallMux>),
+    Unary,
+}
+
+impl CallStream {
+    async fn path(&self, client: &OwnerClient<Channel>) -> Result<Path, tonic::Status> {
+        let mut slot = self.0.lock().await;
+        match &*slot {
+            Some(Slot::Open(mux)) if !mux.is_broken() => return Ok(Path::Stream(Arc::clone(mux))),
+            Some(Slot::Unsupported(at)) if at.elapsed() < UNSUPPORTED_RETRY => {
+                return Ok(Path::Unary);
+            }
+            _ => {}
+        }
+        match CallMux::open(client).await {
+            Ok(mux) => {
+                *slot = Some(Slot::Open(Arc::clone(&mux)));
+                Ok(Path::Stream(mux))
+            }
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                *slot = Some(Slot::Unsupported(Instant::now()));
+                Ok(Path::Unary)
+            }
+            Err(status) => Err(status),
+        }
+    }
+
+    /// Sends `body` (a JSON `CallEnvelope`) to the node and returns the reply's body, giving
+    /// up at `deadline` when one is set.
+    pub(super) async fn send(
+        &self,
+        client: &OwnerClient<Channel>,
+        body: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<u8>, SendError> {
+        let attempt = async {
+            match self.path(client).await {
+                Ok(Path::Stream(mux)) => mux.call(body).await,
+                Ok(Path::Unary) => unary(client, body, deadline).await,
+                Err(status) => Err(classify(&status)),
+            }
+        };
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, attempt)
+                .await
+                .unwrap_or_else(|_| Err(SendError::Unknown("no reply before the deadline".into()))),
+            None => attempt.await,
+        }
+    }
+}
+
+async fn unary(
+    client: &OwnerClient<Channel>,
+    body: Vec<u8>,
+    deadline: Option<Instant>,
+) -> Result<Vec<u8>, SendError> {
+    let mut request = tonic::Request::new(pb::OwnerRequest { call: body });
+    if let Some(deadline) = deadline {
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    }
+    match client.clone().call(request).await {
+        Ok(response) => Ok(response.into_inner().reply),
+        Err(status) => Err(classify(&status)),
+    }
+}
+
+fn classify(status: &tonic::Status) -> SendError {
+    if is_connect_failure(status) {
+        SendError::NotRun(status.to_string())
+    } else {
+        SendError::Unknown(status.to_string())
+    }
+}
