@@ -18,7 +18,7 @@ use chorus_types::{ApiError, ErrorCode};
 use crate::error::ErrorReply;
 use crate::extract::{Authenticated, JsonBody, OptionalJsonBody, QueryArgs, StreamPath};
 use crate::metrics::{Transport, record_request, record_timed_request};
-use crate::ops::{AccessRowsBody, BatchGetBody, OpName, Request, dispatch};
+use crate::ops::{AccessRowsBody, BatchGetBody, OpName, ReplyBody, Request, dispatch};
 use crate::state::EdgeState;
 
 type Edge = State<Arc<EdgeState>>;
@@ -67,7 +67,13 @@ async fn respond(
         started,
     );
     match outcome {
-        Ok(reply) => (reply.status, Json(reply.body)).into_response(),
+        Ok(reply) => match reply.body {
+            ReplyBody::Value(body) => (reply.status, Json(body)).into_response(),
+            ReplyBody::Text(text) => {
+                let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+                (reply.status, json, text).into_response()
+            }
+        },
         Err(error) => error.into_response(),
     }
 }

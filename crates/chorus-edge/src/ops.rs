@@ -3,7 +3,7 @@
 //! the HTTP response body would).
 
 use axum::http::StatusCode;
-use chorus_api::wire::{message_json, participant_json, stream_json};
+use chorus_api::wire::{message_json, message_text, participant_json, stream_json};
 use chorus_api::{
     Caller, CreateStream, HistoryQuery, JoinBatch, NewEphemeral, NewPost, ParticipantBody,
     ParticipantOp, ParticipantQuery, ServiceError, StreamService, UpdateStream,
@@ -148,12 +148,20 @@ impl Request {
 #[derive(Debug, PartialEq)]
 pub(crate) struct Reply {
     pub(crate) status: StatusCode,
-    pub(crate) body: Value,
+    pub(crate) body: ReplyBody,
+}
+
+/// A reply body: a JSON value, or JSON text rendered straight from its record (the post path,
+/// where building a `Value` first cost an allocation and a copy per field).
+#[derive(Debug, PartialEq)]
+pub(crate) enum ReplyBody {
+    Value(Value),
+    Text(String),
 }
 
 impl Reply {
     fn ok(body: Value) -> Self {
-        Reply { status: StatusCode::OK, body }
+        Reply { status: StatusCode::OK, body: ReplyBody::Value(body) }
     }
 }
 
@@ -176,7 +184,7 @@ pub(crate) async fn dispatch(
     let reply = match request {
         Request::Create(req) => {
             let view = service.create(caller, req).await?;
-            Reply { status: StatusCode::CREATED, body: stream_json(&view) }
+            Reply { status: StatusCode::CREATED, body: ReplyBody::Value(stream_json(&view)) }
         }
         Request::BatchGet(keys) => {
             let views = service.batch_get(caller, keys).await?;
@@ -193,7 +201,7 @@ pub(crate) async fn dispatch(
             let posted = service.post(caller, &key, req).await?;
             // An idempotent retry returns the original message with 200, a new one 201.
             let status = if posted.duplicate { StatusCode::OK } else { StatusCode::CREATED };
-            Reply { status, body: message_json(&posted.message) }
+            Reply { status, body: ReplyBody::Text(message_text(&posted.message)) }
         }
         Request::Messages(key, query) => {
             let messages = service.messages(caller, &key, query).await?;
@@ -226,7 +234,7 @@ pub(crate) async fn dispatch(
         }
         Request::Ephemeral(key, req) => {
             service.ephemeral(caller, &key, req).await?;
-            Reply { status: StatusCode::ACCEPTED, body: json!({}) }
+            Reply { status: StatusCode::ACCEPTED, body: ReplyBody::Value(json!({})) }
         }
     };
     Ok(reply)

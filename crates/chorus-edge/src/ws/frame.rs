@@ -249,6 +249,11 @@ pub(crate) fn ok_frame(re: &Value, body: Value) -> String {
     json!({"re": re, "ok": body}).to_string()
 }
 
+/// [`ok_frame`] around a body already rendered as JSON text.
+pub(crate) fn ok_frame_text(re: &Value, body: &str) -> String {
+    format!(r#"{{"re":{re},"ok":{body}}}"#)
+}
+
 /// `{"re": id, "error": {…}}`, with `"stream"` beside the error for a failed precondition.
 pub(crate) fn error_frame(re: &Value, error: &ServiceError) -> String {
     let mut frame = match error_json(error) {

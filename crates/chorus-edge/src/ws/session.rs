@@ -27,8 +27,10 @@ use tracing::instrument;
 
 use crate::fanout::{Fanout, Joined, Listener};
 use crate::metrics::{GaugeGuard, SESSIONS, Transport, record_request, record_timed_request};
-use crate::ops::{OpName, Request, dispatch};
-use crate::ws::frame::{Command, Frame, FrameError, error_frame, ok_frame, parse_frame};
+use crate::ops::{OpName, ReplyBody, Request, dispatch};
+use crate::ws::frame::{
+    Command, Frame, FrameError, error_frame, ok_frame, ok_frame_text, parse_frame,
+};
 use crate::ws::listen::{FeedListen, ListenRegistry, stop_forwarder};
 use crate::ws::outbound::{Outbound, write_loop};
 
@@ -244,7 +246,10 @@ async fn call(session: &Session, id: Value, request: Request) {
     let failure = outcome.as_ref().err().map(|error| error.error.code);
     record_timed_request(Transport::Ws, op, failure, started);
     let frame = match outcome {
-        Ok(reply) => ok_frame(&id, reply.body),
+        Ok(reply) => match reply.body {
+            ReplyBody::Value(body) => ok_frame(&id, body),
+            ReplyBody::Text(body) => ok_frame_text(&id, &body),
+        },
         Err(error) => error_frame(&id, &error),
     };
     session.out.reply(frame).await;
