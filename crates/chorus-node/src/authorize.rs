@@ -87,9 +87,10 @@ pub fn may_manage_type_rule(key: &StreamKey, caller: &Caller) -> Result<(), Serv
 /// set must not take manage or own away from anyone either, unless the caller owns.
 ///
 /// `PUT …/access` replaces the whole set, so a manager's request carries the rows of existing
-/// managers (often the manager's own): keeping such a row's subject and admin level is neither
-/// a grant nor a removal. Only a manage-or-above admin level that is new for its subject, or one
-/// that disappears, needs `own`.
+/// managers (often the manager's own): resending such a row unchanged is neither a grant nor a
+/// removal. Any other change to a manage-or-above row (new, dropped, or with other levels — a
+/// manager must not lock an owner out by lowering its read level either) needs `own`. A subject
+/// named twice is refused first ([`distinct_subjects`]), so no second row can undo a kept one.
 pub fn may_grant(
     access: &Access,
     existing: &[AccessRow],
@@ -99,8 +100,8 @@ pub fn may_grant(
     if access.admin() >= AdminLevel::OWN {
         return Ok(());
     }
-    let grants_manage = rows.iter().any(|r| is_manage_row(r) && !keeps_admin_of(existing, r));
-    let revokes_manage = existing.iter().any(|r| is_manage_row(r) && !keeps_admin_of(rows, r));
+    let grants_manage = rows.iter().any(|r| is_manage_row(r) && !existing.contains(r));
+    let revokes_manage = existing.iter().any(|r| is_manage_row(r) && !rows.contains(r));
     need(
         !grants_manage && !revokes_manage,
         "granting or removing admin level manage or above needs admin level own (40)",
@@ -111,9 +112,20 @@ fn is_manage_row(row: &AccessRow) -> bool {
     row.admin_level >= AdminLevel::MANAGE
 }
 
-/// Whether `rows` hold a row for `row`'s subject with the same admin level.
-fn keeps_admin_of(rows: &[AccessRow], row: &AccessRow) -> bool {
-    rows.iter().any(|other| other.subject == row.subject && other.admin_level == row.admin_level)
+/// A row set names each subject (user, role, everyone) at most once: with two rows for one
+/// subject, which one counts would be an accident of order.
+pub fn distinct_subjects(rows: &[AccessRow]) -> Result<(), ServiceError> {
+    for (i, row) in rows.iter().enumerate() {
+        if rows[..i].iter().any(|earlier| earlier.subject == row.subject) {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                &format!(
+                    "rows[{i}]: a row for the same subject comes earlier; one row per subject"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Only the app (its API key without `X-Chorus-As-User`) joins other users. The answer does not
@@ -253,9 +265,23 @@ mod tests {
         let mut rows = existing.to_vec();
         rows.push(user_row("carol", 20));
         assert!(may_grant(&manager(), &existing, &rows).is_ok());
-        // Changing a manager row's other levels keeps its admin level: allowed.
-        rows[0].read_level = 35;
+        // A row below manage may change.
+        rows[2].read_level = 10;
         assert!(may_grant(&manager(), &existing, &rows).is_ok());
+    }
+
+    #[test]
+    fn manager_cannot_change_a_manage_row_nor_name_a_subject_twice() {
+        let existing = [user_row("mgr", 30), user_row("owner", 40)];
+        let mut locks_out = existing.to_vec();
+        locks_out[1].read_level = 0;
+        let error = may_grant(&manager(), &existing, &locks_out).unwrap_err();
+        assert_eq!(error.error.code, ErrorCode::Forbidden);
+        let mut twice = existing.to_vec();
+        twice.push(user_row("owner", 0));
+        let error = distinct_subjects(&twice).unwrap_err();
+        assert_eq!(error.error.code, ErrorCode::InvalidArgument);
+        assert!(distinct_subjects(&existing).is_ok());
     }
 
     #[test]

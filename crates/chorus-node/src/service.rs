@@ -499,6 +499,7 @@ impl StreamService for Node {
         if rows.len() > 1000 {
             return Err(err(ErrorCode::TooLarge, "at most 1000 access rows per stream"));
         }
+        crate::authorize::distinct_subjects(&rows)?;
         settle(self.write(caller, key, WriteOp::SetAccess { rows }).await?, |outcome, _access| {
             match outcome {
                 Outcome::Access(rows) => Ok(rows),

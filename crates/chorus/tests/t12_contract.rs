@@ -51,6 +51,13 @@ async fn manager_grants_below_manage_while_keeping_manager_rows() {
     let dropped = json!({"rows": [mgr_row]});
     let (s, v) = mgr.call("PUT", &format!("{room}/access"), Some(dropped)).await;
     assert_eq!((s, code(&v)), (403, Some("forbidden")), "removing an owner row: {v}");
+    let locks_out =
+        json!({"rows": [mgr_row, {"ofUserId": "owner2", "readLevel": 0, "adminLevel": 40}]});
+    let (s, v) = mgr.call("PUT", &format!("{room}/access"), Some(locks_out)).await;
+    assert_eq!((s, code(&v)), (403, Some("forbidden")), "changing an owner's row: {v}");
+    let twice = json!({"rows": [mgr_row, owner_row, {"ofUserId": "owner2", "adminLevel": 0}]});
+    let (s, v) = mgr.call("PUT", &format!("{room}/access"), Some(twice)).await;
+    assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "a subject twice: {v}");
 
     // The publisher (own) may grant anything.
     let any = json!({"rows": [{"ofUserId": "carol", "adminLevel": 40}]});

@@ -92,6 +92,17 @@ pub enum OwnerCall {
 }
 
 impl OwnerCall {
+    /// Reads whose replies may be large (history, batch fetches, participant pages): sent as
+    /// unary calls rather than on a node's shared call stream.
+    pub(crate) fn is_bulk(&self) -> bool {
+        matches!(
+            self,
+            OwnerCall::Messages { .. }
+                | OwnerCall::BatchGet { .. }
+                | OwnerCall::Participants { .. }
+        )
+    }
+
     /// The stream it is about, when known before it runs (a create without a name gets one
     /// on the way; a batch spans streams).
     pub fn key(&self) -> Option<&StreamKey> {

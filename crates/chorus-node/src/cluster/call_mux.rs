@@ -24,6 +24,15 @@ use super::router::is_connect_failure;
 
 /// How long a node found without `Calls` is called with unary calls before trying again.
 const UNSUPPORTED_RETRY: Duration = Duration::from_secs(60);
+/// Longest wait for a node to accept the stream. A node that accepts connections but does not
+/// answer (stopped, overloaded) must not hold forwarded calls for a keepalive timeout.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(1);
+/// After a failed open, calls to that node fail at once (not run) for this long instead of
+/// each waiting for an open of its own.
+const FAILED_BACKOFF: Duration = Duration::from_millis(250);
+/// Frames waiting to be written to one node's stream; beyond it a call is refused (not run)
+/// rather than queued without bound behind a node that stopped reading.
+const REQUEST_QUEUE: usize = 4096;
 
 /// Calls waiting for their reply, by id; `None` once the stream broke.
 type Waiting = Mutex<Option<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
@@ -45,15 +54,15 @@ pub(super) enum SendError {
 }
 
 struct CallMux {
-    requests: mpsc::UnboundedSender<pb::CallFrame>,
+    requests: mpsc::Sender<pb::CallFrame>,
     waiting: Arc<Waiting>,
     next_id: AtomicU64,
 }
 
 impl CallMux {
     async fn open(client: &OwnerClient<Channel>) -> Result<Arc<CallMux>, tonic::Status> {
-        let (requests, rx) = mpsc::unbounded_channel();
-        let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(rx);
+        let (requests, rx) = mpsc::channel(REQUEST_QUEUE);
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
         let mut replies = client.clone().calls(outbound).await?.into_inner();
         let waiting: Arc<Waiting> = Arc::new(Mutex::new(Some(HashMap::new())));
         let w = Arc::clone(&waiting);
@@ -75,8 +84,13 @@ impl CallMux {
         lock(&self.waiting).is_none() || self.requests.is_closed()
     }
 
-    async fn call(&self, body: Vec<u8>) -> Result<Vec<u8>, SendError> {
+    async fn call(&self, body: Vec<u8>, deadline: Option<Instant>) -> Result<Vec<u8>, SendError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // The node skips a call whose caller has given up by the time it would start.
+        let deadline_ms = deadline.map_or(0, |d| {
+            let left = d.saturating_duration_since(Instant::now()).as_millis();
+            u64::try_from(left).unwrap_or(u64::MAX).max(1)
+        });
         let (tx, rx) = oneshot::channel();
         match lock(&self.waiting).as_mut() {
             Some(waiting) => waiting.insert(id, tx),
@@ -84,8 +98,12 @@ impl CallMux {
         };
         // A call given up on (deadline, caller gone) leaves no waiter behind.
         let _forget = Forget { waiting: &self.waiting, id };
-        if self.requests.send(pb::CallFrame { id, body }).is_err() {
-            return Err(SendError::NotRun("the call stream to the node broke".into()));
+        if let Err(e) = self.requests.try_send(pb::CallFrame { id, body, deadline_ms }) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "too many calls waiting for the node",
+                mpsc::error::TrySendError::Closed(_) => "the call stream to the node broke",
+            };
+            return Err(SendError::NotRun(why.into()));
         }
         rx.await.map_err(|_| SendError::Unknown("the connection to the node broke".into()))
     }
@@ -108,6 +126,8 @@ enum Slot {
     Open(Arc<CallMux>),
     /// The node answered `Calls` with "unimplemented" at this time.
     Unsupported(Instant),
+    /// Opening failed at this time.
+    Failed(Instant, String),
 }
 
 /// How a caller reaches one node's `Owner` service: the call stream, kept open between calls.
@@ -120,41 +140,65 @@ enum Path {
 }
 
 impl CallStream {
-    async fn path(&self, client: &OwnerClient<Channel>) -> Result<Path, tonic::Status> {
-        let mut slot = self.0.lock().await;
+    /// How to reach the node now. Every failure here is before anything was sent: not run.
+    async fn path(
+        &self,
+        client: &OwnerClient<Channel>,
+        deadline: Option<Instant>,
+    ) -> Result<Path, SendError> {
+        let open_by = Instant::now() + OPEN_TIMEOUT;
+        let open_by = deadline.map_or(open_by, |d| d.min(open_by));
+        let not_run = |why: &str| SendError::NotRun(why.to_owned());
+        let mut slot = tokio::time::timeout_at(open_by, self.0.lock())
+            .await
+            .map_err(|_| not_run("the node's call stream is still opening"))?;
         match &*slot {
             Some(Slot::Open(mux)) if !mux.is_broken() => return Ok(Path::Stream(Arc::clone(mux))),
             Some(Slot::Unsupported(at)) if at.elapsed() < UNSUPPORTED_RETRY => {
                 return Ok(Path::Unary);
             }
+            Some(Slot::Failed(at, why)) if at.elapsed() < FAILED_BACKOFF => {
+                return Err(not_run(why));
+            }
             _ => {}
         }
-        match CallMux::open(client).await {
-            Ok(mux) => {
+        match tokio::time::timeout_at(open_by, CallMux::open(client)).await {
+            Ok(Ok(mux)) => {
                 *slot = Some(Slot::Open(Arc::clone(&mux)));
                 Ok(Path::Stream(mux))
             }
-            Err(status) if status.code() == tonic::Code::Unimplemented => {
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
                 *slot = Some(Slot::Unsupported(Instant::now()));
                 Ok(Path::Unary)
             }
-            Err(status) => Err(status),
+            Ok(Err(status)) => {
+                let why = format!("the node could not be reached: {}", status.message());
+                *slot = Some(Slot::Failed(Instant::now(), why.clone()));
+                Err(SendError::NotRun(why))
+            }
+            Err(_) => {
+                let why = "the node did not accept a call stream in time".to_owned();
+                *slot = Some(Slot::Failed(Instant::now(), why.clone()));
+                Err(SendError::NotRun(why))
+            }
         }
     }
 
     /// Sends `body` (a JSON `CallEnvelope`) to the node and returns the reply's body, giving
-    /// up at `deadline` when one is set.
+    /// up at `deadline` when one is set. `bulk` calls (reads whose replies may be megabytes)
+    /// go as unary calls, so they never hold up the small replies sharing the stream.
     pub(super) async fn send(
         &self,
         client: &OwnerClient<Channel>,
         body: Vec<u8>,
         deadline: Option<Instant>,
+        bulk: bool,
     ) -> Result<Vec<u8>, SendError> {
+        let path = if bulk { Path::Unary } else { self.path(client, deadline).await? };
         let attempt = async {
-            match self.path(client).await {
-                Ok(Path::Stream(mux)) => mux.call(body).await,
-                Ok(Path::Unary) => unary(client, body, deadline).await,
-                Err(status) => Err(classify(&status)),
+            match path {
+                Path::Stream(mux) => mux.call(body, deadline).await,
+                Path::Unary => unary(client, body, deadline).await,
             }
         };
         match deadline {

@@ -62,6 +62,10 @@ pub async fn serve(
     let admin = AdminServer::new(admin::AdminService::new(node));
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // A caller that vanished without closing (a crashed edge, a cut link) would otherwise
+        // keep its `Owner.Calls` / `Owner.Subscribe` streams and their tasks until TCP gives up.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
         .add_service(peer)
         .add_service(owner)
         .add_service(admin)

@@ -1,15 +1,17 @@
 //! The `Owner` gRPC service: a non-leader node (or an edge) forwards stream operations here,
 //! to the node that leads the stream's shard.
 
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chorus_api::{ListenEvent, StreamService};
 use chorus_proto::pb;
 use chorus_proto::pb::owner_server::Owner;
-use chorus_types::{ApiError, MessageRecord, StreamKey};
+use chorus_types::{ApiError, ErrorCode, MessageRecord, StreamKey};
 use futures_core::Stream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
@@ -102,15 +104,19 @@ async fn run(node: &Node, router: &Router, env: CallEnvelope) -> OwnerReply {
 /// The reply frame's body for a call on `Owner.Calls`: the call's reply, or an error reply
 /// when the frame is unreadable (the stream and the other calls on it go on).
 async fn run_frame(node: &Node, router: &Router, body: &[u8]) -> Vec<u8> {
-    let reply = match serde_json::from_slice::<CallEnvelope>(body) {
-        Ok(env) => run(node, router, env).await,
-        Err(e) => OwnerReply::from(crate::error::err(
-            chorus_types::ErrorCode::InvalidArgument,
-            &format!("bad owner call: {e}"),
-        )),
-    };
+    match serde_json::from_slice::<CallEnvelope>(body) {
+        Ok(env) => reply_body(&run(node, router, env).await),
+        Err(e) => failure_reply(ErrorCode::InvalidArgument, &format!("bad owner call: {e}")),
+    }
+}
+
+fn failure_reply(code: ErrorCode, message: &str) -> Vec<u8> {
+    reply_body(&OwnerReply::from(crate::error::err(code, message)))
+}
+
+fn reply_body(reply: &OwnerReply) -> Vec<u8> {
     // An encoding failure leaves an empty body, which the caller reads as an internal error.
-    serde_json::to_vec(&reply).unwrap_or_default()
+    serde_json::to_vec(reply).unwrap_or_default()
 }
 
 /// Calls of one `Owner.Calls` stream running at once; more wait, and the stream is not read
@@ -147,11 +153,32 @@ impl Owner for OwnerService {
         tokio::spawn(async move {
             let running = Arc::new(tokio::sync::Semaphore::new(STREAM_CALLS));
             while let Ok(Some(frame)) = incoming.message().await {
+                let received = tokio::time::Instant::now();
                 let Ok(permit) = Arc::clone(&running).acquire_owned().await else { break };
                 let (node, router, tx) = (node.clone(), Arc::clone(&router), tx.clone());
                 tokio::spawn(async move {
-                    let body = run_frame(&node, &router, &frame.body).await;
-                    let _ = tx.send(Ok(pb::CallFrame { id: frame.id, body })).await;
+                    let expired = frame.deadline_ms > 0
+                        && received.elapsed() >= Duration::from_millis(frame.deadline_ms);
+                    let body = if expired {
+                        // The caller gave up before the call could start: run nothing, so a
+                        // retry it made meanwhile is not followed by this stale attempt.
+                        failure_reply(
+                            ErrorCode::Timeout,
+                            "the call waited past its deadline; not run",
+                        )
+                    } else {
+                        // A panic must still answer, or the caller would wait on a live stream.
+                        AssertUnwindSafe(run_frame(&node, &router, &frame.body))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|_| {
+                                failure_reply(
+                                    ErrorCode::Internal,
+                                    "the call failed on the node; its outcome is unknown",
+                                )
+                            })
+                    };
+                    let _ = tx.send(Ok(pb::CallFrame { id: frame.id, body, deadline_ms: 0 })).await;
                     drop(permit);
                 });
             }

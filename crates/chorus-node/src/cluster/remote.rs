@@ -174,6 +174,7 @@ impl RemoteService {
 
     async fn call(&self, caller: &Caller, call: OwnerCall) -> OwnerReply {
         let retry_unknown = call.is_idempotent();
+        let bulk = call.is_bulk();
         let start = self.start(call.key());
         let envelope = CallEnvelope { caller: WireCaller::from(caller), call, route: true };
         let body = match serde_json::to_vec(&envelope) {
@@ -185,7 +186,7 @@ impl RemoteService {
         let mut attempt = 0;
         loop {
             let (i, node) = self.node(start, attempt);
-            match node.calls.send(&node.client, body.clone(), Some(deadline)).await {
+            match node.calls.send(&node.client, body.clone(), Some(deadline), bulk).await {
                 Ok(reply) => {
                     self.preferred.store(i, Ordering::Relaxed);
                     return serde_json::from_slice(&reply).unwrap_or_else(|e| {

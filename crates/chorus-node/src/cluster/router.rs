@@ -244,15 +244,17 @@ impl Router {
         caller: &Caller,
         call: OwnerCall,
         route: bool,
+        deadline: Instant,
     ) -> Result<OwnerReply, Failure> {
         let client = self.owner_client(id).map_err(Failure::NotRun)?;
+        let bulk = call.is_bulk();
         let stream = self.call_stream(id);
         crate::metrics::FORWARDED_CALLS.inc();
         let mut wire = WireCaller::from(caller);
         wire.session = self.tag_session(caller.session);
         let body = serde_json::to_vec(&CallEnvelope { caller: wire, call, route })
             .map_err(|e| Failure::NotRun(err(ErrorCode::Internal, &e.to_string())))?;
-        match stream.send(&client, body, None).await {
+        match stream.send(&client, body, Some(deadline), bulk).await {
             Ok(reply) => serde_json::from_slice(&reply)
                 .map_err(|e| Failure::Unknown(err(ErrorCode::Internal, &e.to_string()))),
             Err(failure) => {
@@ -300,8 +302,8 @@ impl Router {
             };
             let outcome = match target {
                 Target::Local => Ok(execute(&self.node, caller, call.clone()).await),
-                Target::Remote(id) => self.forward(id, caller, call.clone(), false).await,
-                Target::Holder(id) => self.forward(id, caller, call.clone(), true).await,
+                Target::Remote(id) => self.forward(id, caller, call.clone(), false, deadline).await,
+                Target::Holder(id) => self.forward(id, caller, call.clone(), true, deadline).await,
             };
             let last = match outcome {
                 Ok(reply) => match reply.error() {

@@ -41,6 +41,14 @@ impl GrpcNetwork {
     }
 }
 
+/// How a call travels: `urgent` leaves at once (else it may linger for company), and
+/// `carries_entries` picks the appends' batcher over the control one.
+#[derive(Clone, Copy)]
+struct Lane {
+    urgent: bool,
+    carries_entries: bool,
+}
+
 /// One group's view of one peer.
 pub struct GrpcConn {
     group: u16,
@@ -100,7 +108,7 @@ impl GrpcConn {
         kind: pb::RaftKind,
         action: RPCTypes,
         req: &Req,
-        urgent: bool,
+        lane: Lane,
         option: &RPCOption,
     ) -> Result<Resp, RpcErr<E>>
     where
@@ -112,10 +120,13 @@ impl GrpcConn {
         let payload = serde_json::to_vec(req).map_err(|e| network(e.to_string()))?;
         let call = pb::RaftCall { group: u32::from(self.group), kind: kind as i32, payload };
         let ttl = option.hard_ttl();
-        let reply = match tokio::time::timeout(ttl, peer.call(call, urgent)).await {
-            Ok(r) => r.map_err(peer_failure)?,
-            Err(_) => return Err(self.timeout(action, ttl)),
-        };
+        let reply =
+            match tokio::time::timeout(ttl, peer.call(call, lane.urgent, lane.carries_entries))
+                .await
+            {
+                Ok(r) => r.map_err(peer_failure)?,
+                Err(_) => return Err(self.timeout(action, ttl)),
+            };
         decode(self.target, &reply)
     }
 }
@@ -150,8 +161,10 @@ impl RaftNetwork<TypeConfig> for GrpcConn {
         } else {
             CallKind::Heartbeat
         });
-        let urgent = !rpc.entries.is_empty() || commit_moved || self.pool.is_hot(self.group);
-        self.batched(pb::RaftKind::Append, RPCTypes::AppendEntries, &rpc, urgent, &option).await
+        let carries_entries = !rpc.entries.is_empty();
+        let urgent = carries_entries || commit_moved || self.pool.is_hot(self.group);
+        let lane = Lane { urgent, carries_entries };
+        self.batched(pb::RaftKind::Append, RPCTypes::AppendEntries, &rpc, lane, &option).await
     }
 
     async fn vote(
@@ -160,7 +173,8 @@ impl RaftNetwork<TypeConfig> for GrpcConn {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         crate::metrics::count_call(CallKind::Vote);
-        self.batched(pb::RaftKind::Vote, RPCTypes::Vote, &rpc, true, &option).await
+        let lane = Lane { urgent: true, carries_entries: false };
+        self.batched(pb::RaftKind::Vote, RPCTypes::Vote, &rpc, lane, &option).await
     }
 
     async fn install_snapshot(

@@ -78,19 +78,27 @@ struct Queued {
     reply: oneshot::Sender<Reply>,
 }
 
-/// A connection to one peer: the batching queue plus a client for direct calls (snapshots).
+/// A connection to one peer: the batching queues plus a client for direct calls (snapshots).
+///
+/// Two batchers share the connection: one for appends carrying entries, one for everything
+/// else (votes, heartbeats, commit notices). An append waits for the peer's fsync, and with
+/// [`IN_FLIGHT`] batches of those in flight a vote or a heartbeat must not wait behind them:
+/// on a slow disk that would let followers' election timers fire.
 #[derive(Clone)]
 pub struct PeerConn {
     addr: String,
-    tx: mpsc::UnboundedSender<Queued>,
+    entries: mpsc::UnboundedSender<Queued>,
+    control: mpsc::UnboundedSender<Queued>,
     client: PeerClient<Channel>,
 }
 
 impl PeerConn {
-    /// Sends one Raft call through the batcher; `urgent` is false only for heartbeats.
-    pub async fn call(&self, call: pb::RaftCall, urgent: bool) -> Reply {
+    /// Sends one Raft call through a batcher; `urgent` is false only for heartbeats, and
+    /// `carries_entries` picks the appends' batcher.
+    pub async fn call(&self, call: pb::RaftCall, urgent: bool, carries_entries: bool) -> Reply {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Queued { call, urgent, reply }).is_err() {
+        let tx = if carries_entries { &self.entries } else { &self.control };
+        if tx.send(Queued { call, urgent, reply }).is_err() {
             return Err(PeerError::Unreachable {
                 addr: self.addr.clone(),
                 message: "peer connection closed".into(),
@@ -177,9 +185,11 @@ impl PeerPool {
         let client = PeerClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (entries, rx) = mpsc::unbounded_channel();
         tokio::spawn(batcher(self.me, addr.to_owned(), client.clone(), rx));
-        let conn = PeerConn { addr: addr.to_owned(), tx, client };
+        let (control, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batcher(self.me, addr.to_owned(), client.clone(), rx));
+        let conn = PeerConn { addr: addr.to_owned(), entries, control, client };
         conns.insert(addr.to_owned(), conn.clone());
         Ok(conn)
     }
