@@ -1,6 +1,7 @@
 //! One HTTP/2 connection per peer node, shared by every group, with Raft calls coalesced.
 //!
-//! Each peer has one batcher task. Calls queued while earlier batches are in flight leave
+//! Each peer has two batcher tasks, one for appends carrying entries and one for the rest (see
+//! [`PeerConn`]). Calls queued while earlier batches are in flight leave
 //! together in one `Peer.Batch` RPC, so the heartbeats of 64 idle shards cost one round trip,
 //! and a busy shard's appends share the round trip of whatever else is going to that peer.
 //! Replies come back in call order.
@@ -26,7 +27,8 @@ use super::liveness::Liveness;
 
 /// Most calls in one batch.
 const MAX_BATCH: usize = 256;
-/// Batches in flight to one peer at a time; more calls wait and coalesce. Every batch costs
+/// Batches in flight to one peer at a time, per lane (appends; everything else); more calls
+/// wait and coalesce. Every batch costs
 /// an HTTP/2 round trip on both nodes whatever it carries, so fewer, fuller batches leave more
 /// CPU to the posts: `replicated` W1 at 256 in flight gave ~1,750–2,000/s with 8, ~1,960–2,240/s
 /// with 2 (p99 lower too) and ~1,890/s with 1, where an append waiting for the peer's fsync
