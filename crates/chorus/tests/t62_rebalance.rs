@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chorus_types::shard::shard_of;
 use chorus_types::{PublisherId, StreamKey, StreamName};
-use common::cluster::Cluster;
+use common::cluster::{Cluster, admin_cli};
 use common::edge::Edge;
 use common::enc;
 use serde_json::{Value, json};
@@ -43,22 +43,9 @@ async fn join_node_4(cluster: &mut Cluster) -> (usize, String) {
     cluster.spawn_with(new, &peers, &["--join"]);
     let new_addr = cluster.members[new].peer.clone();
     let (ok, text) =
-        admin(&cluster.members[1].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
+        admin_cli(&cluster.members[1].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
     assert!(ok, "add-node failed: {text}");
     (new, new_addr)
-}
-
-/// Runs `chorus admin --node <node> <args>`; (success, stdout + stderr).
-async fn admin(node: &str, args: &[&str]) -> (bool, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
-        .args(["admin", "--node", node])
-        .args(args)
-        .output()
-        .await
-        .expect("chorus admin");
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
 }
 
 /// Each shard's voter set as its leader reports it (asking every running member), with
@@ -319,10 +306,10 @@ async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() 
     // Node 1 (a meta voter, probably its leader) is drained and removed, asked through
     // node 4. Traffic moves off it first, as an operator would.
     writers.route_via(urls(&cluster, &[1, 2, new], &[&edge_addr]));
-    let (ok, text) = admin(&new_addr, &["remove-node", "--id", "1"]).await;
+    let (ok, text) = admin_cli(&new_addr, &["remove-node", "--id", "1"]).await;
     assert!(ok, "remove-node failed: {text}");
     // A second removal would leave two active nodes: refused.
-    let (ok, text) = admin(&new_addr, &["remove-node", "--id", "2"]).await;
+    let (ok, text) = admin_cli(&new_addr, &["remove-node", "--id", "2"]).await;
     assert!(!ok && text.contains("would leave 2 active nodes"), "second removal: {text}");
     let without_one = BTreeMap::from([(2, 8), (3, 8), (4, 8)]);
     wait_for_spread(&cluster, new, &without_one).await;
@@ -347,7 +334,7 @@ async fn adding_and_removing_a_node_rebalances_replicas_without_losing_writes() 
     let acked = writers.stop().await;
 
     // `status` shows the meta leader, each node's status and replicas, and no moves.
-    let (ok, text) = admin(&cluster.members[2].peer, &["status"]).await;
+    let (ok, text) = admin_cli(&cluster.members[2].peer, &["status"]).await;
     assert!(ok, "status failed: {text}");
     assert!(text.contains("meta group: leader"), "{text}");
     assert!(text.contains("moving: nothing"), "{text}");
@@ -384,7 +371,7 @@ async fn a_new_meta_leader_finishes_a_rebalance_the_old_one_started() {
     let new = cluster.add_member(4);
     let new_addr = cluster.members[new].peer.clone();
     let (ok, text) =
-        admin(&cluster.members[0].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
+        admin_cli(&cluster.members[0].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
     assert!(ok, "add-node failed: {text}");
     // The first move waits for node 4 to catch up, which it cannot: it does not run.
     let deadline = Instant::now() + Duration::from_secs(30);
