@@ -232,3 +232,161 @@ fn classify(status: &tonic::Status) -> SendError {
         SendError::Unknown(status.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use chorus_proto::pb::owner_server::{Owner, OwnerServer};
+    use futures_core::Stream;
+    use tokio::net::TcpListener;
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    type Frames = Pin<Box<dyn Stream<Item = Result<pb::CallFrame, Status>> + Send>>;
+    type Events<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+    /// An `Owner` that echoes call bodies. On `Calls`, `hang` is never answered and `break`
+    /// ends the stream with an error; with `streams: false` it does not serve `Calls`.
+    struct Echo {
+        streams: bool,
+    }
+
+    #[tonic::async_trait]
+    impl Owner for Echo {
+        async fn call(
+            &self,
+            request: Request<pb::OwnerRequest>,
+        ) -> Result<Response<pb::OwnerResponse>, Status> {
+            Ok(Response::new(pb::OwnerResponse { reply: request.into_inner().call }))
+        }
+
+        type ListenStream = Events<pb::OwnerEvent>;
+
+        async fn listen(
+            &self,
+            _: Request<pb::OwnerRequest>,
+        ) -> Result<Response<Self::ListenStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        type SubscribeStream = Events<pb::SubscribeEvent>;
+
+        async fn subscribe(
+            &self,
+            _: Request<tonic::Streaming<pb::SubscribeRequest>>,
+        ) -> Result<Response<Self::SubscribeStream>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        type CallsStream = Frames;
+
+        async fn calls(
+            &self,
+            request: Request<tonic::Streaming<pb::CallFrame>>,
+        ) -> Result<Response<Frames>, Status> {
+            if !self.streams {
+                return Err(Status::unimplemented("an older node"));
+            }
+            let mut incoming = request.into_inner();
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(async move {
+                while let Ok(Some(frame)) = incoming.message().await {
+                    match frame.body.as_slice() {
+                        b"hang" => {}
+                        b"break" => {
+                            let _ = tx.send(Err(Status::internal("broken"))).await;
+                            return;
+                        }
+                        _ => {
+                            let reply = pb::CallFrame { id: frame.id, ..frame };
+                            let _ = tx.send(Ok(reply)).await;
+                        }
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        }
+    }
+
+    async fn serve(streams: bool) -> OwnerClient<Channel> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(OwnerServer::new(Echo { streams }))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        client(&addr.to_string())
+    }
+
+    fn client(addr: &str) -> OwnerClient<Channel> {
+        OwnerClient::new(Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy())
+    }
+
+    /// Calls waiting for a reply on the stream `stream` has open.
+    async fn waiting_calls(stream: &CallStream) -> usize {
+        match &*stream.0.lock().await {
+            Some(Slot::Open(mux)) => lock(&mux.waiting).as_ref().map_or(0, HashMap::len),
+            _ => 0,
+        }
+    }
+
+    fn soon() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(10))
+    }
+
+    #[tokio::test]
+    async fn calls_share_a_stream_and_a_break_makes_calls_in_flight_unknown() {
+        let client = serve(true).await;
+        let stream = CallStream::default();
+        let echoed = stream.send(&client, b"one".to_vec(), soon(), false).await.unwrap();
+        assert_eq!(echoed, b"one");
+
+        let stream = Arc::new(stream);
+        let task = {
+            let (client, s) = (client.clone(), Arc::clone(&stream));
+            tokio::spawn(async move { s.send(&client, b"hang".to_vec(), None, false).await })
+        };
+        // `hang` must be on the stream before `break` ends it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while waiting_calls(&stream).await < 1 {
+            assert!(Instant::now() < deadline, "the hanging call was never sent");
+            tokio::task::yield_now().await;
+        }
+        // Sent after `hang` on the same stream: the node ends the stream, unanswered.
+        let broke = stream.send(&client, b"break".to_vec(), soon(), false).await;
+        assert!(matches!(broke, Err(SendError::Unknown(_))), "{broke:?}");
+        let hung = task.await.unwrap();
+        assert!(matches!(hung, Err(SendError::Unknown(_))), "in flight when it broke: {hung:?}");
+
+        // The next call opens a new stream.
+        let again = stream.send(&client, b"two".to_vec(), soon(), false).await.unwrap();
+        assert_eq!(again, b"two");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_be_reached_did_not_run_the_call() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let stream = CallStream::default();
+        let failed = stream.send(&client(&addr), b"x".to_vec(), soon(), false).await;
+        assert!(matches!(failed, Err(SendError::NotRun(_))), "{failed:?}");
+        // Within the backoff the next call fails at once, also as not run.
+        let again = stream.send(&client(&addr), b"x".to_vec(), soon(), false).await;
+        assert!(matches!(again, Err(SendError::NotRun(_))), "{again:?}");
+    }
+
+    #[tokio::test]
+    async fn a_node_without_the_stream_and_bulk_reads_use_unary_calls() {
+        let old = serve(false).await;
+        let stream = CallStream::default();
+        assert_eq!(stream.send(&old, b"a".to_vec(), soon(), false).await.unwrap(), b"a");
+        let new = serve(true).await;
+        // `hang` would never be answered on the stream; a bulk call goes unary and is.
+        let bulk = CallStream::default().send(&new, b"hang".to_vec(), soon(), true).await;
+        assert_eq!(bulk.unwrap(), b"hang");
+    }
+}
