@@ -170,7 +170,17 @@ impl Router {
         if is_voter && placed.contains(&self.me) {
             return None;
         }
-        placed.iter().copied().find(|id| *id != self.me)
+        let holders: Vec<u64> = placed.iter().copied().filter(|id| *id != self.me).collect();
+        // Not simply the first holder: a dead one would be asked again on every retry until
+        // the deadline. The shard's leader when a ping said so, else a holder heard from lately.
+        if let Some(liveness) = self.node.inner.pool.as_ref().map(|p| p.liveness()) {
+            let leader = holders.iter().copied().find(|id| liveness.leads(*id, shard.0));
+            let alive = || holders.iter().copied().find(|id| liveness.is_alive(*id));
+            if let Some(id) = leader.or_else(alive) {
+                return Some(id);
+            }
+        }
+        holders.first().copied()
     }
 
     /// The meta record as this node's replica has it, read at most every [`RECORD_TTL`]
