@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Api, Server, deploy, enc, ws_connect, ws_reply, ws_send};
+use common::{Api, Server, deploy, enc, free_port, ws_connect, ws_reply, ws_send};
 use serde_json::{Value, json};
 use serde_norway::Value as Yaml;
 
@@ -28,10 +28,6 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// deploy/prometheus.yml, pointed at `target` (one `chorus dev` process is node and edge in

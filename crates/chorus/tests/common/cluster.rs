@@ -11,7 +11,7 @@ use chorus_proto::pb;
 use chorus_proto::pb::admin_client::AdminClient;
 use serde_json::Value;
 
-use super::Api;
+use super::{Api, free_port};
 
 pub const JWT_SECRET: &str = "cluster-test-secret-0123456789abcdef";
 pub const API_KEY: &str = "chorus_cluster_test_api_key_0123456789";
@@ -29,11 +29,6 @@ pub struct Cluster {
     config: PathBuf,
     shards: u16,
     _dir: tempfile::TempDir,
-}
-
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Cluster {

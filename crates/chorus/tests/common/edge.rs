@@ -18,7 +18,7 @@ impl Edge {
     /// Starts an edge in front of every member of `cluster` and waits until it is ready.
     pub fn start(cluster: &Cluster, extra: &[&str]) -> Edge {
         let nodes = cluster.members.iter().map(|m| m.peer.clone()).collect::<Vec<_>>().join(",");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = super::free_port();
         let mut edge = Edge {
             addr: format!("127.0.0.1:{port}"),
             nodes,
@@ -31,7 +31,7 @@ impl Edge {
 
     /// Starts an edge given only the peer addresses `nodes` (comma-separated).
     pub fn start_with_nodes(nodes: &str, extra: &[&str]) -> Edge {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = super::free_port();
         let mut edge = Edge {
             addr: format!("127.0.0.1:{port}"),
             nodes: nodes.to_owned(),

@@ -162,10 +162,26 @@ pub fn plain_http_get(url: &str) -> std::io::Result<u16> {
     plain_http::blocking_get(url)
 }
 
-/// A port nothing listens on right now (the OS picked it for a socket that is closed again).
+/// A loopback port nothing listens on right now, for a child process to bind.
+///
+/// Not one the OS hands out for port 0: that comes from the ephemeral range, from which every
+/// outgoing connection of the tests running in parallel also takes its local port, so one of
+/// them could take it before the child binds (`Address already in use`, seen under CI load).
+/// Ports below the ephemeral range (32768 on Linux) are never taken that way; which one is
+/// spread by process id and a counter, and checked free.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7_919);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + seed.wrapping_add(n.wrapping_mul(97)) % SPAN).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A TCP proxy in front of a server that a test can take down and bring back: down, it cuts
