@@ -121,6 +121,7 @@ pub fn register() {
         LazyLock::force(metric);
     }
     LazyLock::force(&ACCESS_SOURCE_READS);
+    chorus_raft::metrics::register();
     for metric in [&BATCH_COMMANDS, &COMMIT_SECONDS, &POST_SECONDS] {
         LazyLock::force(metric);
     }

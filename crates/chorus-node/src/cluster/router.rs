@@ -73,13 +73,20 @@ enum Failure {
     Unknown(ServiceError),
 }
 
+/// A node as the router reaches it.
+#[derive(Clone)]
+struct Link {
+    client: OwnerClient<Channel>,
+    /// Opened on first use, again after it breaks.
+    calls: Arc<CallStream>,
+}
+
 pub struct Router {
     pub(crate) node: Node,
     pub(crate) me: u64,
     peers: HashMap<u64, String>,
-    clients: Mutex<HashMap<u64, OwnerClient<Channel>>>,
-    /// Forwarded calls travel on one `Owner.Calls` stream per node.
-    call_streams: Mutex<HashMap<u64, Arc<CallStream>>>,
+    /// Per node: its `Owner` client, and the `Owner.Calls` stream forwarded calls travel on.
+    links: Mutex<HashMap<u64, Link>>,
     /// The meta record, when last read (see [`Router::meta_record`]).
     placement: CachedRecord,
     pub(crate) timeout: Duration,
@@ -99,8 +106,7 @@ impl Router {
                 me: node.node_id(),
                 node,
                 peers,
-                clients: Mutex::default(),
-                call_streams: Mutex::default(),
+                links: Mutex::default(),
                 placement: Mutex::default(),
                 timeout,
                 this: this.clone(),
@@ -124,9 +130,14 @@ impl Router {
     }
 
     pub(crate) fn owner_client(&self, id: u64) -> Result<OwnerClient<Channel>, ServiceError> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = clients.get(&id) {
-            return Ok(c.clone());
+        self.link(id).map(|link| link.client)
+    }
+
+    /// How node `id` is reached, connected lazily on first use.
+    fn link(&self, id: u64) -> Result<Link, ServiceError> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(link) = links.get(&id) {
+            return Ok(link.clone());
         }
         let addr = self
             .address_of(id)
@@ -136,8 +147,9 @@ impl Router {
         let client = OwnerClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        clients.insert(id, client.clone());
-        Ok(client)
+        let link = Link { client, calls: Arc::default() };
+        links.insert(id, link.clone());
+        Ok(link)
     }
 
     /// Where node `id` is reached: this node's `--peers`, else (a node that joined later) its
@@ -256,15 +268,14 @@ impl Router {
         route: bool,
         deadline: Instant,
     ) -> Result<OwnerReply, Failure> {
-        let client = self.owner_client(id).map_err(Failure::NotRun)?;
+        let link = self.link(id).map_err(Failure::NotRun)?;
         let bulk = call.is_bulk();
-        let stream = self.call_stream(id);
         crate::metrics::FORWARDED_CALLS.inc();
         let mut wire = WireCaller::from(caller);
         wire.session = self.tag_session(caller.session);
         let body = serde_json::to_vec(&CallEnvelope { caller: wire, call, route })
             .map_err(|e| Failure::NotRun(err(ErrorCode::Internal, &e.to_string())))?;
-        match stream.send(&client, body, Some(deadline), bulk).await {
+        match link.calls.send(&link.client, body, Some(deadline), bulk).await {
             Ok(reply) => serde_json::from_slice(&reply)
                 .map_err(|e| Failure::Unknown(err(ErrorCode::Internal, &e.to_string()))),
             Err(failure) => {
@@ -276,12 +287,6 @@ impl Router {
                 })
             }
         }
-    }
-
-    /// The call stream to node `id` (opened on first use, again after it breaks).
-    fn call_stream(&self, id: u64) -> Arc<CallStream> {
-        let mut streams = self.call_streams.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(streams.entry(id).or_default())
     }
 
     /// Runs `call` on the leader of `key`'s shard, following leader changes.
