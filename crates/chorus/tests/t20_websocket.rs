@@ -257,3 +257,48 @@ async fn stale_if_message_count_is_a_conflict_carrying_the_stream() {
         "{v}"
     );
 }
+
+/// The protocol layer, now that the edge writes frames itself: a ping gets a pong with its
+/// payload, a fragmented text message is one request, and a client's close gets a close
+/// reply, after which the server ends the connection.
+#[tokio::test]
+async fn ping_fragments_and_close_handshake() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut ws = ws_connect(&server, &server.token("alice", &[])).await;
+    let wait = std::time::Duration::from_secs(10);
+
+    ws.send(Message::Ping(b"are you there".to_vec().into())).await.unwrap();
+    let pong = tokio::time::timeout(wait, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(pong, Message::Pong(b"are you there".to_vec().into()));
+
+    let request = br#"{"id":7,"op":"ping"}"#;
+    let (first, rest) = request.split_at(9);
+    let part = |opcode, fin: bool, payload: &[u8]| {
+        let header = FrameHeader { is_final: fin, opcode, ..FrameHeader::default() };
+        Message::Frame(Frame::from_payload(header, payload.to_vec().into()))
+    };
+    ws.send(part(OpCode::Data(Data::Text), false, first)).await.unwrap();
+    ws.send(part(OpCode::Data(Data::Continue), true, rest)).await.unwrap();
+    let v = ws_reply(&mut ws, 7).await;
+    assert_eq!(v["ok"], json!({}), "{v}");
+
+    let bye = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+    ws.send(Message::Close(Some(bye))).await.unwrap();
+    let reply = loop {
+        match tokio::time::timeout(wait, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(other)) => panic!("nothing but the close reply may follow: {other:?}"),
+            Some(Err(e)) => panic!("the close handshake failed: {e}"),
+            None => panic!("closed without a close reply"),
+        }
+    };
+    assert_eq!(reply.map(|f| f.code), Some(CloseCode::Normal));
+    let end = tokio::time::timeout(wait, ws.next()).await.unwrap();
+    assert!(end.is_none(), "the connection ends after the handshake: {end:?}");
+}

@@ -13,13 +13,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use chorus_api::{Delivered, Relayed, same_session};
 use chorus_types::StreamKey;
 use tokio::sync::{oneshot, watch};
 
 use crate::metrics::{DELIVERIES, EPHEMERALS_DROPPED};
-use crate::ws::outbound::{Offered, Outbound};
+use crate::ws::outbound::{Kick, Offered, Outbound};
+use crate::ws::wire;
 
 /// Why a sink was detached.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,17 +43,18 @@ pub(crate) enum Phase {
     Failed,
 }
 
-/// A committed message as this edge sends it: ordinal and frame bytes (shared by sessions).
+/// A committed message as this edge sends it: ordinal and the encoded WebSocket frame
+/// (shared by sessions).
 #[derive(Clone)]
 pub(crate) struct Entry {
     pub(crate) ordinal: u64,
-    pub(crate) frame: Utf8Bytes,
+    pub(crate) frame: Bytes,
 }
 
 impl Entry {
     pub(crate) fn from_delivered(d: &Delivered) -> Entry {
-        // One copy per message per edge; every session then shares these bytes.
-        Entry { ordinal: d.record.ordinal, frame: Utf8Bytes::from(String::from(&*d.frame)) }
+        // One copy per message per edge; every session then writes these bytes.
+        Entry { ordinal: d.record.ordinal, frame: wire::text(&d.frame) }
     }
 }
 
@@ -150,12 +152,13 @@ impl Feed {
         self.lock().last
     }
 
-    /// Hands a committed message to every attached session.
-    pub(crate) fn publish(&self, delivered: &Delivered) {
+    /// Queues a committed message for every attached session; returns the sessions to write
+    /// to once the caller holds no lock (see [`Kick`]).
+    pub(crate) fn publish(&self, delivered: &Delivered) -> Vec<Kick> {
         let ordinal = delivered.record.ordinal;
         let mut st = self.lock();
         if ordinal <= st.last {
-            return;
+            return Vec::new();
         }
         if ordinal != st.last + 1 {
             // The upstream listen promises no gaps; should one appear anyway, nobody may skip
@@ -171,14 +174,14 @@ impl Feed {
             st.ring.pop_front();
         }
         st.ring.push_back(entry.clone());
-        let mut delivered_to = 0;
+        let mut kicks = Vec::with_capacity(st.sinks.len());
         let mut ended = Vec::new();
         for (id, sink) in &st.sinks {
             if sink.skip_upto.is_none_or(|skip| ordinal <= skip) {
                 continue;
             }
             match sink.out.offer(&entry.frame) {
-                Offered::Queued => delivered_to += 1,
+                Offered::Queued => kicks.push(sink.out.kicker()),
                 Offered::Full => ended.push((*id, Ended::Resync(ordinal))),
                 Offered::SessionClosed => ended.push((*id, Ended::SessionGone)),
             }
@@ -188,21 +191,23 @@ impl Feed {
                 let _ = sink.end.send(why);
             }
         }
-        DELIVERIES.inc_by(delivered_to);
+        DELIVERIES.inc_by(kicks.len() as u64);
+        kicks
     }
 
-    /// Hands an ephemeral to every attached session but its sender. Best effort: a full queue
-    /// drops it.
-    pub(crate) fn relay(&self, relayed: &Relayed) {
-        let frame = Utf8Bytes::from(String::from(&*relayed.frame));
+    /// Queues an ephemeral for every attached session but its sender (best effort: a full
+    /// queue drops it); returns the sessions to write to.
+    pub(crate) fn relay(&self, relayed: &Relayed) -> Vec<Kick> {
+        let frame = wire::text(&relayed.frame);
         let mut st = self.lock();
+        let mut kicks = Vec::with_capacity(st.sinks.len());
         let mut gone = Vec::new();
         for (id, sink) in &st.sinks {
             if relayed.origin.is_some_and(|o| same_session(o, sink.session)) {
                 continue;
             }
             match sink.out.offer(&frame) {
-                Offered::Queued => {}
+                Offered::Queued => kicks.push(sink.out.kicker()),
                 Offered::Full => EPHEMERALS_DROPPED.inc(),
                 Offered::SessionClosed => gone.push(*id),
             }
@@ -212,6 +217,7 @@ impl Feed {
                 let _ = sink.end.send(Ended::SessionGone);
             }
         }
+        kicks
     }
 
     /// The upstream cannot resume where it was (the stream has fewer messages than this edge
@@ -261,7 +267,7 @@ mod tests {
         assert_eq!(st.ring_first(), 11);
         assert_eq!(st.ring_after(3).count(), 0);
         for ordinal in 8..=10 {
-            st.ring.push_back(Entry { ordinal, frame: Utf8Bytes::from_static("x") });
+            st.ring.push_back(Entry { ordinal, frame: Bytes::from_static(b"x") });
         }
         assert_eq!(st.ring_first(), 8);
         let after: Vec<u64> = st.ring_after(8).map(|e| e.ordinal).collect();

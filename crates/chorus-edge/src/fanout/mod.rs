@@ -23,8 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
-use chorus_api::{Caller, HistoryQuery, Order, StreamService, wire};
+use chorus_api::{Caller, HistoryQuery, Order, StreamService};
 use chorus_types::{ApiError, ErrorCode, StreamKey};
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
@@ -34,6 +33,7 @@ use feed::{Entry, Feed, Phase, Sink};
 
 use crate::metrics::FEEDS;
 use crate::ws::outbound::{Offered, Outbound};
+use crate::ws::wire;
 
 /// Messages of history read per request while a session catches up.
 const BACKLOG_PAGE: u64 = 1000;
@@ -181,7 +181,7 @@ impl FeedUse {
             if !still_current() {
                 return Joined::Superseded;
             }
-            if !who.out.force(ok.take().unwrap_or_default()) {
+            if !who.out.force(&ok.take().unwrap_or_default()) {
                 return Joined::SessionGone;
             }
             let (end, ended) = oneshot::channel();
@@ -189,6 +189,8 @@ impl FeedUse {
             st.next_sink += 1;
             let sink = Sink { out: who.out.clone(), session: who.session, skip_upto: None, end };
             st.sinks.insert(id, sink);
+            drop(st);
+            who.out.kick();
             self.sink = Some(id);
             self.ended = Some(ended);
             return Joined::Yes;
@@ -204,7 +206,10 @@ impl FeedUse {
                 return Err(Ended::Resync(last + 1));
             }
             match self.step(who, &mut last)? {
-                Step::Attached => return Ok(()),
+                Step::Attached => {
+                    who.out.kick();
+                    return Ok(());
+                }
                 Step::Push(pending) => {
                     // More than the queue takes at once: send these waiting, then look again
                     // (the ring moves on meanwhile).
@@ -280,8 +285,7 @@ impl FeedUse {
             if m.ordinal != last + 1 {
                 return Err(Ended::Resync(last + 1));
             }
-            let frame = Utf8Bytes::from(wire::message_event(&m));
-            if !who.out.push(frame).await {
+            if !who.out.push(wire::text(&chorus_api::wire::message_event(&m))).await {
                 return Err(Ended::SessionGone);
             }
             last = m.ordinal;

@@ -5,22 +5,24 @@
 //! [`session`]; [`frame`] parses requests and renders replies; [`listen`] forwards the events
 //! of each listen; [`outbound`] is the bounded queue and the writer.
 
+mod client_io;
 pub(crate) mod frame;
+mod handshake;
 pub(crate) mod listen;
 pub(crate) mod outbound;
 pub(crate) mod session;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use chorus_api::Caller;
 use chorus_types::ApiError;
 use serde::Deserialize;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{AS_USER_HEADER, AuthError, bearer_token};
 use crate::error::ErrorReply;
@@ -33,10 +35,6 @@ use crate::ws::session::SessionSetup;
 /// small, and a larger one grows the buffer as it arrives.
 const READ_BUFFER: usize = 1024;
 
-/// Bytes gathered before a write to the socket. The writer flushes whenever its queue runs
-/// dry anyway, so this only bounds how much a burst coalesces; it is allocated on first use.
-const WRITE_BUFFER: usize = 16 * 1024;
-
 /// The query parameters `/v1/ws` reads; others are ignored.
 #[derive(Deserialize)]
 struct WsQuery {
@@ -45,20 +43,16 @@ struct WsQuery {
 
 pub(crate) async fn upgrade(
     State(edge): State<Arc<EdgeState>>,
-    headers: HeaderMap,
-    uri: Uri,
     stop: Option<Extension<SessionStop>>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Response {
-    let principal = match authenticate(&edge, &headers, &uri) {
+    let principal = match authenticate(&edge, request.headers(), request.uri()) {
         Ok(principal) => principal,
         Err(error) => return ErrorReply::from(ApiError::from(error)).into_response(),
     };
-    let upgrade = match upgrade {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => {
-            return ErrorReply::from(ApiError::invalid(rejection.body_text())).into_response();
-        }
+    let accepted = match handshake::accept(&mut request) {
+        Ok(accepted) => accepted,
+        Err(error) => return ErrorReply::from(error).into_response(),
     };
     let id = edge.next_session_id();
     let setup = SessionSetup {
@@ -68,13 +62,19 @@ pub(crate) async fn upgrade(
         fanout: Arc::clone(&edge.fanout),
         queue_len: edge.session_queue_len,
         stop: stop.map(|Extension(SessionStop(stop))| stop),
+        config: WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0)
+            .max_message_size(Some(edge.max_body_bytes))
+            .max_frame_size(Some(edge.max_body_bytes)),
     };
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(edge.max_body_bytes)
-        .max_frame_size(edge.max_body_bytes)
-        .on_upgrade(move |socket| session::run(socket, setup))
+    tokio::spawn(async move {
+        match handshake::socket(accepted.on_upgrade).await {
+            Ok((socket, prefix)) => session::run(socket, prefix, setup).await,
+            Err(error) => tracing::warn!(%error, "websocket upgrade failed"),
+        }
+    });
+    accepted.response
 }
 
 fn authenticate(

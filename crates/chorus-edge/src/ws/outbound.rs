@@ -1,49 +1,61 @@
-//! A session's outbound path: one bounded queue of frames, a small overflow lane for `resync`
-//! events, and the writer task that drains both into the socket.
+//! A session's outbound path: one bounded queue of encoded frames, a small overflow lane for
+//! `resync` events, written to the socket by whoever queued them.
 //!
 //! ```text
-//!  request tasks ──reply (waits)──────┐
-//!  feeds ─────────event (try, or end)─┼─▶ queue (session_queue_len) ─┐
-//!  listen tasks ──resync (waits)──────┴─▶ overflow (small) ───────────┴─▶ writer ─▶ socket
+//!  request tasks ──reply (waits)──────┐                                        write now
+//!  feeds ─────────event (try) + kick ─┼─▶ queue (session_queue_len) ─┐   ┌──▶ (try_write)
+//!  listen tasks ──resync (waits)──────┴─▶ overflow (small) ──────────┴───┤
+//!                                                                        └──▶ writer task, only
+//!                                                                             when the socket is full
 //! ```
 //!
+//! Writing happens in the task that queued the frame, with a non-blocking `writev`, under the
+//! queue's lock: a fan-out of one message to 17,000 sessions is 17,000 writes in the feed's
+//! task, not 17,000 task wake-ups (which cost about a fifth of an edge's CPU per delivery).
+//! Only when the socket's buffer is full does the session's writer task take over, waiting
+//! for the socket to drain; producers keep queueing meanwhile, up to the bound.
+//!
+//! A feed offers an event to many sessions under its own lock and writes ([`Kick`]) after
+//! releasing it, so a slow socket never holds a stream's feed. Frames go out in queue order
+//! whoever writes them.
+//!
 //! A listen that finds the queue full ends and reports it with a `resync` through the overflow
-//! lane, which lets that one frame through even though the queue is full. The writer sends,
-//! before a resync, every frame queued ahead of it, so it never overtakes the listen's earlier
+//! lane, which lets that one frame through even though the queue is full. A resync is sent
+//! only after every frame queued ahead of it, so it never overtakes the listen's earlier
 //! messages.
 //!
-//! The queues are plain `VecDeque`s behind one lock with two `Notify`s rather than channels:
-//! an idle session then holds no buffer at all (a bounded tokio channel allocates a block of
-//! slots up front, twice per session with the overflow lane), which matters at 100,000
-//! sessions per edge. The lock is held only to push or pop.
+//! The queues are plain `VecDeque`s behind one lock rather than channels: an idle session
+//! then holds no buffer at all, which matters at 100,000 sessions per edge.
 
 use std::collections::VecDeque;
+use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
-use futures_util::stream::SplitSink;
+use bytes::Bytes;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
+use super::wire;
+
 /// Resync frames waiting beside a full queue. Each listen sends at most one; a session with
-/// many listens falling behind at once may find it full, and then waits for the writer
-/// rather than drop a resync.
+/// many listens falling behind at once may find it full, and then waits for room rather than
+/// drop a resync.
 const OVERFLOW_LEN: usize = 64;
 
 /// Capacity a drained queue keeps; beyond it the buffer is given back.
 const KEEP_CAPACITY: usize = 16;
 
-/// One outbound frame.
+/// Frames, and bytes, gathered into one `writev`.
+const BATCH_FRAMES: usize = 64;
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// One encoded frame.
 #[derive(Debug)]
-pub(crate) enum OutFrame {
-    /// An event frame rendered once per edge and shared (reference-counted bytes) by every
-    /// session that gets it.
-    Shared(Utf8Bytes),
-    /// A reply or a resync, rendered for this session.
-    Owned(String),
-    /// Close the socket with this code and reason; nothing after it is sent.
-    Close { code: u16, reason: &'static str },
+enum OutFrame {
+    Data(Bytes),
+    /// A close frame: nothing after it is sent, and the socket shuts once it is out.
+    Close(Bytes),
 }
 
 /// What became of an event offered to a full-or-not queue.
@@ -54,6 +66,21 @@ pub(crate) enum Offered {
     SessionClosed,
 }
 
+/// What a write attempt left behind.
+#[derive(Debug, PartialEq, Eq)]
+enum Pump {
+    /// Everything queued is written.
+    Idle,
+    /// The socket just stopped taking bytes: the writer task must wait for it.
+    Stalled,
+    /// It had stopped before; the writer task is on it.
+    Waiting,
+    /// The session's socket just closed (written close frame, or a write error).
+    Closed,
+    /// It had closed before.
+    WasClosed,
+}
+
 #[derive(Default)]
 struct Queues {
     main: VecDeque<OutFrame>,
@@ -61,28 +88,186 @@ struct Queues {
     overflow: VecDeque<(u64, OutFrame)>,
     pushed: u64,
     popped: u64,
-    /// The writer is gone: nothing will be sent any more.
-    closed: bool,
+    /// Frames taken from the queues, in order; the first is written up to `offset`.
+    writing: VecDeque<Bytes>,
+    offset: usize,
+    /// A close frame is in `writing`: nothing more is taken.
+    closing: bool,
+    /// The socket took no more: the writer task waits for it to drain.
+    stalled: bool,
+    /// A sender waits for room.
+    room_wanted: bool,
+    /// `None` once closed: nothing will be sent any more.
+    socket: Option<Arc<OwnedWriteHalf>>,
+}
+
+impl Queues {
+    fn is_closed(&self) -> bool {
+        self.socket.is_none()
+    }
+
+    /// Frames queued and not yet written, which the session's bound counts.
+    fn queued(&self) -> usize {
+        self.main.len() + self.writing.len()
+    }
+
+    fn push(&mut self, frame: OutFrame) {
+        self.main.push_back(frame);
+        self.pushed += 1;
+    }
+
+    /// A resync once every frame queued before it was taken; otherwise the main queue's head.
+    fn take_next(&mut self) -> Option<OutFrame> {
+        match self.overflow.front() {
+            Some((after, _)) if *after <= self.popped => self.overflow.pop_front().map(|(_, f)| f),
+            _ => {
+                let frame = self.main.pop_front();
+                if frame.is_some() {
+                    self.popped += 1;
+                } else if self.main.capacity() > KEEP_CAPACITY {
+                    self.main.shrink_to(KEEP_CAPACITY);
+                }
+                frame
+            }
+        }
+    }
+
+    fn fill(&mut self) {
+        let mut bytes = 0;
+        while !self.closing && self.writing.len() < BATCH_FRAMES && bytes < BATCH_BYTES {
+            match self.take_next() {
+                Some(OutFrame::Data(frame)) => {
+                    bytes += frame.len();
+                    self.writing.push_back(frame);
+                }
+                Some(OutFrame::Close(frame)) => {
+                    self.writing.push_back(frame);
+                    self.closing = true;
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn close_now(&mut self) {
+        // Dropping the write half (the writer task's clone goes soon after) shuts it down.
+        self.socket = None;
+        self.main = VecDeque::new();
+        self.overflow = VecDeque::new();
+        self.writing = VecDeque::new();
+        self.offset = 0;
+        self.stalled = false;
+    }
+
+    /// Writes as much as the socket takes now, without waiting.
+    fn pump(&mut self) -> Pump {
+        loop {
+            if self.is_closed() {
+                return Pump::WasClosed;
+            }
+            if self.stalled {
+                return Pump::Waiting;
+            }
+            self.fill();
+            if self.writing.is_empty() {
+                return Pump::Idle;
+            }
+            let written = match &self.socket {
+                Some(socket) => write_some(socket, &self.writing, self.offset),
+                None => return Pump::WasClosed,
+            };
+            match written {
+                Ok(0) => {
+                    self.close_now();
+                    return Pump::Closed;
+                }
+                Ok(n) => self.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stalled = true;
+                    return Pump::Stalled;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    tracing::debug!(%error, "websocket write failed");
+                    self.close_now();
+                    return Pump::Closed;
+                }
+            }
+            if self.closing && self.writing.is_empty() {
+                self.close_now();
+                return Pump::Closed;
+            }
+        }
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        while let Some(head) = self.writing.front() {
+            let left = head.len() - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            self.writing.pop_front();
+        }
+    }
+}
+
+fn write_some(
+    socket: &OwnedWriteHalf,
+    writing: &VecDeque<Bytes>,
+    offset: usize,
+) -> io::Result<usize> {
+    if writing.len() == 1
+        && let Some(head) = writing.front()
+    {
+        return socket.try_write(&head[offset..]);
+    }
+    let slices: Vec<IoSlice<'_>> = writing
+        .iter()
+        .enumerate()
+        .map(|(i, frame)| IoSlice::new(if i == 0 { &frame[offset..] } else { frame }))
+        .collect();
+    socket.try_write_vectored(&slices)
 }
 
 struct Shared {
     queues: Mutex<Queues>,
-    /// Something was queued, or the last sender left.
-    readable: Notify,
-    /// Room was made, or the writer left.
-    writable: Notify,
+    /// The writer has work: the socket stalled, closed, or the last sender left.
+    wake_writer: Notify,
+    /// Room was made, or the session closed.
+    room: Notify,
     capacity: usize,
     senders: AtomicUsize,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queues> {
-        // Every update is a single push or pop, so a panicked holder leaves it consistent.
+        // Every update leaves the queues consistent, so a panicked holder leaves them usable.
         self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes what is queued as far as the socket takes it, then wakes whoever must know.
+    fn pump(&self, mut q: MutexGuard<'_, Queues>) {
+        let before = q.queued();
+        let outcome = q.pump();
+        let room = q.room_wanted && q.queued() < before;
+        if room {
+            q.room_wanted = false;
+        }
+        drop(q);
+        if room || outcome == Pump::Closed {
+            self.room.notify_waiters();
+        }
+        if matches!(outcome, Pump::Stalled | Pump::Closed) {
+            self.wake_writer.notify_one();
+        }
     }
 }
 
-/// The sending side, cloned into request tasks, listen tasks and feeds.
+/// The sending side, cloned into request tasks, listen tasks and feeds. The writer finishes
+/// (and closes the socket) once every sender is gone.
 pub(crate) struct Outbound {
     shared: Arc<Shared>,
 }
@@ -97,8 +282,37 @@ impl Clone for Outbound {
 impl Drop for Outbound {
     fn drop(&mut self) {
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.readable.notify_one();
+            self.shared.wake_writer.notify_one();
         }
+    }
+}
+
+/// Writes what a session has queued; taken under a feed's lock, run after releasing it.
+pub(crate) struct Kick(Arc<Shared>);
+
+impl Kick {
+    pub(crate) fn run(self) {
+        self.0.pump(self.0.lock());
+    }
+}
+
+/// Bytes tungstenite writes on its own (pongs, the reply to a client's close), queued in
+/// order with everything else. It is not a sender: it does not keep the session open.
+pub(crate) struct Control(Arc<Shared>);
+
+impl Control {
+    pub(crate) fn raw(&self, bytes: &[u8]) {
+        let mut q = self.0.lock();
+        if q.is_closed() {
+            return;
+        }
+        let frame = Bytes::copy_from_slice(bytes);
+        if wire::holds_close(bytes) {
+            q.push(OutFrame::Close(frame));
+        } else {
+            q.push(OutFrame::Data(frame));
+        }
+        self.0.pump(q);
     }
 }
 
@@ -109,60 +323,71 @@ pub(crate) struct OutboundReceivers {
 
 impl Drop for OutboundReceivers {
     fn drop(&mut self) {
-        let mut q = self.shared.lock();
-        q.closed = true;
-        q.main.clear();
-        q.overflow.clear();
-        drop(q);
-        self.shared.writable.notify_waiters();
+        self.shared.lock().close_now();
+        self.shared.room.notify_waiters();
     }
 }
 
 impl Outbound {
-    pub(crate) fn channel(queue_len: usize) -> (Outbound, OutboundReceivers) {
+    pub(crate) fn channel(
+        queue_len: usize,
+        socket: OwnedWriteHalf,
+    ) -> (Outbound, OutboundReceivers) {
         let shared = Arc::new(Shared {
-            queues: Mutex::default(),
-            readable: Notify::new(),
-            writable: Notify::new(),
+            queues: Mutex::new(Queues { socket: Some(Arc::new(socket)), ..Queues::default() }),
+            wake_writer: Notify::new(),
+            room: Notify::new(),
             capacity: queue_len.max(1),
             senders: AtomicUsize::new(1),
         });
         (Outbound { shared: Arc::clone(&shared) }, OutboundReceivers { shared })
     }
 
-    /// Runs `try_push` under the lock until it takes the frame, waiting for the writer to
-    /// make room in between. `false` when the session is gone.
+    pub(crate) fn kicker(&self) -> Kick {
+        Kick(Arc::clone(&self.shared))
+    }
+
+    pub(crate) fn control(&self) -> Control {
+        Control(Arc::clone(&self.shared))
+    }
+
+    /// Writes what is queued as far as the socket takes it now.
+    pub(crate) fn kick(&self) {
+        self.shared.pump(self.shared.lock());
+    }
+
+    /// Runs `try_push` under the lock until it takes the frame, waiting for room in between,
+    /// then writes. `false` when the session is gone.
     async fn push_waiting(&self, mut try_push: impl FnMut(&mut Queues) -> bool) -> bool {
         loop {
-            let room = self.shared.writable.notified();
+            let room = self.shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             {
                 let mut q = self.shared.lock();
-                if q.closed {
+                if q.is_closed() {
                     return false;
                 }
                 if try_push(&mut q) {
-                    drop(q);
-                    self.shared.readable.notify_one();
+                    self.shared.pump(q);
                     return true;
                 }
+                q.room_wanted = true;
             }
             room.await;
         }
     }
 
     /// Queues `frame` in the main queue, waiting for room. `false` when the session is gone.
-    async fn send(&self, frame: OutFrame) -> bool {
+    async fn send(&self, frame: Bytes) -> bool {
         let capacity = self.shared.capacity;
         let mut frame = Some(frame);
         self.push_waiting(|q| {
-            if q.main.len() >= capacity {
+            if q.queued() >= capacity {
                 return false;
             }
             if let Some(f) = frame.take() {
-                q.main.push_back(f);
-                q.pushed += 1;
+                q.push(OutFrame::Data(f));
             }
             true
         })
@@ -172,49 +397,45 @@ impl Outbound {
     /// Queues a reply, waiting for room: replies are bounded by the session's in-flight
     /// request limit. `false` when the session is gone.
     pub(crate) async fn reply(&self, frame: String) -> bool {
-        self.send(OutFrame::Owned(frame)).await
+        self.send(wire::text(&frame)).await
     }
 
-    /// Queues a reply beyond the queue's bound if need be, without waiting: for a listen's
-    /// `ok`, which must be queued under its feed's lock. One per request, so the excess is
-    /// bounded by the session's in-flight requests. `false` when the session is gone.
-    pub(crate) fn force(&self, frame: String) -> bool {
+    /// Queues a reply beyond the queue's bound if need be, without waiting or writing: for a
+    /// listen's `ok`, which must be queued under its feed's lock ([`kick`](Self::kick) after
+    /// releasing it). One per request, so the excess is bounded by the session's in-flight
+    /// requests. `false` when the session is gone.
+    pub(crate) fn force(&self, frame: &str) -> bool {
         let mut q = self.shared.lock();
-        if q.closed {
+        if q.is_closed() {
             return false;
         }
-        q.main.push_back(OutFrame::Owned(frame));
-        q.pushed += 1;
-        drop(q);
-        self.shared.readable.notify_one();
+        q.push(OutFrame::Data(wire::text(frame)));
         true
     }
 
-    /// Offers an event without waiting: a slow session must not hold up the stream's feed.
-    pub(crate) fn offer(&self, frame: &Utf8Bytes) -> Offered {
+    /// Offers an encoded event without waiting or writing: a slow session must not hold up
+    /// the stream's feed. The caller kicks the session after releasing its own locks.
+    pub(crate) fn offer(&self, frame: &Bytes) -> Offered {
         let mut q = self.shared.lock();
-        if q.closed {
+        if q.is_closed() {
             return Offered::SessionClosed;
         }
-        if q.main.len() >= self.shared.capacity {
+        if q.queued() >= self.shared.capacity {
             return Offered::Full;
         }
-        q.main.push_back(OutFrame::Shared(frame.clone()));
-        q.pushed += 1;
-        drop(q);
-        self.shared.readable.notify_one();
+        q.push(OutFrame::Data(frame.clone()));
         Offered::Queued
     }
 
-    /// Queues an event, waiting for room: for a listen's backlog, which holds up nobody but
-    /// this session. `false` when the session is gone.
-    pub(crate) async fn push(&self, frame: Utf8Bytes) -> bool {
-        self.send(OutFrame::Shared(frame)).await
+    /// Queues an encoded event, waiting for room: for a listen's backlog, which holds up
+    /// nobody but this session. `false` when the session is gone.
+    pub(crate) async fn push(&self, frame: Bytes) -> bool {
+        self.send(frame).await
     }
 
     /// Frames the queue can take now without waiting.
     pub(crate) fn room(&self) -> usize {
-        self.shared.capacity.saturating_sub(self.shared.lock().main.len())
+        self.shared.capacity.saturating_sub(self.shared.lock().queued())
     }
 
     /// Sends a resync even when the queue is full. `false` when the session is gone.
@@ -226,163 +447,191 @@ impl Outbound {
             }
             let after = q.pushed;
             if let Some(f) = frame.take() {
-                q.overflow.push_back((after, OutFrame::Owned(f)));
+                q.overflow.push_back((after, OutFrame::Data(wire::text(&f))));
             }
             true
         })
         .await
     }
 
-    /// Asks the writer to close the socket after what is queued, if there is room to ask.
+    /// Closes the socket with `code` after what is queued, if there is room to ask.
     pub(crate) fn try_close(&self, code: u16, reason: &'static str) {
         let mut q = self.shared.lock();
         // A full queue means the client is not reading; the writer closes without a code
         // once the last sender is gone.
-        if !q.closed && q.main.len() < self.shared.capacity {
-            q.main.push_back(OutFrame::Close { code, reason });
-            q.pushed += 1;
-            drop(q);
-            self.shared.readable.notify_one();
+        if !q.is_closed() && q.queued() < self.shared.capacity {
+            q.push(OutFrame::Close(wire::close(code, reason)));
+            self.shared.pump(q);
         }
     }
 }
 
-impl OutboundReceivers {
-    /// The next frame to write, or `None` once every sender is gone and the queues are empty.
-    async fn next(&self) -> Option<OutFrame> {
-        loop {
-            let ready = self.shared.readable.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            if let Some(frame) = self.try_next() {
-                return Some(frame);
-            }
-            if self.shared.senders.load(Ordering::Acquire) == 0 {
-                // A sender may have queued just before leaving.
-                return self.try_next();
-            }
-            ready.await;
-        }
-    }
-
-    /// A resync once every frame queued before it went out; otherwise the main queue's head.
-    fn try_next(&self) -> Option<OutFrame> {
-        let mut q = self.shared.lock();
-        let frame = match q.overflow.front() {
-            Some((after, _)) if *after <= q.popped => q.overflow.pop_front().map(|(_, f)| f),
-            _ => {
-                let f = q.main.pop_front();
-                if f.is_some() {
-                    q.popped += 1;
+/// Waits for a full socket to drain and writes on; once every sender is gone, writes what is
+/// left and a close frame (unless one went out) and shuts the socket. Returns when the socket
+/// is closed or broke.
+pub(crate) async fn write_loop(receivers: OutboundReceivers) {
+    let shared = &receivers.shared;
+    loop {
+        let wake = shared.wake_writer.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let stalled = {
+            let mut q = shared.lock();
+            match &q.socket {
+                None => return,
+                Some(socket) if q.stalled => Some(Arc::clone(socket)),
+                Some(_) if shared.senders.load(Ordering::Acquire) == 0 => {
+                    q.push(OutFrame::Close(wire::close_empty()));
+                    shared.pump(q);
+                    continue;
                 }
-                f
+                Some(_) => None,
             }
         };
-        if frame.is_some() {
-            if q.main.is_empty() && q.main.capacity() > KEEP_CAPACITY {
-                q.main.shrink_to(KEEP_CAPACITY);
+        match stalled {
+            Some(socket) => {
+                let ready = socket.writable().await;
+                drop(socket);
+                let mut q = shared.lock();
+                if let Err(error) = ready {
+                    tracing::debug!(%error, "websocket socket failed");
+                    q.close_now();
+                    continue;
+                }
+                q.stalled = false;
+                shared.pump(q);
             }
-            drop(q);
-            self.shared.writable.notify_waiters();
-        }
-        frame
-    }
-
-    fn is_empty(&self) -> bool {
-        let q = self.shared.lock();
-        q.main.is_empty() && q.overflow.is_empty()
-    }
-}
-
-enum Flow {
-    Continue,
-    Stop,
-}
-
-/// Drains the queues into the socket until every sender is gone or the socket fails.
-pub(crate) async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    receivers: OutboundReceivers,
-) {
-    while let Some(frame) = receivers.next().await {
-        if let Flow::Stop = feed(&mut sink, frame).await {
-            return;
-        }
-        // Batch writes while frames are waiting; flush once the queues run dry.
-        if receivers.is_empty() && sink.flush().await.is_err() {
-            return;
-        }
-    }
-    let _closing_a_dead_socket_may_fail = sink.close().await;
-}
-
-async fn feed(sink: &mut SplitSink<WebSocket, Message>, frame: OutFrame) -> Flow {
-    let message = match frame {
-        OutFrame::Shared(text) => Message::Text(text),
-        OutFrame::Owned(text) => Message::Text(Utf8Bytes::from(text)),
-        OutFrame::Close { code, reason } => {
-            let close = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-            let _closing_a_dead_socket_may_fail = sink.send(Message::Close(Some(close))).await;
-            return Flow::Stop;
-        }
-    };
-    match sink.feed(message).await {
-        Ok(()) => Flow::Continue,
-        Err(error) => {
-            tracing::debug!(%error, "websocket write failed");
-            Flow::Stop
+            None => wake.await,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
     use super::*;
 
-    fn text(frame: OutFrame) -> String {
-        match frame {
-            OutFrame::Shared(t) => t.to_string(),
-            OutFrame::Owned(t) => t,
-            OutFrame::Close { reason, .. } => format!("close {reason}"),
+    /// A connected pair: the server's write half (the read half is kept open) and the client,
+    /// with small socket buffers so that a few frames fill them.
+    async fn pair() -> (OwnedWriteHalf, tokio::net::tcp::OwnedReadHalf, TcpStream) {
+        let listen = tokio::net::TcpSocket::new_v4().unwrap();
+        listen.set_send_buffer_size(4096).unwrap();
+        listen.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listen.listen(1).unwrap();
+        let connect = tokio::net::TcpSocket::new_v4().unwrap();
+        connect.set_recv_buffer_size(4096).unwrap();
+        let client = connect.connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        (write, read, client)
+    }
+
+    /// Reads one server frame: (opcode, payload).
+    async fn read_frame(client: &mut TcpStream) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        let len = match head[1] & 0x7f {
+            126 => u64::from(client.read_u16().await.unwrap()),
+            127 => client.read_u64().await.unwrap(),
+            n => u64::from(n),
+        };
+        let mut payload = vec![0; len as usize];
+        client.read_exact(&mut payload).await.unwrap();
+        (head[0] & 0x0f, payload)
+    }
+
+    async fn read_text(client: &mut TcpStream) -> String {
+        let (op, payload) = read_frame(client).await;
+        assert_eq!(op, 1, "a text frame");
+        String::from_utf8(payload).unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_in_queue_order_whoever_writes() {
+        let (write, _read, mut client) = pair().await;
+        let (out, rx) = Outbound::channel(8, write);
+        let writer = tokio::spawn(write_loop(rx));
+        assert!(out.reply("a".into()).await);
+        assert_eq!(out.offer(&wire::text("b")), Offered::Queued);
+        assert!(out.force("c"));
+        out.kicker().run();
+        assert!(out.push(wire::text("d")).await);
+        for expected in ["a", "b", "c", "d"] {
+            assert_eq!(read_text(&mut client).await, expected);
         }
+        drop(out);
+        assert_eq!(read_frame(&mut client).await, (8, vec![]), "a close frame at the end");
+        writer.await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "then the server shuts its side");
     }
 
     #[tokio::test]
     async fn full_queue_refuses_events_but_lets_a_resync_through_after_what_was_ahead() {
-        let (out, rx) = Outbound::channel(2);
-        assert_eq!(out.offer(&Utf8Bytes::from_static("m1")), Offered::Queued);
-        assert_eq!(out.offer(&Utf8Bytes::from_static("m2")), Offered::Queued);
-        assert_eq!(out.offer(&Utf8Bytes::from_static("m3")), Offered::Full);
+        let (write, _read, mut client) = pair().await;
+        let (out, rx) = Outbound::channel(2, write);
+        // Not kicked: the frames stay queued, as under a feed's lock.
+        assert_eq!(out.offer(&wire::text("m1")), Offered::Queued);
+        assert_eq!(out.offer(&wire::text("m2")), Offered::Queued);
+        assert_eq!(out.offer(&wire::text("m3")), Offered::Full);
         assert_eq!(out.room(), 0);
-        assert!(out.resync("resync".into()).await);
-        assert_eq!(text(rx.next().await.unwrap()), "m1");
-        // Room again: a later frame queues, but the resync goes before it.
+        assert!(out.resync("resync".into()).await, "through the overflow lane");
         assert!(out.reply("later".into()).await);
-        assert_eq!(text(rx.next().await.unwrap()), "m2");
-        assert_eq!(text(rx.next().await.unwrap()), "resync");
-        assert_eq!(text(rx.next().await.unwrap()), "later");
-        drop(out);
-        assert!(rx.next().await.is_none(), "all senders gone, queues empty");
+        for expected in ["m1", "m2", "resync", "later"] {
+            assert_eq!(read_text(&mut client).await, expected);
+        }
+        drop(rx);
+        assert_eq!(out.offer(&wire::text("gone")), Offered::SessionClosed);
+        assert!(!out.reply("gone".into()).await);
     }
 
     #[tokio::test]
-    async fn a_waiting_reply_gets_room_and_a_gone_writer_ends_waits() {
-        let (out, rx) = Outbound::channel(1);
-        assert!(out.reply("a".into()).await);
+    async fn a_full_socket_hands_over_to_the_writer_and_senders_wait_for_room() {
+        let (write, _read, mut client) = pair().await;
+        let (out, rx) = Outbound::channel(4, write);
+        let writer = tokio::spawn(write_loop(rx));
+        // Far more than the socket buffers take while the client does not read.
+        let big = "x".repeat(1 << 20);
+        for _ in 0..4 {
+            assert!(out.push(wire::text(&big)).await);
+        }
         let waiting = tokio::spawn({
             let out = out.clone();
-            async move { out.reply("b".into()).await }
+            async move { out.reply("after".into()).await }
         });
-        assert_eq!(text(rx.next().await.unwrap()), "a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the queue is full until the client reads");
+        for _ in 0..4 {
+            let (op, payload) = read_frame(&mut client).await;
+            assert_eq!((op, payload.len()), (1, big.len()));
+        }
         assert!(waiting.await.unwrap());
-        assert_eq!(text(rx.next().await.unwrap()), "b");
-        assert!(out.reply("c".into()).await);
-        let blocked = tokio::spawn({
-            let out = out.clone();
-            async move { out.reply("d".into()).await }
-        });
-        drop(rx);
-        assert!(!blocked.await.unwrap(), "the writer left");
-        assert_eq!(out.offer(&Utf8Bytes::from_static("e")), Offered::SessionClosed);
+        assert_eq!(read_text(&mut client).await, "after");
+        out.try_close(1001, "bye");
+        let (op, payload) = read_frame(&mut client).await;
+        assert_eq!((op, &payload[2..]), (8, &b"bye"[..]));
+        drop(out);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn nothing_follows_a_close_from_tungstenite() {
+        let (write, _read, mut client) = pair().await;
+        let (out, rx) = Outbound::channel(4, write);
+        let writer = tokio::spawn(write_loop(rx));
+        out.control().raw(&[0x8a, 0]);
+        out.control().raw(&wire::close(1000, ""));
+        assert!(!out.reply("late".into()).await, "the session is closed");
+        assert_eq!(read_frame(&mut client).await, (10, vec![]));
+        assert_eq!(read_frame(&mut client).await, (8, vec![0x03, 0xe8]));
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        writer.await.unwrap();
     }
 }

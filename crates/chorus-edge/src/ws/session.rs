@@ -16,18 +16,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, close_code};
+use bytes::Bytes;
 use chorus_api::{Caller, ServiceError, StreamService};
 use chorus_types::{ApiError, ErrorCode, StreamKey};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::instrument;
 
 use crate::fanout::{Fanout, Joined, Listener};
 use crate::metrics::{GaugeGuard, SESSIONS, Transport, record_request, record_timed_request};
 use crate::ops::{OpName, ReplyBody, Request, dispatch};
+use crate::ws::client_io::ClientIo;
 use crate::ws::frame::{
     Command, Frame, FrameError, error_frame, ok_frame, ok_frame_text, parse_frame,
 };
@@ -50,7 +55,14 @@ pub(crate) struct SessionSetup {
     pub(crate) queue_len: usize,
     /// Flips to `true` when the server shuts down; `None` when served without [`crate::serve`].
     pub(crate) stop: Option<watch::Receiver<bool>>,
+    /// Limits for reading client frames.
+    pub(crate) config: WebSocketConfig,
 }
+
+/// Close code for a client message over the size limit (RFC 6455 §7.4.1).
+const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code when the server shuts down.
+const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// What request tasks share.
 struct Session {
@@ -72,20 +84,21 @@ enum End {
     ServerStopping,
 }
 
-/// Whether a read failed because the client's message is over the size limit.
-fn is_too_large(error: axum::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error;
-    let inner = error.into_inner();
-    matches!(inner.downcast_ref::<Error>(), Some(Error::Capacity(_)))
-}
-
+/// Runs a session on the socket of a completed upgrade; `prefix` holds any bytes the client
+/// sent past the upgrade request.
 #[instrument(skip_all, fields(session = setup.id))]
-pub(crate) async fn run(socket: WebSocket, setup: SessionSetup) {
+pub(crate) async fn run(socket: TcpStream, prefix: Bytes, setup: SessionSetup) {
     let _open = GaugeGuard::hold(&SESSIONS);
     tracing::debug!("websocket session opened");
-    let (sink, mut stream) = socket.split();
-    let (out, receivers) = Outbound::channel(setup.queue_len);
-    let mut writer = tokio::spawn(write_loop(sink, receivers));
+    // Every frame is one write of a whole frame; waiting for ACKs would only add latency.
+    if let Err(error) = socket.set_nodelay(true) {
+        tracing::debug!(%error, "websocket socket: TCP_NODELAY not set");
+    }
+    let (read, write) = socket.into_split();
+    let (out, receivers) = Outbound::channel(setup.queue_len, write);
+    let io = ClientIo::new(prefix, read, out.control());
+    let mut stream = WebSocketStream::from_raw_socket(io, Role::Server, Some(setup.config)).await;
+    let mut writer = tokio::spawn(write_loop(receivers));
     let session = Arc::new(Session {
         id: setup.id,
         caller: setup.caller,
@@ -108,15 +121,17 @@ pub(crate) async fn run(socket: WebSocket, setup: SessionSetup) {
             message = stream.next() => {
                 let message = match message {
                     Some(Ok(message)) => message,
-                    Some(Err(error)) => {
-                        if is_too_large(error) {
-                            session.out.try_close(close_code::SIZE, "message larger than the limit");
-                            break End::TooLarge;
-                        }
-                        break End::ClientGone;
+                    Some(Err(WsError::Capacity(_))) => {
+                        session.out.try_close(CLOSE_TOO_BIG, "message larger than the limit");
+                        break End::TooLarge;
                     }
-                    None => break End::ClientGone,
+                    Some(Err(_)) | None => break End::ClientGone,
                 };
+                if let Message::Close(_) = message {
+                    // tungstenite has queued its reply; this hands it to the writer.
+                    let _client_gone_anyway = stream.flush().await;
+                    break End::ClientGone;
+                }
                 // Handling a frame may wait for queue room or a request permit while the
                 // client is not reading; a server stop must still get through.
                 tokio::select! {
@@ -142,7 +157,7 @@ pub(crate) async fn run(socket: WebSocket, setup: SessionSetup) {
         stop_forwarder(Some(forwarder)).await;
     }
     if end == End::ServerStopping {
-        session.out.try_close(close_code::AWAY, "server shutting down");
+        session.out.try_close(CLOSE_GOING_AWAY, "server shutting down");
     }
     // The last senders go with the session: the writer flushes what is queued and closes.
     drop(session);
@@ -168,7 +183,7 @@ async fn on_message(
         },
         Message::Binary(_) => reply_frame_error(session, FrameError::binary()).await,
         // Pongs to pings are queued by the protocol layer itself.
-        Message::Ping(_) | Message::Pong(_) => true,
+        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => true,
         Message::Close(_) => false,
     }
 }
