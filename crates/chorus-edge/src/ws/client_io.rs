@@ -16,13 +16,17 @@ use tokio::net::tcp::OwnedReadHalf;
 use super::outbound::Control;
 
 pub(crate) struct ClientIo {
-    prefix: Bytes,
+    /// Bytes read past the upgrade request, if any.
+    prefix: Option<Bytes>,
     read: OwnedReadHalf,
     control: Control,
 }
 
 impl ClientIo {
     pub(crate) fn new(prefix: Bytes, read: OwnedReadHalf, control: Control) -> ClientIo {
+        // Copied: hyper's bytes are a view of its whole connection read buffer (8 KiB or
+        // more), which an idle session would otherwise keep alive.
+        let prefix = (!prefix.is_empty()).then(|| Bytes::copy_from_slice(&prefix));
         ClientIo { prefix, read, control }
     }
 }
@@ -34,10 +38,13 @@ impl AsyncRead for ClientIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.prefix.has_remaining() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
+        if let Some(prefix) = &mut this.prefix {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix[..n]);
+            prefix.advance(n);
+            if !prefix.has_remaining() {
+                this.prefix = None;
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.read).poll_read(cx, buf)
