@@ -298,3 +298,22 @@ async fn ping_fragments_and_close_handshake() {
     let end = tokio::time::timeout(wait, ws.next()).await.unwrap();
     assert!(end.is_none(), "the connection ends after the handshake: {end:?}");
 }
+
+/// A frame that breaks RFC 6455 (here a reserved opcode) closes the session with 1002.
+#[tokio::test]
+async fn protocol_error_closes_with_1002() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut ws = ws_connect(&server, &server.token("alice", &[])).await;
+    let header = FrameHeader { opcode: OpCode::Data(Data::Reserved(3)), ..FrameHeader::default() };
+    ws.send(Message::Frame(Frame::from_payload(header, b"?".to_vec().into()))).await.unwrap();
+    let code = match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => Some(frame.code),
+        other => panic!("expected a close frame: {other:?}"),
+    };
+    assert_eq!(code, Some(CloseCode::Protocol));
+}

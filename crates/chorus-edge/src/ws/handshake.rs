@@ -22,7 +22,7 @@ pub(crate) struct Accepted {
 
 /// Checks an upgrade request as axum's `WebSocketUpgrade` does, with the same messages.
 pub(crate) fn accept(request: &mut Request) -> Result<Accepted, ApiError> {
-    if request.version() > Version::HTTP_11 {
+    if request.version() != Version::HTTP_11 {
         return Err(ApiError::invalid("WebSocket upgrades need HTTP/1.1"));
     }
     if request.method() != Method::GET {
@@ -38,6 +38,10 @@ pub(crate) fn accept(request: &mut Request) -> Result<Accepted, ApiError> {
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or_else(|| ApiError::invalid("`Sec-WebSocket-Key` header missing"))?;
+    // 16 random bytes in base64 (RFC 6455 §4.1).
+    if key.len() != 24 {
+        return Err(ApiError::invalid("`Sec-WebSocket-Key` header is not 16 bytes in base64"));
+    }
     if !header_eq(headers, &header::SEC_WEBSOCKET_VERSION, "13") {
         return Err(ApiError::invalid("`Sec-WebSocket-Version` header did not include '13'"));
     }

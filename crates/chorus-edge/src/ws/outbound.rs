@@ -50,10 +50,18 @@ const KEEP_CAPACITY: usize = 16;
 const BATCH_FRAMES: usize = 64;
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// Bytes one pump writes before it hands the rest to the session's writer task: a feed or a
+/// request task writing a backlog to a fast client must not hold the session's lock (which
+/// the stream's feed takes while it publishes) for long.
+const PUMP_BUDGET: usize = 256 * 1024;
+
 /// One encoded frame.
 #[derive(Debug)]
 enum OutFrame {
     Data(Bytes),
+    /// tungstenite's answer to a ping; at most one waits at a time (RFC 6455 §5.5.3 lets a
+    /// pong answer only the latest ping), so a client flooding pings queues nothing more.
+    Pong(Bytes),
     /// A close frame: nothing after it is sent, and the socket shuts once it is out.
     Close(Bytes),
 }
@@ -97,6 +105,8 @@ struct Queues {
     stalled: bool,
     /// A sender waits for room.
     room_wanted: bool,
+    /// A pong is in `main`, not yet taken.
+    pong_pending: bool,
     /// `None` once closed: nothing will be sent any more.
     socket: Option<Arc<OwnedWriteHalf>>,
 }
@@ -124,6 +134,9 @@ impl Queues {
                 let frame = self.main.pop_front();
                 if frame.is_some() {
                     self.popped += 1;
+                    if let Some(OutFrame::Pong(_)) = frame {
+                        self.pong_pending = false;
+                    }
                 } else if self.main.capacity() > KEEP_CAPACITY {
                     self.main.shrink_to(KEEP_CAPACITY);
                 }
@@ -136,7 +149,7 @@ impl Queues {
         let mut bytes = 0;
         while !self.closing && self.writing.len() < BATCH_FRAMES && bytes < BATCH_BYTES {
             match self.take_next() {
-                Some(OutFrame::Data(frame)) => {
+                Some(OutFrame::Data(frame) | OutFrame::Pong(frame)) => {
                     bytes += frame.len();
                     self.writing.push_back(frame);
                 }
@@ -157,10 +170,13 @@ impl Queues {
         self.writing = VecDeque::new();
         self.offset = 0;
         self.stalled = false;
+        self.pong_pending = false;
     }
 
-    /// Writes as much as the socket takes now, without waiting.
-    fn pump(&mut self) -> Pump {
+    /// Writes as much as the socket takes now, without waiting, up to about `budget` bytes;
+    /// beyond that the rest is left to the writer task as if the socket were full.
+    fn pump(&mut self, budget: usize) -> Pump {
+        let mut written_total = 0;
         loop {
             if self.is_closed() {
                 return Pump::WasClosed;
@@ -181,7 +197,10 @@ impl Queues {
                     self.close_now();
                     return Pump::Closed;
                 }
-                Ok(n) => self.consume(n),
+                Ok(n) => {
+                    self.consume(n);
+                    written_total += n;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.stalled = true;
                     return Pump::Stalled;
@@ -196,6 +215,10 @@ impl Queues {
             if self.closing && self.writing.is_empty() {
                 self.close_now();
                 return Pump::Closed;
+            }
+            if written_total >= budget && !(self.writing.is_empty() && self.main.is_empty()) {
+                self.stalled = true;
+                return Pump::Stalled;
             }
         }
     }
@@ -251,7 +274,7 @@ impl Shared {
     /// Writes what is queued as far as the socket takes it, then wakes whoever must know.
     fn pump(&self, mut q: MutexGuard<'_, Queues>) {
         let before = q.queued();
-        let outcome = q.pump();
+        let outcome = q.pump(PUMP_BUDGET);
         let room = q.room_wanted && q.queued() < before;
         if room {
             q.room_wanted = false;
@@ -309,8 +332,16 @@ impl Control {
         let frame = Bytes::copy_from_slice(bytes);
         if wire::holds_close(bytes) {
             q.push(OutFrame::Close(frame));
+        } else if q.pong_pending {
+            // Answer the latest ping only; the one waiting goes.
+            if let Some(OutFrame::Pong(waiting)) =
+                q.main.iter_mut().rev().find(|f| matches!(f, OutFrame::Pong(_)))
+            {
+                *waiting = frame;
+            }
         } else {
-            q.push(OutFrame::Data(frame));
+            q.push(OutFrame::Pong(frame));
+            q.pong_pending = true;
         }
         self.0.pump(q);
     }
@@ -492,14 +523,18 @@ pub(crate) async fn write_loop(receivers: OutboundReceivers) {
             Some(socket) => {
                 let ready = socket.writable().await;
                 drop(socket);
-                let mut q = shared.lock();
-                if let Err(error) = ready {
-                    tracing::debug!(%error, "websocket socket failed");
-                    q.close_now();
-                    continue;
+                {
+                    let mut q = shared.lock();
+                    if let Err(error) = ready {
+                        tracing::debug!(%error, "websocket socket failed");
+                        q.close_now();
+                        continue;
+                    }
+                    q.stalled = false;
+                    shared.pump(q);
                 }
-                q.stalled = false;
-                shared.pump(q);
+                // A fast client may take budget after budget: let other tasks run between.
+                tokio::task::yield_now().await;
             }
             None => wake.await,
         }
@@ -632,6 +667,26 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty());
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_ping_flood_keeps_one_pong_waiting_for_the_latest_ping() {
+        let (write, _read, mut client) = pair().await;
+        let (out, rx) = Outbound::channel(4, write);
+        let writer = tokio::spawn(write_loop(rx));
+        let big = "x".repeat(1 << 20);
+        assert!(out.push(wire::text(&big)).await, "fills the socket: the rest waits");
+        for payload in [b"p1", b"p2", b"p3"] {
+            out.control().raw(&[0x8a, 2, payload[0], payload[1]]);
+        }
+        assert_eq!(out.room(), 2, "the big frame and one pong");
+        let (op, payload) = read_frame(&mut client).await;
+        assert_eq!((op, payload.len()), (1, big.len()));
+        assert_eq!(read_frame(&mut client).await, (10, b"p3".to_vec()));
+        assert!(out.reply("next".into()).await);
+        assert_eq!(read_text(&mut client).await, "next");
+        drop(out);
         writer.await.unwrap();
     }
 }

@@ -21,6 +21,7 @@ use chorus_api::{Caller, ServiceError, StreamService};
 use chorus_types::{ApiError, ErrorCode, StreamKey};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -63,6 +64,12 @@ pub(crate) struct SessionSetup {
 const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code when the server shuts down.
 const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a frame that breaks RFC 6455 (unmasked, bad opcode, bad fragments …).
+const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+/// Close code for a text message that is not UTF-8.
+const CLOSE_INVALID_DATA: u16 = 1007;
+/// How long a session the server closed reads on, discarding, before it drops the socket.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What request tasks share.
 struct Session {
@@ -79,7 +86,8 @@ struct Session {
 #[derive(Debug, PartialEq, Eq)]
 enum End {
     ClientGone,
-    TooLarge,
+    /// The client broke a limit or the protocol; the server closed with a code.
+    Refused,
     WriterGone,
     ServerStopping,
 }
@@ -123,7 +131,16 @@ pub(crate) async fn run(socket: TcpStream, prefix: Bytes, setup: SessionSetup) {
                     Some(Ok(message)) => message,
                     Some(Err(WsError::Capacity(_))) => {
                         session.out.try_close(CLOSE_TOO_BIG, "message larger than the limit");
-                        break End::TooLarge;
+                        break End::Refused;
+                    }
+                    Some(Err(WsError::Protocol(error))) => {
+                        tracing::debug!(%error, "websocket protocol error");
+                        session.out.try_close(CLOSE_PROTOCOL_ERROR, "websocket protocol error");
+                        break End::Refused;
+                    }
+                    Some(Err(WsError::Utf8(_))) => {
+                        session.out.try_close(CLOSE_INVALID_DATA, "text frame is not UTF-8");
+                        break End::Refused;
                     }
                     Some(Err(_)) | None => break End::ClientGone,
                 };
@@ -163,6 +180,17 @@ pub(crate) async fn run(socket: TcpStream, prefix: Bytes, setup: SessionSetup) {
     drop(session);
     if end != End::WriterGone {
         drain_writer(writer).await;
+    }
+    if matches!(end, End::Refused | End::ServerStopping) {
+        // Closing with unread bytes in the socket makes the kernel send a reset, which may
+        // reach the client before the close frame it has not read yet: read until the
+        // client closes too (its close reply, or the rest of an oversize message), briefly.
+        let io = stream.get_mut();
+        let _best_effort = tokio::time::timeout(LINGER, async {
+            let mut scratch = [0u8; 4096];
+            while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {}
+        })
+        .await;
     }
 }
 
