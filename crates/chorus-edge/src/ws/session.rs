@@ -187,7 +187,8 @@ pub(crate) async fn run(socket: TcpStream, prefix: Bytes, setup: SessionSetup) {
         // client closes too (its close reply, or the rest of an oversize message), briefly.
         let io = stream.get_mut();
         let _best_effort = tokio::time::timeout(LINGER, async {
-            let mut scratch = [0u8; 4096];
+            // On the heap: an array here would sit in every session's future for its life.
+            let mut scratch = vec![0u8; 4096];
             while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {}
         })
         .await;
