@@ -3,7 +3,9 @@
 //! The upgrade is refused (401 JSON) without a valid token, from the `Authorization` header
 //! or, for browsers that cannot set it, `?token=`. Each accepted socket becomes a
 //! [`session`]; [`frame`] parses requests and renders replies; [`listen`] forwards the events
-//! of each listen; [`outbound`] is the bounded queue and the writer.
+//! of each listen; [`outbound`] is the bounded queue and the writer. The upgrade itself is
+//! done by `handshake` (so a session owns its TCP socket), frames are encoded by [`wire`] and
+//! read by tungstenite through `client_io`.
 
 mod client_io;
 pub(crate) mod frame;

@@ -77,19 +77,16 @@ pub(crate) enum Offered {
     SessionClosed,
 }
 
-/// What a write attempt left behind.
+/// What a write attempt asks of others.
 #[derive(Debug, PartialEq, Eq)]
 enum Pump {
-    /// Everything queued is written.
-    Idle,
+    /// Nothing: everything is written, or the writer task already has the socket (stalled
+    /// before), or it closed before.
+    Done,
     /// The socket just stopped taking bytes: the writer task must wait for it.
     Stalled,
-    /// It had stopped before; the writer task is on it.
-    Waiting,
-    /// The session's socket just closed (written close frame, or a write error).
+    /// The socket just closed (written close frame, or a write error).
     Closed,
-    /// It had closed before.
-    WasClosed,
 }
 
 #[derive(Default)]
@@ -183,19 +180,15 @@ impl Queues {
     fn pump(&mut self, budget: usize) -> Pump {
         let mut written_total = 0;
         loop {
-            if self.is_closed() {
-                return Pump::WasClosed;
-            }
             if self.stalled {
-                return Pump::Waiting;
+                return Pump::Done;
             }
             self.fill();
-            if self.writing.is_empty() {
-                return Pump::Idle;
-            }
             let written = match &self.socket {
-                Some(socket) => write_some(socket, &self.writing, self.offset),
-                None => return Pump::WasClosed,
+                Some(socket) if !self.writing.is_empty() => {
+                    write_some(socket, &self.writing, self.offset)
+                }
+                _ => return Pump::Done,
             };
             match written {
                 Ok(0) => {
@@ -393,7 +386,7 @@ impl Outbound {
     }
 
     /// Runs `try_push` under the lock until it takes the frame, waiting for room in between,
-    /// then writes. `false` when the session is gone.
+    /// then has the writer task write it. `false` when the session is gone.
     async fn push_waiting(&self, mut try_push: impl FnMut(&mut Queues) -> bool) -> bool {
         loop {
             let room = self.shared.room.notified();
@@ -423,8 +416,9 @@ impl Outbound {
         }
     }
 
-    /// Queues `frame` in the main queue, waiting for room. `false` when the session is gone.
-    async fn send(&self, frame: Bytes) -> bool {
+    /// Queues an encoded frame, waiting for room: for a listen's backlog, which holds up
+    /// nobody but this session. `false` when the session is gone.
+    pub(crate) async fn push(&self, frame: Bytes) -> bool {
         let capacity = self.shared.capacity;
         let mut frame = Some(frame);
         self.push_waiting(|q| {
@@ -442,7 +436,7 @@ impl Outbound {
     /// Queues a reply, waiting for room: replies are bounded by the session's in-flight
     /// request limit. `false` when the session is gone.
     pub(crate) async fn reply(&self, frame: String) -> bool {
-        self.send(wire::text(&frame)).await
+        self.push(wire::text(&frame)).await
     }
 
     /// Queues a reply beyond the queue's bound if need be, without waiting or writing: for a
@@ -470,12 +464,6 @@ impl Outbound {
         }
         q.push(OutFrame::Data(frame.clone()));
         Offered::Queued
-    }
-
-    /// Queues an encoded event, waiting for room: for a listen's backlog, which holds up
-    /// nobody but this session. `false` when the session is gone.
-    pub(crate) async fn push(&self, frame: Bytes) -> bool {
-        self.send(frame).await
     }
 
     /// Frames the queue can take now without waiting.
@@ -511,9 +499,9 @@ impl Outbound {
     }
 }
 
-/// Waits for a full socket to drain and writes on; once every sender is gone, writes what is
-/// left and a close frame (unless one went out) and shuts the socket. Returns when the socket
-/// is closed or broke.
+/// Writes the replies and backlog frames queued for it, waits for a full socket to drain and
+/// writes on; once every sender is gone, writes what is left and a close frame (unless one
+/// went out) and shuts the socket. Returns when the socket is closed or broke.
 pub(crate) async fn write_loop(receivers: OutboundReceivers) {
     let shared = &receivers.shared;
     loop {
