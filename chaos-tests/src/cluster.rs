@@ -50,8 +50,27 @@ pub struct Cluster {
     shards: u16,
 }
 
+/// A port for a child process to listen on, bound again each time the child restarts.
+///
+/// Not one the OS hands out for port 0: that comes from the ephemeral range, from which every
+/// outgoing connection (the proxies', the clients', the nodes' own) also takes its local port,
+/// so one of them could take it before the child binds, or while a killed node is down (seen
+/// in CI: "node 2 did not start"). Ports below the ephemeral range (32768 on Linux) are never
+/// taken that way; which one is spread by process id and a counter, and checked free.
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7_919);
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(LOW + seed.wrapping_add(n.wrapping_mul(97)) % SPAN)?;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 impl Cluster {
