@@ -118,7 +118,15 @@ fn is_blank(bytes: &[u8]) -> bool {
 }
 
 /// Deserializes JSON strictly; the error names the offending field's path.
+///
+/// Every request body is a JSON object: serde would also read a struct from an array, by field
+/// position, which would make field order part of the API.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace())
+        && *first == b'['
+    {
+        return Err(ApiError::invalid("the request body must be a JSON object, not an array"));
+    }
     Json::<T>::from_bytes(bytes).map(|Json(value)| value).map_err(json_rejection)
 }
 
@@ -182,6 +190,8 @@ mod tests {
         let wrong_type =
             parse_json::<CreateStream>(br#"{"type":"Chat/room","readLevel":"x"}"#).unwrap_err();
         assert!(wrong_type.message.contains("readLevel"), "{}", wrong_type.message);
+        let array = parse_json::<CreateStream>(br#"["a","x","T"]"#).unwrap_err();
+        assert!(array.message.contains("JSON object"), "{}", array.message);
         let syntax = parse_json::<CreateStream>(b"{").unwrap_err();
         assert!(syntax.message.starts_with("malformed JSON"), "{}", syntax.message);
     }

@@ -43,6 +43,7 @@ pub(crate) fn routes() -> Router<Arc<EdgeState>> {
         .route(&format!("{STREAM}/participants/batch"), post(join_batch))
         .route(&format!("{STREAM}/access"), get(access).put(set_access))
         .route(&format!("{STREAM}/ephemeral"), post(ephemeral))
+        .route_layer(axum::middleware::from_fn(crate::strict::refuse_stray_input))
 }
 
 /// Authenticates, runs the request and renders the reply or the error; counts the outcome.

@@ -40,6 +40,7 @@ mod metrics;
 mod ops;
 mod server;
 mod state;
+mod strict;
 mod ws;
 
 use std::sync::Arc;

@@ -88,3 +88,54 @@ async fn app_create_without_publisher_id_publishes_as_the_app() {
         .await;
     assert_eq!((s, code(&v)), (403, Some("forbidden")), "{v}");
 }
+
+/// "Strict requests": input a route does not take is refused, not ignored — a query parameter
+/// on a route without any, a body on `GET`/`DELETE`, a body that is an array (serde would read
+/// it field by field). An RFC 6455 version other than 13 is 426 naming the version spoken.
+#[tokio::test]
+async fn stray_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let room = stream_path("alice", "Chat/room/strict");
+    let create = json!({"type": "Chat/room", "name": "Chat/room/strict", "readLevel": 40});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+    assert_eq!(s, 201, "{v}");
+
+    let (s, v) = alice.call("GET", &format!("{room}?foo=1"), None).await;
+    assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "query on fetch: {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("foo"), "{v}");
+    let (s, v) = alice.call("GET", &format!("{room}/messages?limit=1"), None).await;
+    assert_eq!(s, 200, "history takes a query: {v}");
+    let (s, v) = alice.raw("DELETE", &room, r#"{"x":1}"#).await;
+    assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "body on DELETE: {v}");
+    let (s, v) = alice.raw("POST", "/v1/streams", r#"["alice","Chat/room/arr","Chat/room"]"#).await;
+    assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "array body: {v}");
+    let post = r#"["Chat/message","by position",null,null]"#;
+    let (s, v) = alice.raw("POST", &format!("{room}/messages"), post).await;
+    assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "array post: {v}");
+    let (s, v) = alice.call("GET", &room, None).await;
+    assert_eq!((s, v["messageCount"].as_u64()), (200, Some(1)), "nothing was posted: {v}");
+
+    // WebSocket `create` with the stream named as every other op names it.
+    let token = server.token("alice", &[]);
+    let mut ws = common::ws_connect(&server, &token).await;
+    let frame = json!({"id": 1, "op": "create", "type": "Chat/room",
+        "stream": {"publisherId": "alice", "name": "Chat/room/ws-made"}});
+    common::ws_send(&mut ws, frame).await;
+    let reply = common::ws_reply(&mut ws, 1).await;
+    assert_eq!(reply["ok"]["name"], "Chat/room/ws-made", "{reply}");
+
+    let wrong_version = reqwest::Client::new()
+        .get(server.url("/v1/ws"))
+        .bearer_auth(&token)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "8")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_version.status().as_u16(), 426);
+    assert_eq!(wrong_version.headers()["sec-websocket-version"], "13");
+}

@@ -148,7 +148,10 @@ fn op_by_wire_name(op: &str) -> Option<OpName> {
 fn command(op: OpName, mut fields: Map<String, Value>) -> Result<Command, ApiError> {
     let call = |request| Ok(Command::Call(request));
     match op {
-        OpName::Create => call(Request::Create(args::<CreateStream>(fields)?)),
+        OpName::Create => {
+            lift_stream(&mut fields)?;
+            call(Request::Create(args::<CreateStream>(fields)?))
+        }
         OpName::BatchGet => call(Request::BatchGet(args::<BatchGetBody>(fields)?.streams)),
         OpName::Ping => {
             args::<NoArgs>(fields)?;
@@ -223,7 +226,33 @@ fn participate(op: ParticipantOp, mut fields: Map<String, Value>) -> Result<Comm
 fn take_stream(fields: &mut Map<String, Value>) -> Result<StreamKey, ApiError> {
     let stream =
         fields.remove("stream").ok_or_else(|| ApiError::invalid("missing field `stream`"))?;
+    if !stream.is_object() {
+        return Err(ApiError::invalid("stream: expected an object {\"publisherId\", \"name\"}"));
+    }
     serde_json::from_value(stream).map_err(|error| ApiError::invalid(format!("stream: {error}")))
+}
+
+/// `create` names its stream like every other op (`"stream": {"publisherId", "name"}`, both
+/// optional here: the publisher defaults to the caller and a missing name is generated) or, as
+/// the HTTP body does, with `publisherId` / `name` at the top level. Either is accepted; naming
+/// the same field both ways is refused rather than guessing which one was meant.
+fn lift_stream(fields: &mut Map<String, Value>) -> Result<(), ApiError> {
+    let Some(stream) = fields.remove("stream") else { return Ok(()) };
+    let Value::Object(stream) = stream else {
+        return Err(ApiError::invalid("stream: expected an object {\"publisherId\", \"name\"}"));
+    };
+    for (key, value) in stream {
+        if key != "publisherId" && key != "name" {
+            return Err(ApiError::invalid(format!("stream: unknown field `{key}`")));
+        }
+        if fields.contains_key(&key) {
+            return Err(ApiError::invalid(format!(
+                "`{key}` is given both in `stream` and beside it"
+            )));
+        }
+        fields.insert(key, value);
+    }
+    Ok(())
 }
 
 /// Deserializes the top-level arguments strictly, with the offending field's path in the error.
@@ -351,6 +380,18 @@ mod tests {
 
         let create = r#"{"id":3,"op":"create","type":"Chat/room","name":"Chat/room/9"}"#;
         assert_eq!(parse_frame(create).unwrap().command.op(), OpName::Create);
+        let nested = r#"{"id":3,"op":"create","type":"Chat/room","stream":{"publisherId":"a","name":"Chat/room/9"}}"#;
+        match parse_frame(nested).unwrap().command {
+            Command::Call(Request::Create(c)) => {
+                assert_eq!(c.name.unwrap().as_str(), "Chat/room/9");
+                assert_eq!(c.publisher_id.unwrap().as_str(), "a");
+            }
+            other => panic!("{other:?}"),
+        }
+        let both = r#"{"id":3,"op":"create","type":"T","name":"x","stream":{"name":"y"}}"#;
+        assert!(parse_frame(both).is_err());
+        let array = r#"{"id":3,"op":"fetch","stream":["a","x"]}"#;
+        assert!(parse_frame(array).is_err());
 
         let join = r#"{"id":4,"op":"join","stream":{"publisherId":"a","name":"x"}}"#;
         assert_eq!(parse_frame(join).unwrap().command.op(), OpName::Join);

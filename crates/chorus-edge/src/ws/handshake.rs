@@ -6,7 +6,7 @@
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chorus_types::ApiError;
 use hyper::upgrade::OnUpgrade;
@@ -43,7 +43,7 @@ pub(crate) fn accept(request: &mut Request) -> Result<Accepted, ApiError> {
         return Err(ApiError::invalid("`Sec-WebSocket-Key` header is not 16 bytes in base64"));
     }
     if !header_eq(headers, &header::SEC_WEBSOCKET_VERSION, "13") {
-        return Err(ApiError::invalid("`Sec-WebSocket-Version` header did not include '13'"));
+        return Err(ApiError::invalid(VERSION_REFUSED));
     }
     let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
         .map_err(|_| ApiError::invalid("`Sec-WebSocket-Key` header is not valid"))?;
@@ -59,6 +59,23 @@ pub(crate) fn accept(request: &mut Request) -> Result<Accepted, ApiError> {
     out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     Ok(Accepted { response, on_upgrade })
+}
+
+const VERSION_REFUSED: &str = "`Sec-WebSocket-Version` header did not include '13'";
+
+/// The response to a refused upgrade: the error in the contract's shape, with status `426
+/// Upgrade Required` and `Sec-WebSocket-Version: 13` for a version this server does not speak
+/// (RFC 6455 §4.4), so a client can retry with the version it names.
+pub(crate) fn refusal(error: ApiError) -> Response {
+    let version = error.message == VERSION_REFUSED;
+    let mut response = crate::error::ErrorReply::from(error).into_response();
+    if version {
+        *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
+    response
 }
 
 /// Why an accepted upgrade yielded no socket.

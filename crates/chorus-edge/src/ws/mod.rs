@@ -54,7 +54,7 @@ pub(crate) async fn upgrade(
     };
     let accepted = match handshake::accept(&mut request) {
         Ok(accepted) => accepted,
-        Err(error) => return ErrorReply::from(error).into_response(),
+        Err(error) => return handshake::refusal(error),
     };
     let id = edge.next_session_id();
     let setup = SessionSetup {
