@@ -10,6 +10,8 @@ use chorus_types::records::validate_role;
 use chorus_types::{ApiError, ErrorCode, UserId};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use serde::Deserialize;
 
 /// The header with which the app's API key acts as a user.
@@ -55,6 +57,9 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     roles: Option<Vec<String>>,
+    /// Seconds since the epoch; jsonwebtoken has checked it is in the future.
+    #[serde(default)]
+    exp: Option<f64>,
 }
 
 /// Checks bearer tokens against the configured API key and JWT secret.
@@ -88,21 +93,31 @@ impl Authenticator {
         token: Option<&str>,
         as_user: Option<&[u8]>,
     ) -> Result<Principal, AuthError> {
+        self.authenticate_until(token, as_user).map(|(principal, _)| principal)
+    }
+
+    /// [`Self::authenticate`], with the token's expiry (`exp`) when it has one: a WebSocket
+    /// session outliving its token is closed then (DESIGN.md §3: `exp` is enforced).
+    pub(crate) fn authenticate_until(
+        &self,
+        token: Option<&str>,
+        as_user: Option<&[u8]>,
+    ) -> Result<(Principal, Option<SystemTime>), AuthError> {
         let token = token.ok_or(AuthError::MissingToken)?;
         if !self.api_key.is_empty() && constant_time_eq(token.as_bytes(), &self.api_key) {
             return match as_user {
-                None => Ok(Principal::App),
+                None => Ok((Principal::App, None)),
                 Some(raw) => {
                     let text = std::str::from_utf8(raw).map_err(|_| AuthError::InvalidAsUser)?;
                     let id = UserId::new(text).map_err(|_| AuthError::InvalidAsUser)?;
-                    Ok(Principal::User { id, roles: Vec::new() })
+                    Ok((Principal::User { id, roles: Vec::new() }, None))
                 }
             };
         }
         self.decode_jwt(token)
     }
 
-    fn decode_jwt(&self, token: &str) -> Result<Principal, AuthError> {
+    fn decode_jwt(&self, token: &str) -> Result<(Principal, Option<SystemTime>), AuthError> {
         let key = self.jwt_key.as_ref().ok_or(AuthError::InvalidToken)?;
         let data =
             jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|error| {
@@ -117,7 +132,12 @@ impl Authenticator {
         for role in &roles {
             validate_role(role).map_err(|_| AuthError::InvalidRoles)?;
         }
-        Ok(Principal::User { id, roles })
+        let expires = data
+            .claims
+            .exp
+            .filter(|exp| exp.is_finite() && *exp >= 0.0)
+            .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs_f64(exp.min(1e12))));
+        Ok((Principal::User { id, roles }, expires))
     }
 }
 

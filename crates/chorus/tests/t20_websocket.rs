@@ -217,6 +217,27 @@ async fn oversize_message_closes_with_1009() {
     assert_eq!(code, Some(1009));
 }
 
+/// "`exp` is enforced": a session does not outlive its token. It is served until then and is
+/// closed with 1008 when the token expires.
+#[tokio::test]
+async fn session_closes_with_1008_when_its_token_expires() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut ws = ws_connect(&server, &server.token_for("alice", &[], 2)).await;
+    ws_send(&mut ws, json!({"id": 1, "op": "ping"})).await;
+    assert!(ws_reply(&mut ws, 1).await.get("ok").is_some());
+    let code = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(15), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => break Some(u16::from(frame.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => break None,
+        }
+    };
+    assert_eq!(code, Some(1008));
+}
+
 /// `update` with a stale `ifMessageCount` changes nothing and answers `conflict` with the
 /// current stream beside the error, as `PATCH` does: the frame the SDK's conflict hand-off
 /// reads.

@@ -48,8 +48,8 @@ pub(crate) async fn upgrade(
     stop: Option<Extension<SessionStop>>,
     mut request: Request,
 ) -> Response {
-    let principal = match authenticate(&edge, request.headers(), request.uri()) {
-        Ok(principal) => principal,
+    let (principal, expires) = match authenticate(&edge, request.headers(), request.uri()) {
+        Ok(authenticated) => authenticated,
         Err(error) => return ErrorReply::from(ApiError::from(error)).into_response(),
     };
     let accepted = match handshake::accept(&mut request) {
@@ -64,6 +64,7 @@ pub(crate) async fn upgrade(
         fanout: Arc::clone(&edge.fanout),
         queue_len: edge.session_queue_len,
         stop: stop.map(|Extension(SessionStop(stop))| stop),
+        expires,
         config: WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0)
@@ -83,7 +84,7 @@ fn authenticate(
     edge: &EdgeState,
     headers: &HeaderMap,
     uri: &Uri,
-) -> Result<chorus_api::Principal, AuthError> {
+) -> Result<(chorus_api::Principal, Option<std::time::SystemTime>), AuthError> {
     let header_token = bearer_token(headers)?;
     let query_token = match header_token {
         Some(_) => None,
@@ -91,5 +92,5 @@ fn authenticate(
     };
     let token = header_token.or(query_token.as_deref());
     let as_user = headers.get(AS_USER_HEADER).map(|value| value.as_bytes());
-    edge.auth.authenticate(token, as_user)
+    edge.auth.authenticate_until(token, as_user)
 }

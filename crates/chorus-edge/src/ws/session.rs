@@ -56,6 +56,8 @@ pub(crate) struct SessionSetup {
     pub(crate) queue_len: usize,
     /// Flips to `true` when the server shuts down; `None` when served without [`crate::serve`].
     pub(crate) stop: Option<watch::Receiver<bool>>,
+    /// When the session's token expires; the session is closed then.
+    pub(crate) expires: Option<std::time::SystemTime>,
     /// Limits for reading client frames.
     pub(crate) config: WebSocketConfig,
 }
@@ -68,6 +70,9 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 /// Close code for a text message that is not UTF-8.
 const CLOSE_INVALID_DATA: u16 = 1007;
+/// Close code when the session's token expires (policy violation); the client reconnects with
+/// a fresh token and resumes its listens with `since`.
+const CLOSE_POLICY: u16 = 1008;
 /// How long a session the server closed reads on, discarding, before it drops the socket.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -119,11 +124,17 @@ pub(crate) async fn run(socket: TcpStream, prefix: Bytes, setup: SessionSetup) {
     let in_flight = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
     let stop = stop_requested(setup.stop);
     tokio::pin!(stop);
+    let expired = expiry(setup.expires);
+    tokio::pin!(expired);
 
     let end = loop {
         tokio::select! {
             biased;
             () = &mut stop => break End::ServerStopping,
+            () = &mut expired => {
+                session.out.try_close(CLOSE_POLICY, "token expired");
+                break End::Refused;
+            }
             _ = &mut writer => break End::WriterGone,
             Some(joined) = requests.join_next(), if !requests.is_empty() => log_panic(joined),
             message = stream.next() => {
@@ -352,6 +363,16 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
     if !started {
         tracing::debug!("listen superseded before it started");
     }
+}
+
+/// Resolves when the token expires; never for a token without `exp`.
+async fn expiry(expires: Option<std::time::SystemTime>) {
+    let Some(expires) = expires else {
+        return std::future::pending().await;
+    };
+    // Wall-clock `exp` turned into the monotonic clock once; a later clock step does not move it.
+    let left = expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(left).await;
 }
 
 /// Resolves when the server stops; never without a stop signal.

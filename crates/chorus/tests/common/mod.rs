@@ -116,7 +116,12 @@ impl Server {
     }
 
     pub fn token(&self, user: &str, roles: &[&str]) -> String {
-        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600;
+        self.token_for(user, roles, 3600)
+    }
+
+    /// A token that expires `secs` seconds from now.
+    pub fn token_for(&self, user: &str, roles: &[&str], secs: u64) -> String {
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + secs;
         let claims = json!({"sub": user, "roles": roles, "exp": exp});
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
