@@ -31,7 +31,7 @@ pub fn same_session(a: u64, b: u64) -> bool {
 }
 
 /// Who is asking. Resolved by the edge from a JWT or the app's API key.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Principal {
     /// The app's API key without `X-Chorus-As-User`: max levels everywhere.
     App,
@@ -256,6 +256,10 @@ pub enum ListenEvent {
     Resync {
         from: u64,
     },
+    /// The stream's access rows or levels changed (in the order of its messages: everything
+    /// after this was committed under the new access). Listens authorised before must be
+    /// checked again before they get anything more. Never sent to a session.
+    AccessChanged,
 }
 
 pub type EventStream = Pin<Box<dyn Stream<Item = ListenEvent> + Send>>;

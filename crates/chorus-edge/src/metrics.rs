@@ -127,6 +127,18 @@ pub(crate) static FEEDS: LazyLock<IntGauge> = LazyLock::new(|| {
 });
 
 #[allow(clippy::expect_used)]
+pub(crate) static LISTENS_SHUT_OUT: LazyLock<IntCounter> = LazyLock::new(|| {
+    registered(
+        IntCounter::new(
+            "chorus_edge_listens_shut_out_total",
+            "Listening principals detached from a stream (told to resync) because a change of \
+             the stream's access took their read access away.",
+        )
+        .expect("static metric definition"),
+    )
+});
+
+#[allow(clippy::expect_used)]
 pub(crate) static FEED_REOPENS: LazyLock<IntCounter> = LazyLock::new(|| {
     registered(
         IntCounter::new(
@@ -149,6 +161,7 @@ pub(crate) fn register() {
     LazyLock::force(&EPHEMERALS_DROPPED);
     LazyLock::force(&FEEDS);
     LazyLock::force(&FEED_REOPENS);
+    LazyLock::force(&LISTENS_SHUT_OUT);
 }
 
 /// Counts one finished request; `None` is success.

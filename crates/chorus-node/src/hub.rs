@@ -91,7 +91,13 @@ pub fn delivered(record: MessageRecord) -> Arc<Delivered> {
 }
 
 impl ApplyObserver for Hub {
-    fn committed(&self, shard: ShardId, messages: Vec<MessageRecord>, access: AccessChange) {
+    fn committed(
+        &self,
+        shard: ShardId,
+        messages: Vec<MessageRecord>,
+        access: AccessChange,
+        access_keys: &[StreamKey],
+    ) {
         if access == AccessChange::Sources
             && let Some(epoch) = self.shard_access_epochs.get(usize::from(shard.0))
         {
@@ -99,6 +105,15 @@ impl ApplyObserver for Hub {
         }
         if access != AccessChange::Nothing {
             self.access_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        // Before this batch's messages: whatever it posted after an access change must not
+        // reach a listener the change shut out. (A `<type>*` rule or an inherited parent
+        // changes other streams' access too; their open listens are checked when they next
+        // resume: see docs/protocol.md.)
+        for key in access_keys {
+            if let Some(tx) = self.sender(key) {
+                let _ = tx.send(ListenEvent::AccessChanged);
+            }
         }
         let mut current: Option<(StreamKey, Option<broadcast::Sender<ListenEvent>>)> = None;
         for m in messages {

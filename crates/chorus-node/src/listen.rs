@@ -117,6 +117,13 @@ impl Listen {
                     }
                     self.last = ordinal;
                 }
+                Ok(ListenEvent::AccessChanged) => {
+                    // In order with the messages, never dropped: the edge holds back what
+                    // follows until its sessions' access is checked again.
+                    if self.tx.send(ListenEvent::AccessChanged).await.is_err() {
+                        return;
+                    }
+                }
                 Ok(other) => {
                     // Ephemerals are best effort: dropped rather than waited for.
                     if let Err(mpsc::error::TrySendError::Closed(_)) = self.tx.try_send(other) {

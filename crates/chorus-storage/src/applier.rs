@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use chorus_streams::{Command, Overlay, Write, apply_entry};
-use chorus_types::{MessageRecord, ShardId, StreamRecord};
+use chorus_types::{MessageRecord, ShardId, StreamKey, StreamRecord};
 use openraft::EntryPayload;
 use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
@@ -38,6 +38,9 @@ pub struct Applied {
     /// What the entries may have changed for access (anything but posts): cached access
     /// contexts must be reloaded.
     pub access_change: AccessChange,
+    /// Streams (and rule pseudo-streams) whose records or access rows the entries changed,
+    /// each once: their listeners are checked again.
+    pub access_keys: Vec<StreamKey>,
 }
 
 struct Job {
@@ -123,6 +126,7 @@ fn compute(
     let mut applied = job.applied.clone();
     let mut responses = Vec::with_capacity(job.entries.len());
     let mut access_change = AccessChange::Nothing;
+    let mut access_keys: Vec<StreamKey> = Vec::new();
     for entry in std::mem::take(&mut job.entries) {
         applied.0 = Some(entry.log_id);
         match entry.payload {
@@ -133,6 +137,14 @@ fn compute(
                     .iter()
                     .map(|e| access_change_of(&e.command))
                     .fold(access_change, Ord::max);
+                for e in &req.envelopes {
+                    if access_change_of(&e.command) == AccessChange::Sources {
+                        let key = e.command.key();
+                        if !access_keys.contains(&key) {
+                            access_keys.push(key);
+                        }
+                    }
+                }
                 let outcomes = apply_entry(&mut overlay, &req.envelopes)?;
                 responses.push(ShardResponse { outcomes });
             }
@@ -158,7 +170,10 @@ fn compute(
             _ => {}
         }
     }
-    Ok(Computed { applied: Applied { responses, applied, messages, access_change }, streams })
+    Ok(Computed {
+        applied: Applied { responses, applied, messages, access_change, access_keys },
+        streams,
+    })
 }
 
 fn apply_loop(db: Db, rx: mpsc::Receiver<Work>) {

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use chorus_types::{MessageRecord, ShardId};
+use chorus_types::{MessageRecord, ShardId, StreamKey};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -38,8 +38,16 @@ pub enum AccessChange {
 /// Told of every applied batch, in commit order per shard.
 pub trait ApplyObserver: Send + Sync + 'static {
     /// `messages` were committed (in ordinal order); `access` says which cached access
-    /// contexts may be stale.
-    fn committed(&self, shard: ShardId, messages: Vec<MessageRecord>, access: AccessChange);
+    /// contexts may be stale, and `access_keys` names the streams (or rule pseudo-streams)
+    /// whose records or access rows changed, whose listeners must be checked again before
+    /// they get any of these messages.
+    fn committed(
+        &self,
+        shard: ShardId,
+        messages: Vec<MessageRecord>,
+        access: AccessChange,
+        access_keys: &[StreamKey],
+    );
 }
 
 /// One shard's state machine.
@@ -98,7 +106,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(observer) = &self.observer
             && (!out.messages.is_empty() || out.access_change != AccessChange::Nothing)
         {
-            observer.committed(self.shard, out.messages, out.access_change);
+            observer.committed(self.shard, out.messages, out.access_change, &out.access_keys);
         }
         Ok(out.responses)
     }

@@ -338,3 +338,79 @@ async fn protocol_error_closes_with_1002() {
     };
     assert_eq!(code, Some(CloseCode::Protocol));
 }
+
+/// "Reading messages and `listen` need messages (35)" holds for listens already open: taking
+/// a listener's read access away — by its access row or by the stream's level — ends the
+/// listen with a `resync` before anything posted after the change reaches it; a listener who
+/// keeps access keeps listening.
+#[tokio::test]
+async fn revoking_read_access_ends_open_listens_before_the_next_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    for (name, read_level) in [("Chat/room/rows", 0), ("Chat/room/level", 35)] {
+        let create = json!({"type": "Chat/room", "name": name, "readLevel": read_level});
+        let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let rows_path = format!("/v1/streams/alice/{}", enc("Chat/room/rows"));
+    let level_path = format!("/v1/streams/alice/{}", enc("Chat/room/level"));
+    let bob_row = json!({"rows": [
+        {"ofUserId": "bob", "readLevel": 35},
+        {"ofUserId": "carol", "readLevel": 35}
+    ]});
+    let (s, v) = alice.call("PUT", &format!("{rows_path}/access"), Some(bob_row)).await;
+    assert_eq!(s, 200, "{v}");
+
+    let mut bob = ws_connect(&server, &server.token("bob", &[])).await;
+    let mut carol = ws_connect(&server, &server.token("carol", &[])).await;
+    for (i, name) in ["Chat/room/rows", "Chat/room/level"].into_iter().enumerate() {
+        let listen =
+            json!({"id": i, "op": "listen", "stream": {"publisherId": "alice", "name": name}});
+        ws_send(&mut bob, listen.clone()).await;
+        assert!(ws_reply(&mut bob, i as u64).await.get("ok").is_some());
+        ws_send(&mut carol, listen).await;
+        assert!(ws_reply(&mut carol, i as u64).await.get("ok").is_some());
+    }
+    let post = |text: &str| json!({"type": "Chat/message", "content": text});
+    let (s, _) = alice.call("POST", &format!("{rows_path}/messages"), Some(post("before"))).await;
+    assert_eq!(s, 201);
+    let ev = ws_next(&mut bob).await;
+    assert_eq!(ev["message"]["content"], "before", "{ev}");
+
+    // Bob's row goes; carol's stays. Then the stream's level drops below messages.
+    let carol_only = json!({"rows": [{"ofUserId": "carol", "readLevel": 35}]});
+    let (s, v) = alice.call("PUT", &format!("{rows_path}/access"), Some(carol_only)).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = alice.call("POST", &format!("{rows_path}/messages"), Some(post("after"))).await;
+    assert_eq!(s, 201);
+    let (s, v) = alice.call("PATCH", &level_path, Some(json!({"readLevel": 10}))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = alice.call("POST", &format!("{level_path}/messages"), Some(post("after"))).await;
+    assert_eq!(s, 201);
+
+    let mut resynced = BTreeSet::new();
+    while resynced.len() < 2 {
+        let ev = ws_next(&mut bob).await;
+        assert_ne!(ev["message"]["content"], "after", "bob lost read access: {ev}");
+        assert_ne!(ev["message"]["type"], "Streams/changed", "bob lost read access: {ev}");
+        if ev["ev"] == "resync" {
+            resynced.insert(ev["stream"]["name"].as_str().unwrap().to_owned());
+        }
+    }
+    // Carol keeps `rows` (her row stands) and loses `level` (she had only the public level).
+    let mut carol_got = Vec::new();
+    while carol_got.len() < 2 {
+        let ev = ws_next(&mut carol).await;
+        match ev["ev"].as_str() {
+            Some("message") if ev["message"]["content"] == "after" => carol_got.push("rows after"),
+            Some("resync") => carol_got.push("level resync"),
+            _ => {}
+        }
+    }
+    carol_got.sort_unstable();
+    assert_eq!(carol_got, ["level resync", "rows after"]);
+    let bob_api = Api::new(&server, server.token("bob", &[]));
+    let (s, v) = bob_api.call("GET", &format!("{rows_path}/messages"), None).await;
+    assert_eq!(s, 404, "{v}");
+}

@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use chorus_api::{Delivered, Relayed, same_session};
+use chorus_api::{Delivered, Principal, Relayed, same_session};
 use chorus_types::StreamKey;
 use tokio::sync::{oneshot, watch};
 
@@ -62,6 +62,8 @@ impl Entry {
 pub(crate) struct Sink {
     pub(crate) out: Outbound,
     pub(crate) session: u64,
+    /// Who listens: checked again when the stream's access changes.
+    pub(crate) principal: Principal,
     /// Messages up to here already reached the session (from the backlog); `None` while it
     /// is still catching up, when it gets only ephemerals.
     pub(crate) skip_upto: Option<u64>,
@@ -239,6 +241,37 @@ impl Feed {
         self.phase.send_replace(Phase::Failed);
     }
 
+    /// The distinct principals of the attached sessions (the app's excepted: it may read
+    /// everything).
+    pub(crate) fn principals(&self) -> Vec<Principal> {
+        let st = self.lock();
+        let mut seen = std::collections::HashSet::new();
+        st.sinks
+            .values()
+            .filter(|sink| sink.principal != Principal::App && seen.insert(&sink.principal))
+            .map(|sink| sink.principal.clone())
+            .collect()
+    }
+
+    /// Detaches the sessions of `shut_out`, each told to resync from the first message it
+    /// lacks (fetching it then answers why: `not_found` or `forbidden`).
+    pub(crate) fn shut_out(&self, shut_out: &std::collections::HashSet<Principal>) {
+        let mut st = self.lock();
+        let last = st.last;
+        let ids: Vec<u64> = st
+            .sinks
+            .iter()
+            .filter(|(_, sink)| shut_out.contains(&sink.principal))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(sink) = st.sinks.remove(&id) {
+                let why = ended_at(last, &sink);
+                let _ = sink.end.send(why);
+            }
+        }
+    }
+
     /// Detaches a sink (its session stopped listening).
     pub(crate) fn detach(&self, sink: u64) {
         self.lock().sinks.remove(&sink);
@@ -249,11 +282,16 @@ impl Feed {
 fn end_all(st: &mut State) {
     let last = st.last;
     for (_, sink) in st.sinks.drain() {
-        let why = match sink.skip_upto {
-            Some(skip) => Ended::Resync(last.max(skip) + 1),
-            None => Ended::Restarted,
-        };
+        let why = ended_at(last, &sink);
         let _ = sink.end.send(why);
+    }
+}
+
+/// Where a detached sink resumes: after what it got, or wherever its catch-up got to.
+fn ended_at(last: u64, sink: &Sink) -> Ended {
+    match sink.skip_upto {
+        Some(skip) => Ended::Resync(last.max(skip) + 1),
+        None => Ended::Restarted,
     }
 }
 

@@ -187,7 +187,13 @@ impl FeedUse {
             let (end, ended) = oneshot::channel();
             let id = st.next_sink;
             st.next_sink += 1;
-            let sink = Sink { out: who.out.clone(), session: who.session, skip_upto: None, end };
+            let sink = Sink {
+                out: who.out.clone(),
+                session: who.session,
+                principal: who.caller.principal.clone(),
+                skip_upto: None,
+                end,
+            };
             st.sinks.insert(id, sink);
             drop(st);
             who.out.kick();

@@ -15,7 +15,7 @@ use chorus_types::ErrorCode;
 use futures_util::StreamExt;
 
 use super::feed::Feed;
-use crate::metrics::FEED_REOPENS;
+use crate::metrics::{FEED_REOPENS, LISTENS_SHUT_OUT};
 use crate::ws::outbound::Kick;
 
 /// Sessions one write task takes (~3 ms of writes): a fan-out to 17,000 sessions runs as
@@ -72,6 +72,8 @@ pub(crate) async fn run(feed: Arc<Feed>, service: Arc<dyn StreamService>) {
             match event {
                 ListenEvent::Message(delivered) => write_all(feed.publish(&delivered)),
                 ListenEvent::Ephemeral(relayed) => write_all(feed.relay(&relayed)),
+                // Nothing after it goes out before the sessions' access is checked again.
+                ListenEvent::AccessChanged => recheck(&feed, service.as_ref()).await,
                 // The owner's listen fell behind: listen again from what we have.
                 ListenEvent::Resync { .. } => break,
             }
@@ -86,6 +88,45 @@ pub(crate) async fn run(feed: Arc<Feed>, service: Arc<dyn StreamService>) {
         } else {
             pause = FIRST_PAUSE;
         }
+    }
+}
+
+/// Sessions checked at once after an access change.
+const RECHECKS_IN_FLIGHT: usize = 32;
+
+/// Checks every listening principal's access to the stream again and detaches the sessions
+/// of those who lost it (DESIGN.md §3: `listen` needs read level messages). The upstream waits
+/// for this, so messages committed after the change reach only sessions that may read them.
+/// Errors that say nothing about access (the owner unreachable) keep the session: it is not
+/// shut out on a guess.
+async fn recheck(feed: &Feed, service: &dyn StreamService) {
+    let principals = feed.principals();
+    if principals.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let checks = futures_util::stream::iter(principals).map(|principal| async move {
+        let caller = Caller { principal, session: None };
+        let denied = match service.authorize_listen(&caller, &feed.key).await {
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.error.code,
+                ErrorCode::NotFound | ErrorCode::Forbidden | ErrorCode::Unauthenticated
+            ),
+        };
+        denied.then_some(caller.principal)
+    });
+    let shut_out: std::collections::HashSet<_> =
+        checks.buffer_unordered(RECHECKS_IN_FLIGHT).filter_map(std::future::ready).collect().await;
+    tracing::debug!(
+        stream = %feed.key,
+        shut_out = shut_out.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "listeners checked again after an access change"
+    );
+    if !shut_out.is_empty() {
+        LISTENS_SHUT_OUT.inc_by(shut_out.len() as u64);
+        feed.shut_out(&shut_out);
     }
 }
 

@@ -52,6 +52,9 @@ pub enum ListenItem {
     Resync {
         from: u64,
     },
+    /// The stream's access changed here; listens must be checked again
+    /// (`ListenEvent::AccessChanged`).
+    AccessChanged,
     /// The listen ended without a resync (its node is stopping): listen again from the last
     /// ordinal held. Only on `Owner.Subscribe`, where a subscription's end is not a stream's.
     Ended,
@@ -65,6 +68,7 @@ impl ListenItem {
                 ListenItem::Ephemeral { origin: r.origin, frame: r.frame.to_string() }
             }
             ListenEvent::Resync { from } => ListenItem::Resync { from },
+            ListenEvent::AccessChanged => ListenItem::AccessChanged,
         }
     }
 }

@@ -112,6 +112,7 @@ pub(super) fn to_event(router: Option<&Router>, item: ListenItem) -> Option<List
             Some(ListenEvent::Ephemeral(Arc::new(Relayed { origin, frame: frame.into() })))
         }
         ListenItem::Resync { from } => Some(ListenEvent::Resync { from }),
+        ListenItem::AccessChanged => Some(ListenEvent::AccessChanged),
         ListenItem::Started { .. } | ListenItem::Failed { .. } | ListenItem::Ended => None,
     }
 }
