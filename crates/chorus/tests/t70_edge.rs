@@ -332,3 +332,47 @@ async fn edge_restart_and_leader_kill_during_fanout_leave_gap_free_histories() {
     // Every session of the killed edge resumed (with `since`, `recovered: true`).
     assert!(resumes.load(Ordering::Relaxed) >= 20, "{resumes:?}");
 }
+
+fn user_token(user: &str) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": user, "exp": exp + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(common::cluster::JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Through a real edge and the owner's subscription stream: removing a listener's access row
+/// ends its open listen with a `resync` before the next message, while a listener who keeps
+/// access gets that message on the same edge feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_taken_away_ends_listens_on_an_edge() {
+    let cluster = Cluster::start(3, 4, FAST_RAFT);
+    let edge = Edge::start(&cluster, &[]);
+    let api = edge_api(&edge);
+    let name = "Chat/room/private";
+    let body = json!({"publisherId": PUBLISHER, "name": name, "type": "Chat/room", "readLevel": 0});
+    let (s, v) = api.call("POST", "/v1/streams", Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    let access = format!("/v1/streams/{PUBLISHER}/{}/access", enc(name));
+    let rows = |users: &[&str]| json!({"rows": users.iter().map(|u| json!({"ofUserId": u, "readLevel": 35})).collect::<Vec<_>>()});
+    let (s, v) = api.call("PUT", &access, Some(rows(&["bob", "carol"]))).await;
+    assert_eq!(s, 200, "{v}");
+
+    let mut bob = ws_connect_addr(&edge.addr, &user_token("bob")).await;
+    let mut carol = ws_connect_addr(&edge.addr, &user_token("carol")).await;
+    for ws in [&mut bob, &mut carol] {
+        ws_send(ws, json!({"id": 1, "op": "listen", "stream": stream(name)})).await;
+        let ok = ws_reply(ws, 1).await;
+        assert!(ok.get("ok").is_some(), "{ok}");
+    }
+    let (s, v) = api.call("PUT", &access, Some(rows(&["carol"]))).await;
+    assert_eq!(s, 200, "{v}");
+    post(&api, name, "after the change").await;
+
+    let ev = ws_next(&mut bob).await;
+    assert_eq!(ev["ev"], "resync", "bob's listen ends before the message: {ev}");
+    let ev = ws_next(&mut carol).await;
+    assert_eq!(ev["message"]["content"], "after the change", "{ev}");
+}
