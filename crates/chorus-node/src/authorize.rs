@@ -173,23 +173,37 @@ pub fn authorize(
                         access.write() >= WriteLevel::EDIT,
                         "editing needs write level edit (30)",
                     )?;
-                    let touches_access = changes.read_level.is_some()
-                        || changes.write_level.is_some()
-                        || changes.admin_level.is_some()
-                        || changes.inherit_access.is_some();
+                    // Only what differs from the stream counts as a change: an SDK that sends
+                    // the stream's fields back unchanged beside a new title is editing.
+                    let current = ctx.stream();
+                    let differs = |new: Option<i32>, old: fn(&StreamRecord) -> i32| {
+                        new.is_some_and(|v| current.is_none_or(|s| old(s) != v))
+                    };
+                    let admin_changes = differs(changes.admin_level, |s| s.admin_level);
+                    let inherit_changes = changes
+                        .inherit_access
+                        .as_ref()
+                        .is_some_and(|v| current.is_none_or(|s| s.inherit_access != *v));
+                    let touches_access = differs(changes.read_level, |s| s.read_level)
+                        || differs(changes.write_level, |s| s.write_level)
+                        || admin_changes
+                        || inherit_changes;
                     need(
                         !touches_access || access.admin() >= AdminLevel::MANAGE,
                         "changing levels or inheritAccess needs admin level manage (30)",
                     )?;
                     // The stream's own levels apply to everyone, and inherited levels can carry
-                    // anything a parent grants: raising adminLevel to manage or above, or
-                    // changing inheritAccess, is granting manage, which only `own` may do.
-                    let grants_manage =
-                        changes.admin_level.is_some_and(|a| a >= AdminLevel::MANAGE)
-                            || changes.inherit_access.is_some();
+                    // anything a parent grants: moving adminLevel to or from manage and above
+                    // (granting manage to everyone, or taking it from everyone, as a `PUT
+                    // …/access` by a manager may not either), or changing inheritAccess, needs
+                    // `own`.
+                    let was_manage = current.is_some_and(|s| s.admin_level >= AdminLevel::MANAGE);
+                    let moves_manage = admin_changes
+                        && (changes.admin_level.is_some_and(|a| a >= AdminLevel::MANAGE)
+                            || was_manage);
                     need(
-                        !grants_manage || access.admin() >= AdminLevel::OWN,
-                        "setting adminLevel to manage or above, or inheritAccess, needs admin level own (40)",
+                        !(moves_manage || inherit_changes) || access.admin() >= AdminLevel::OWN,
+                        "setting adminLevel to or from manage and above, or inheritAccess, needs admin level own (40)",
                     )?;
                     Command::Update { key, changes, if_message_count }
                 }

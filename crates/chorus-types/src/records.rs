@@ -244,21 +244,23 @@ impl<'de> Deserialize<'de> for AccessRow {
             }
             (None, None) => AccessSubject::Everyone,
         };
-        for (name, v) in [
-            ("readLevel", w.read_level),
-            ("writeLevel", w.write_level),
-            ("adminLevel", w.admin_level),
-        ] {
+        // "Values < 0 mean unset" (Qbix ignores them): any negative level is stored as -1.
+        let unset_if_negative = |v: i32| v.max(-1);
+        let (read_level, write_level, admin_level) = (
+            unset_if_negative(w.read_level),
+            unset_if_negative(w.write_level),
+            unset_if_negative(w.admin_level),
+        );
+        for (name, v) in
+            [("readLevel", read_level), ("writeLevel", write_level), ("adminLevel", admin_level)]
+        {
             if !is_valid_level(v) {
-                return Err(D::Error::custom(format!("{name} must be -1 (unset) to 40")));
+                return Err(D::Error::custom(format!(
+                    "{name} must be at most 40 (a negative value means unset)"
+                )));
             }
         }
-        Ok(AccessRow {
-            subject,
-            read_level: w.read_level,
-            write_level: w.write_level,
-            admin_level: w.admin_level,
-        })
+        Ok(AccessRow { subject, read_level, write_level, admin_level })
     }
 }
 
@@ -284,6 +286,9 @@ mod tests {
         assert_eq!((r.read_level, r.write_level, r.admin_level), (-1, 30, -1));
         assert!(serde_json::from_str::<AccessRow>(r#"{"ofRole":"a","ofUserId":"b"}"#).is_err());
         assert!(serde_json::from_str::<AccessRow>(r#"{"readLevel":41}"#).is_err());
+        let negative: AccessRow =
+            serde_json::from_str(r#"{"readLevel":-5,"adminLevel":-40}"#).unwrap();
+        assert_eq!((negative.read_level, negative.admin_level), (-1, -1), "< 0 means unset");
         assert!(serde_json::from_str::<AccessRow>(r#"{"bogus":1}"#).is_err());
         let back = serde_json::to_value(&r).unwrap();
         assert_eq!(back["ofRole"], "mod");

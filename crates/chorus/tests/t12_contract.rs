@@ -139,3 +139,38 @@ async fn stray_input_is_refused() {
     assert_eq!(wrong_version.status().as_u16(), 426);
     assert_eq!(wrong_version.headers()["sec-websocket-version"], "13");
 }
+
+/// "Changing `readLevel`, `writeLevel`, `adminLevel` or `inheritAccess` in a PATCH needs admin
+/// manage": a field sent back unchanged is no change, so an editor may PATCH the whole stream
+/// object with a new title. Moving the stream's `adminLevel` from manage down takes manage from
+/// everyone, which a manager may not do by PATCH any more than by `PUT …/access`.
+#[tokio::test]
+async fn patch_counts_only_real_level_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let room = stream_path("alice", "Chat/room/patched");
+    let create = json!({"type": "Chat/room", "name": "Chat/room/patched", "readLevel": 40,
+        "writeLevel": 30, "adminLevel": 30});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+    assert_eq!(s, 201, "{v}");
+    let rows = json!({"rows": [{"ofUserId": "ed", "writeLevel": 30, "adminLevel": 20}]});
+    let (s, v) = alice.call("PUT", &format!("{room}/access"), Some(rows)).await;
+    assert_eq!(s, 200, "{v}");
+
+    let ed = Api::new(&server, server.token("ed", &[]));
+    let same = json!({"title": "t1", "readLevel": 40, "inheritAccess": []});
+    let (s, v) = ed.call("PATCH", &room, Some(same)).await;
+    assert_eq!(s, 200, "levels sent back unchanged: {v}");
+    let (s, v) = ed.call("PATCH", &room, Some(json!({"readLevel": 35}))).await;
+    assert_eq!((s, code(&v)), (403, Some("forbidden")), "a real change needs manage: {v}");
+
+    // Everyone has manage (the stream's adminLevel is 30); lowering it is taking manage away.
+    let mgr = Api::new(&server, server.token("mgr", &[]));
+    let (s, v) = mgr.call("PATCH", &room, Some(json!({"adminLevel": 25}))).await;
+    assert_eq!((s, code(&v)), (403, Some("forbidden")), "{v}");
+    let (s, v) = mgr.call("PATCH", &room, Some(json!({"adminLevel": 30, "title": "t2"}))).await;
+    assert_eq!(s, 200, "adminLevel unchanged: {v}");
+    let (s, v) = alice.call("PATCH", &room, Some(json!({"adminLevel": 25}))).await;
+    assert_eq!(s, 200, "the owner may: {v}");
+}
