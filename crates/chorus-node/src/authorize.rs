@@ -74,6 +74,12 @@ pub fn need(ok: bool, what: &str) -> Result<(), ServiceError> {
 /// Who may read or replace the rows of a `<type>*` rule pseudo-stream: its publisher, or the
 /// app (only the app for publisher `""`).
 pub fn may_manage_type_rule(key: &StreamKey, caller: &Caller) -> Result<(), ServiceError> {
+    let name = key.name.as_str();
+    let ty = name.strip_suffix('*').unwrap_or(name);
+    if let Err(e) = StreamType::new(ty) {
+        let message = format!("a rule pseudo-stream is `<type>*`: {}", e.message);
+        return Err(err(ErrorCode::InvalidArgument, &message));
+    }
     match &caller.principal {
         Principal::App => Ok(()),
         Principal::User { id, .. } if id.as_str() == key.publisher_id.as_str() => Ok(()),

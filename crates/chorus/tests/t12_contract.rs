@@ -117,6 +117,13 @@ async fn stray_input_is_refused() {
     let (s, v) = alice.call("GET", &room, None).await;
     assert_eq!((s, v["messageCount"].as_u64()), (200, Some(1)), "nothing was posted: {v}");
 
+    let bad_rule = format!("{}/access", stream_path("alice", "bad type*"));
+    let (s, v) = alice.call("PUT", &bad_rule, Some(json!({"rows": []}))).await;
+    assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "rule of an invalid type: {v}");
+    let good_rule = format!("{}/access", stream_path("alice", "Chat/room*"));
+    let (s, v) = alice.call("PUT", &good_rule, Some(json!({"rows": []}))).await;
+    assert_eq!(s, 200, "{v}");
+
     // WebSocket `create` with the stream named as every other op names it.
     let token = server.token("alice", &[]);
     let mut ws = common::ws_connect(&server, &token).await;
