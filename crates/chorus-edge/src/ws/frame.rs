@@ -85,7 +85,7 @@ struct ListenArgs {
 }
 
 pub(crate) fn parse_frame(text: &str) -> Result<Frame, FrameError> {
-    let value: Value = serde_json::from_str(text)
+    let value: Value = super::strict_json::from_str(text)
         .map_err(|error| FrameError::unreadable(format!("frame is not valid JSON: {error}")))?;
     let Value::Object(mut fields) = value else {
         return Err(FrameError::unreadable("a frame must be a JSON object"));

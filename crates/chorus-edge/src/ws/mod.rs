@@ -13,6 +13,7 @@ mod handshake;
 pub(crate) mod listen;
 pub(crate) mod outbound;
 pub(crate) mod session;
+mod strict_json;
 pub(crate) mod wire;
 
 use std::sync::Arc;
