@@ -196,10 +196,24 @@ impl SendText for common::Ws {
     }
 }
 
+/// The code of the close frame the server sends next, skipping other frames; `None` when the
+/// connection ends without one or nothing comes within `secs` seconds.
+async fn close_code(ws: &mut common::Ws, secs: u64) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(secs), ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => return Some(u16::from(frame.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
 /// A message over the size limit closes the session with 1009 (message too big).
 #[tokio::test]
 async fn oversize_message_closes_with_1009() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
@@ -207,35 +221,19 @@ async fn oversize_message_closes_with_1009() {
     let big = format!("{{\"id\":1,\"op\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(2 << 20));
     // The server may close while the frame is still being written.
     let _ = ws.send(Message::text(big)).await;
-    let code = loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Close(Some(frame))))) => break Some(u16::from(frame.code)),
-            Ok(Some(Ok(_))) => continue,
-            _ => break None,
-        }
-    };
-    assert_eq!(code, Some(1009));
+    assert_eq!(close_code(&mut ws, 10).await, Some(1009));
 }
 
 /// "`exp` is enforced": a session does not outlive its token. It is served until then and is
 /// closed with 1008 when the token expires.
 #[tokio::test]
 async fn session_closes_with_1008_when_its_token_expires() {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path());
     let mut ws = ws_connect(&server, &server.token_for("alice", &[], 2)).await;
     ws_send(&mut ws, json!({"id": 1, "op": "ping"})).await;
     assert!(ws_reply(&mut ws, 1).await.get("ok").is_some());
-    let code = loop {
-        match tokio::time::timeout(std::time::Duration::from_secs(15), ws.next()).await {
-            Ok(Some(Ok(Message::Close(Some(frame))))) => break Some(u16::from(frame.code)),
-            Ok(Some(Ok(_))) => continue,
-            _ => break None,
-        }
-    };
-    assert_eq!(code, Some(1008));
+    assert_eq!(close_code(&mut ws, 15).await, Some(1008));
 }
 
 /// `update` with a stale `ifMessageCount` changes nothing and answers `conflict` with the
