@@ -114,6 +114,24 @@ fn access_change_of(command: &Command) -> AccessChange {
     }
 }
 
+/// The stream whose readers `command` may shut out: access rows replaced, or levels or
+/// `inheritAccess` set. A title or attribute update (frequent on busy rooms) is not one, so it
+/// does not make every listener of a big room be checked again.
+fn read_access_key(command: &Command) -> Option<StreamKey> {
+    match command {
+        Command::SetAccess { key, .. } => Some(key.clone()),
+        Command::Update { key, changes, .. }
+            if changes.read_level.is_some()
+                || changes.write_level.is_some()
+                || changes.admin_level.is_some()
+                || changes.inherit_access.is_some() =>
+        {
+            Some(key.clone())
+        }
+        _ => None,
+    }
+}
+
 /// Computes one job's outcomes and adds its writes (and applied state) to `batch`.
 fn compute(
     db: &Db,
@@ -137,12 +155,9 @@ fn compute(
                     .iter()
                     .map(|e| access_change_of(&e.command))
                     .fold(access_change, Ord::max);
-                for e in &req.envelopes {
-                    if access_change_of(&e.command) == AccessChange::Sources {
-                        let key = e.command.key();
-                        if !access_keys.contains(&key) {
-                            access_keys.push(key);
-                        }
+                for key in req.envelopes.iter().filter_map(|e| read_access_key(&e.command)) {
+                    if !access_keys.contains(&key) {
+                        access_keys.push(key);
                     }
                 }
                 let outcomes = apply_entry(&mut overlay, &req.envelopes)?;
@@ -241,5 +256,30 @@ fn run_jobs(db: &Db, cache: &StreamCache, mut jobs: Vec<Job>) {
                 let _ = job.reply.send(Err(StorageError::Io(std::io::Error::other(msg.clone()))));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chorus_streams::FieldChanges;
+    use chorus_types::{PublisherId, StreamName};
+
+    use super::*;
+
+    #[test]
+    fn only_level_and_row_changes_recheck_readers() {
+        let key = StreamKey::new(
+            PublisherId::new("alice").unwrap(),
+            StreamName::new("Chat/room/1").unwrap(),
+        );
+        let update =
+            |changes| Command::Update { key: key.clone(), changes, if_message_count: None };
+        let title = FieldChanges { title: Some("t".into()), ..FieldChanges::default() };
+        assert_eq!(read_access_key(&update(title)), None);
+        let level = FieldChanges { read_level: Some(10), ..FieldChanges::default() };
+        assert_eq!(read_access_key(&update(level)), Some(key.clone()));
+        let rows = Command::SetAccess { key: key.clone(), rows: Vec::new() };
+        assert_eq!(read_access_key(&rows), Some(key.clone()));
+        assert_eq!(read_access_key(&Command::Close { key: key.clone() }), None);
     }
 }

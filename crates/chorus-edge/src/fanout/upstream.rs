@@ -93,6 +93,9 @@ pub(crate) async fn run(feed: Arc<Feed>, service: Arc<dyn StreamService>) {
 
 /// Sessions checked at once after an access change.
 const RECHECKS_IN_FLIGHT: usize = 32;
+/// A check that takes longer (the owner failing over) keeps its sessions rather than holding
+/// the stream's delivery up.
+const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Checks every listening principal's access to the stream again and detaches the sessions
 /// of those who lost it (DESIGN.md §3: `listen` needs read level messages). The upstream waits
@@ -107,9 +110,11 @@ async fn recheck(feed: &Feed, service: &dyn StreamService) {
     let started = Instant::now();
     let checks = futures_util::stream::iter(principals).map(|principal| async move {
         let caller = Caller { principal, session: None };
-        let denied = match service.authorize_listen(&caller, &feed.key).await {
-            Ok(_) => false,
-            Err(e) => matches!(
+        let check =
+            tokio::time::timeout(RECHECK_TIMEOUT, service.authorize_listen(&caller, &feed.key));
+        let denied = match check.await {
+            Ok(Ok(_)) | Err(_) => false,
+            Ok(Err(e)) => matches!(
                 e.error.code,
                 ErrorCode::NotFound | ErrorCode::Forbidden | ErrorCode::Unauthenticated
             ),
