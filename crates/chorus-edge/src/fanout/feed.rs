@@ -79,6 +79,9 @@ pub(crate) struct State {
     pub(crate) next_sink: u64,
     /// Session listens using this feed (attached or catching up); at zero the feed closes.
     pub(crate) users: usize,
+    /// Bumped by each access notice. A listen authorised before a bump must be authorised
+    /// again before it attaches: the check that follows the notice did not include it.
+    pub(crate) access_generation: u64,
 }
 
 impl State {
@@ -241,16 +244,23 @@ impl Feed {
         self.phase.send_replace(Phase::Failed);
     }
 
-    /// The distinct principals of the attached sessions (the app's excepted: it may read
-    /// everything).
-    pub(crate) fn principals(&self) -> Vec<Principal> {
-        let st = self.lock();
+    /// An access notice arrived: bumps the access generation and returns the distinct
+    /// principals of the attached sessions (the app's excepted: it may read everything), all
+    /// under one lock, so a session either is among them or attaches after the bump and is
+    /// authorised again ([`super::FeedUse::join`]).
+    pub(crate) fn access_changed(&self) -> Vec<Principal> {
+        let mut st = self.lock();
+        st.access_generation += 1;
         let mut seen = std::collections::HashSet::new();
         st.sinks
             .values()
             .filter(|sink| sink.principal != Principal::App && seen.insert(&sink.principal))
             .map(|sink| sink.principal.clone())
             .collect()
+    }
+
+    pub(crate) fn access_generation(&self) -> u64 {
+        self.lock().access_generation
     }
 
     /// Detaches the sessions of `shut_out`, each told to resync from the first message it

@@ -120,6 +120,8 @@ pub(crate) enum Joined {
     SessionGone,
     /// A later listen or unlisten of the stream was read meanwhile.
     Superseded,
+    /// The stream's access changed after the listen was authorised: authorise it again.
+    AccessChanged,
     Failed(ApiError),
 }
 
@@ -151,26 +153,13 @@ impl FeedUse {
         who: &Listener<'_>,
         ok: String,
         still_current: impl Fn() -> bool,
+        authorised_at: u64,
     ) -> Joined {
         let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
-        let mut phase = self.feed.phase();
         let mut ok = Some(ok);
         loop {
-            let opened = phase.wait_for(|p| !matches!(p, Phase::Opening));
-            match tokio::time::timeout_at(deadline, opened).await {
-                Ok(Ok(p)) if matches!(*p, Phase::Live) => {}
-                Ok(_) => {
-                    return Joined::Failed(ApiError::new(
-                        ErrorCode::Unavailable,
-                        "the stream's owner refused the listen",
-                    ));
-                }
-                Err(_) => {
-                    return Joined::Failed(ApiError::new(
-                        ErrorCode::Unavailable,
-                        "the stream's owner did not answer in time",
-                    ));
-                }
+            if let Err(error) = self.live_by(deadline).await {
+                return Joined::Failed(error);
             }
             let mut st = self.feed.lock();
             // The upstream may have started listening again meanwhile (owner failover): then
@@ -180,6 +169,9 @@ impl FeedUse {
             }
             if !still_current() {
                 return Joined::Superseded;
+            }
+            if st.access_generation != authorised_at {
+                return Joined::AccessChanged;
             }
             if !who.out.force(&ok.take().unwrap_or_default()) {
                 return Joined::SessionGone;
@@ -201,6 +193,35 @@ impl FeedUse {
             self.ended = Some(ended);
             return Joined::Yes;
         }
+    }
+
+    /// Waits until the feed's upstream listen is open at the owner. A listen reads the
+    /// [`access_generation`](Self::access_generation) after this and only then authorises:
+    /// every access change after the upstream opened reaches the feed as a notice, and every
+    /// one before is in the authorisation.
+    pub(crate) async fn opened(&self) -> Result<(), ApiError> {
+        self.live_by(tokio::time::Instant::now() + OPEN_TIMEOUT).await
+    }
+
+    async fn live_by(&self, deadline: tokio::time::Instant) -> Result<(), ApiError> {
+        let mut phase = self.feed.phase();
+        let opened = phase.wait_for(|p| !matches!(p, Phase::Opening));
+        match tokio::time::timeout_at(deadline, opened).await {
+            Ok(Ok(p)) if matches!(*p, Phase::Live) => Ok(()),
+            Ok(_) => {
+                Err(ApiError::new(ErrorCode::Unavailable, "the stream's owner refused the listen"))
+            }
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the stream's owner did not answer in time",
+            )),
+        }
+    }
+
+    /// The feed's access generation: read it (once [`opened`](Self::opened)) before
+    /// authorising a listen, and pass it to [`join`](Self::join).
+    pub(crate) fn access_generation(&self) -> u64 {
+        self.feed.access_generation()
     }
 
     /// Delivers every message after `last` to the listener, backlog first, then lets live

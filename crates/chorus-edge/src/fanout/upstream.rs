@@ -103,7 +103,7 @@ const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Errors that say nothing about access (the owner unreachable) keep the session: it is not
 /// shut out on a guess.
 async fn recheck(feed: &Feed, service: &dyn StreamService) {
-    let principals = feed.principals();
+    let principals = feed.access_changed();
     if principals.is_empty() {
         return;
     }

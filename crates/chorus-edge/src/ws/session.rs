@@ -313,42 +313,59 @@ async fn call(session: &Session, id: Value, request: Request) {
 #[instrument(skip_all, fields(op = "listen", stream = %key))]
 async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>, epoch: u64) {
     let started = std::time::Instant::now();
-    let count = match session.service.authorize_listen(&session.caller, &key).await {
-        Ok(count) => count,
-        Err(error) => {
-            record_timed_request(Transport::Ws, OpName::Listen, Some(error.error.code), started);
-            session.listens.finished(&key, epoch);
-            session.out.reply(error_frame(&id, &error)).await;
-            return;
-        }
-    };
-    // From `since` when the stream has it; from now without `since` or beyond the end.
-    let (last, recovered) = match since {
-        None => (count, true),
-        Some(s) if s <= count => (s, true),
-        Some(_) => (count, false),
-    };
     // The stream's feed must be open at the owner before the `ok`, so that every ephemeral
-    // sent after it reaches this session.
+    // sent after it reaches this session. It is taken before the authorisation: an access
+    // change the feed hears of in between makes the listen authorise again.
     let mut feed = session.fanout.acquire(&key);
     let who = Listener { caller: &session.caller, session: session.id, out: &session.out };
-    let ok = ok_frame(&id, json!({"recovered": recovered, "messageCount": count}));
     let still_current = || session.listens.is_current(&key, epoch);
-    let failure = match feed.join(&who, ok, still_current).await {
-        Joined::Yes => None,
-        Joined::SessionGone => return,
-        Joined::Superseded => Some(ApiError::new(
-            ErrorCode::Conflict,
-            "a later listen or unlisten of this stream superseded this listen",
-        )),
-        Joined::Failed(error) => Some(error),
-    };
-    if let Some(error) = failure {
-        record_timed_request(Transport::Ws, OpName::Listen, Some(error.code), started);
+    let last = loop {
+        // A stream that does not exist (or that the caller cannot see) fails to open: the
+        // caller's own authorisation then says why (`not_found`), not the feed.
+        let opened = feed.opened().await;
+        let generation = feed.access_generation();
+        let authorised = session.service.authorize_listen(&session.caller, &key).await;
+        let count = match (authorised, opened) {
+            (Ok(count), Ok(())) => Ok(count),
+            (Err(error), _) => Err(error),
+            (Ok(_), Err(error)) => Err(ServiceError::from(error)),
+        };
+        let count = match count {
+            Ok(count) => count,
+            Err(error) => {
+                record_timed_request(
+                    Transport::Ws,
+                    OpName::Listen,
+                    Some(error.error.code),
+                    started,
+                );
+                session.listens.finished(&key, epoch);
+                session.out.reply(error_frame(&id, &error)).await;
+                return;
+            }
+        };
+        // From `since` when the stream has it; from now without `since` or beyond the end.
+        let (last, recovered) = match since {
+            None => (count, true),
+            Some(s) if s <= count => (s, true),
+            Some(_) => (count, false),
+        };
+        let ok = ok_frame(&id, json!({"recovered": recovered, "messageCount": count}));
+        let failure = match feed.join(&who, ok, still_current, generation).await {
+            Joined::Yes => break last,
+            Joined::AccessChanged => continue,
+            Joined::SessionGone => return,
+            Joined::Superseded => ApiError::new(
+                ErrorCode::Conflict,
+                "a later listen or unlisten of this stream superseded this listen",
+            ),
+            Joined::Failed(error) => error,
+        };
+        record_timed_request(Transport::Ws, OpName::Listen, Some(failure.code), started);
         session.listens.finished(&key, epoch);
-        session.out.reply(error_frame(&id, &ServiceError::from(error))).await;
+        session.out.reply(error_frame(&id, &ServiceError::from(failure))).await;
         return;
-    }
+    };
     record_timed_request(Transport::Ws, OpName::Listen, None, started);
     let task = FeedListen {
         feed,
