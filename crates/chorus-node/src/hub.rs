@@ -77,6 +77,21 @@ impl Hub {
             .map_or(0, |epoch| epoch.load(Ordering::Acquire))
     }
 
+    /// A `<type>*` rule changed: every stream of its publisher (of every publisher, for the
+    /// app's rules) listened to here gets the access notice. Stream keys do not carry the type,
+    /// so streams of other types of that publisher are checked too; rule changes are rare
+    /// admin acts. Streams whose leader does not hold the rule's shard hear of it when their
+    /// listens next resume (see docs/protocol.md), as do changes of an inherited parent.
+    fn rule_changed(&self, rule: &StreamKey) {
+        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        for (key, tx) in streams.iter() {
+            let affected = rule.publisher_id.is_app() || key.publisher_id == rule.publisher_id;
+            if affected && !key.name.is_type_rule() && tx.receiver_count() > 0 {
+                let _ = tx.send(ListenEvent::AccessChanged);
+            }
+        }
+    }
+
     pub fn relay(&self, key: &StreamKey, relayed: Relayed) {
         if let Some(tx) = self.sender(key) {
             // No receiver left is fine: nobody is listening.
@@ -107,11 +122,11 @@ impl ApplyObserver for Hub {
             self.access_epoch.fetch_add(1, Ordering::AcqRel);
         }
         // Before this batch's messages: whatever it posted after an access change must not
-        // reach a listener the change shut out. (A `<type>*` rule or an inherited parent
-        // changes other streams' access too; their open listens are checked when they next
-        // resume: see docs/protocol.md.)
+        // reach a listener the change shut out.
         for key in access_keys {
-            if let Some(tx) = self.sender(key) {
+            if key.name.is_type_rule() {
+                self.rule_changed(key);
+            } else if let Some(tx) = self.sender(key) {
                 let _ = tx.send(ListenEvent::AccessChanged);
             }
         }

@@ -412,3 +412,34 @@ async fn revoking_read_access_ends_open_listens_before_the_next_message() {
     let (s, v) = bob_api.call("GET", &format!("{rows_path}/messages"), None).await;
     assert_eq!(s, 404, "{v}");
 }
+
+/// The same through a `<type>*` rule: dropping the rule row that let a user read ends the
+/// user's open listens of that publisher's streams of the type.
+#[tokio::test]
+async fn revoking_a_type_rule_row_ends_open_listens() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let create = json!({"type": "Chat/room", "name": "Chat/room/ruled", "readLevel": 0});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+    assert_eq!(s, 201, "{v}");
+    let rule = format!("/v1/streams/alice/{}/access", enc("Chat/room*"));
+    let bob_row = json!({"rows": [{"ofUserId": "bob", "readLevel": 35}]});
+    let (s, v) = alice.call("PUT", &rule, Some(bob_row)).await;
+    assert_eq!(s, 200, "{v}");
+
+    let mut bob = ws_connect(&server, &server.token("bob", &[])).await;
+    let listen = json!({"id": 1, "op": "listen", "stream": {"publisherId": "alice", "name": "Chat/room/ruled"}});
+    ws_send(&mut bob, listen).await;
+    let ok = ws_reply(&mut bob, 1).await;
+    assert!(ok.get("ok").is_some(), "the rule lets bob read: {ok}");
+
+    let (s, v) = alice.call("PUT", &rule, Some(json!({"rows": []}))).await;
+    assert_eq!(s, 200, "{v}");
+    let path = format!("/v1/streams/alice/{}/messages", enc("Chat/room/ruled"));
+    let post = json!({"type": "Chat/message", "content": "after"});
+    let (s, _) = alice.call("POST", &path, Some(post)).await;
+    assert_eq!(s, 201);
+    let ev = ws_next(&mut bob).await;
+    assert_eq!(ev["ev"], "resync", "bob's listen ends before the message: {ev}");
+}
