@@ -136,7 +136,10 @@ impl Authenticator {
             .claims
             .exp
             .filter(|exp| exp.is_finite() && *exp >= 0.0)
-            .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs_f64(exp.min(1e12))));
+            // jsonwebtoken compares whole seconds: a token is valid through the second `exp`.
+            .and_then(|exp| {
+                UNIX_EPOCH.checked_add(Duration::from_secs(exp.min(1e12).floor() as u64 + 1))
+            });
         Ok((Principal::User { id, roles }, expires))
     }
 }

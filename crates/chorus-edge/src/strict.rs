@@ -42,11 +42,12 @@ fn stray_input(request: &Request) -> Option<ApiError> {
     None
 }
 
-/// `GET /v1/streams/{p}/{name}/messages` and `…/participants`. The name is one path segment
+/// `GET` (and `HEAD`, which axum serves with the `GET` handler) of
+/// `/v1/streams/{p}/{name}/messages` and `…/participants`. The name is one path segment
 /// (its `/` are percent-encoded), so a stream named `messages` is told apart by the count.
 fn takes_query(method: &Method, path: &str) -> bool {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    method == Method::GET
+    (method == Method::GET || method == Method::HEAD)
         && segments.len() == 5
         && matches!(segments[4], "messages" | "participants")
 }

@@ -211,6 +211,23 @@ pub fn authorize(
                         !(moves_manage || inherit_changes) || access.admin() >= AdminLevel::OWN,
                         "setting adminLevel to or from manage and above, or inheritAccess, needs admin level own (40)",
                     )?;
+                    // What was allowed because it changed nothing is dropped from the command:
+                    // an echoed old value must not undo a change committed meanwhile (the
+                    // actor checks a whole batch against one snapshot), and an unchanged
+                    // level does not make the stream's listeners be checked again.
+                    let mut changes = changes;
+                    if !differs(changes.read_level, |s| s.read_level) {
+                        changes.read_level = None;
+                    }
+                    if !differs(changes.write_level, |s| s.write_level) {
+                        changes.write_level = None;
+                    }
+                    if !admin_changes {
+                        changes.admin_level = None;
+                    }
+                    if !inherit_changes {
+                        changes.inherit_access = None;
+                    }
                     Command::Update { key, changes, if_message_count }
                 }
                 WriteOp::Close => {

@@ -118,8 +118,9 @@ impl Listen {
                     self.last = ordinal;
                 }
                 Ok(ListenEvent::AccessChanged) => {
-                    // In order with the messages, never dropped: the edge holds back what
-                    // follows until its sessions' access is checked again.
+                    // In order with the messages, waited for: the edge holds back what
+                    // follows until its sessions' access is checked again. (If the broadcast
+                    // overflowed first, `Lagged` below stands in for it.)
                     if self.tx.send(ListenEvent::AccessChanged).await.is_err() {
                         return;
                     }
@@ -132,6 +133,11 @@ impl Listen {
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     metrics::LISTEN_CATCHUPS.inc();
+                    // The events skipped may have held an access notice: the listener checks
+                    // again before the messages read back from storage.
+                    if self.tx.send(ListenEvent::AccessChanged).await.is_err() {
+                        return;
+                    }
                     let Some(count) = self.current_count().await else { return };
                     if !self.catch_up(count).await {
                         return;

@@ -64,6 +64,9 @@ pub(crate) async fn run(feed: Arc<Feed>, service: Arc<dyn StreamService>) {
             Some(_) => {}
         }
         if since.is_some() {
+            // Access may have changed while the upstream was down, with no notice to tell:
+            // check the listeners before anything the new listen brings.
+            recheck(&feed, service.as_ref()).await;
             feed.resumed();
         }
         let opened_at = Instant::now();
@@ -96,6 +99,8 @@ const RECHECKS_IN_FLIGHT: usize = 32;
 /// A check that takes longer (the owner failing over) keeps its sessions rather than holding
 /// the stream's delivery up.
 const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a round of checks holds the stream's delivery up.
+const RECHECK_ROUND: Duration = Duration::from_secs(10);
 
 /// Checks every listening principal's access to the stream again and detaches the sessions
 /// of those who lost it (DESIGN.md §3: `listen` needs read level messages). The upstream waits
@@ -121,8 +126,26 @@ async fn recheck(feed: &Feed, service: &dyn StreamService) {
         };
         denied.then_some(caller.principal)
     });
-    let shut_out: std::collections::HashSet<_> =
-        checks.buffer_unordered(RECHECKS_IN_FLIGHT).filter_map(std::future::ready).collect().await;
+    // One deadline for the whole round, so a big room's delivery is held up for a bounded
+    // time even while the owner fails over; principals not checked by then keep listening
+    // until their next check.
+    let mut shut_out = std::collections::HashSet::new();
+    let mut denied =
+        std::pin::pin!(checks.buffer_unordered(RECHECKS_IN_FLIGHT).filter_map(std::future::ready));
+    let round = tokio::time::sleep(RECHECK_ROUND);
+    tokio::pin!(round);
+    loop {
+        tokio::select! {
+            next = denied.next() => match next {
+                Some(principal) => { shut_out.insert(principal); }
+                None => break,
+            },
+            () = &mut round => {
+                tracing::warn!(stream = %feed.key, "access re-check round cut short");
+                break;
+            }
+        }
+    }
     tracing::debug!(
         stream = %feed.key,
         shut_out = shut_out.len(),

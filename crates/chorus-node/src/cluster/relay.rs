@@ -212,7 +212,14 @@ impl Relay {
                 let deadline = Instant::now() + self.router.timeout;
                 let r = &self.router;
                 match open_on_leader(r, &self.caller, &self.key, Some(self.last), deadline).await {
-                    Ok((_, l)) if l.recovered => break l.events,
+                    Ok((_, l)) if l.recovered => {
+                        // An access change while the listen was down sent no notice here:
+                        // the listener checks again before what the new leader sends.
+                        if self.tx.send(ListenEvent::AccessChanged).await.is_err() {
+                            return;
+                        }
+                        break l.events;
+                    }
                     Ok((_, l)) => {
                         // The stream has fewer messages than we delivered: cannot resume.
                         tracing::warn!(stream = %self.key, last = self.last, count = l.message_count, "listen cannot resume");
