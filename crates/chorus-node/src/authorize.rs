@@ -185,15 +185,15 @@ pub fn authorize(
                     let differs = |new: Option<i32>, old: fn(&StreamRecord) -> i32| {
                         new.is_some_and(|v| current.is_none_or(|s| old(s) != v))
                     };
+                    let read_changes = differs(changes.read_level, |s| s.read_level);
+                    let write_changes = differs(changes.write_level, |s| s.write_level);
                     let admin_changes = differs(changes.admin_level, |s| s.admin_level);
                     let inherit_changes = changes
                         .inherit_access
                         .as_ref()
                         .is_some_and(|v| current.is_none_or(|s| s.inherit_access != *v));
-                    let touches_access = differs(changes.read_level, |s| s.read_level)
-                        || differs(changes.write_level, |s| s.write_level)
-                        || admin_changes
-                        || inherit_changes;
+                    let touches_access =
+                        read_changes || write_changes || admin_changes || inherit_changes;
                     need(
                         !touches_access || access.admin() >= AdminLevel::MANAGE,
                         "changing levels or inheritAccess needs admin level manage (30)",
@@ -216,10 +216,10 @@ pub fn authorize(
                     // actor checks a whole batch against one snapshot), and an unchanged
                     // level does not make the stream's listeners be checked again.
                     let mut changes = changes;
-                    if !differs(changes.read_level, |s| s.read_level) {
+                    if !read_changes {
                         changes.read_level = None;
                     }
-                    if !differs(changes.write_level, |s| s.write_level) {
+                    if !write_changes {
                         changes.write_level = None;
                     }
                     if !admin_changes {

@@ -268,17 +268,9 @@ impl Feed {
     pub(crate) fn shut_out(&self, shut_out: &std::collections::HashSet<Principal>) {
         let mut st = self.lock();
         let last = st.last;
-        let ids: Vec<u64> = st
-            .sinks
-            .iter()
-            .filter(|(_, sink)| shut_out.contains(&sink.principal))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in ids {
-            if let Some(sink) = st.sinks.remove(&id) {
-                let why = ended_at(last, &sink);
-                let _ = sink.end.send(why);
-            }
+        for (_, sink) in st.sinks.extract_if(|_, sink| shut_out.contains(&sink.principal)) {
+            let why = ended_at(last, &sink);
+            let _ = sink.end.send(why);
         }
     }
 

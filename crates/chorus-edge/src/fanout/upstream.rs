@@ -132,19 +132,13 @@ async fn recheck(feed: &Feed, service: &dyn StreamService) {
     let mut shut_out = std::collections::HashSet::new();
     let mut denied =
         std::pin::pin!(checks.buffer_unordered(RECHECKS_IN_FLIGHT).filter_map(std::future::ready));
-    let round = tokio::time::sleep(RECHECK_ROUND);
-    tokio::pin!(round);
-    loop {
-        tokio::select! {
-            next = denied.next() => match next {
-                Some(principal) => { shut_out.insert(principal); }
-                None => break,
-            },
-            () = &mut round => {
-                tracing::warn!(stream = %feed.key, "access re-check round cut short");
-                break;
-            }
+    let round = async {
+        while let Some(principal) = denied.next().await {
+            shut_out.insert(principal);
         }
+    };
+    if tokio::time::timeout(RECHECK_ROUND, round).await.is_err() {
+        tracing::warn!(stream = %feed.key, "access re-check round cut short");
     }
     tracing::debug!(
         stream = %feed.key,

@@ -223,11 +223,13 @@ fn participate(op: ParticipantOp, mut fields: Map<String, Value>) -> Result<Comm
     Ok(Command::Call(Request::Participate(key, op, args::<ParticipantBody>(fields)?)))
 }
 
+const STREAM_NOT_OBJECT: &str = r#"stream: expected an object {"publisherId", "name"}"#;
+
 fn take_stream(fields: &mut Map<String, Value>) -> Result<StreamKey, ApiError> {
     let stream =
         fields.remove("stream").ok_or_else(|| ApiError::invalid("missing field `stream`"))?;
     if !stream.is_object() {
-        return Err(ApiError::invalid("stream: expected an object {\"publisherId\", \"name\"}"));
+        return Err(ApiError::invalid(STREAM_NOT_OBJECT));
     }
     serde_json::from_value(stream).map_err(|error| ApiError::invalid(format!("stream: {error}")))
 }
@@ -239,7 +241,7 @@ fn take_stream(fields: &mut Map<String, Value>) -> Result<StreamKey, ApiError> {
 fn lift_stream(fields: &mut Map<String, Value>) -> Result<(), ApiError> {
     let Some(stream) = fields.remove("stream") else { return Ok(()) };
     let Value::Object(stream) = stream else {
-        return Err(ApiError::invalid("stream: expected an object {\"publisherId\", \"name\"}"));
+        return Err(ApiError::invalid(STREAM_NOT_OBJECT));
     };
     for (key, value) in stream {
         if key != "publisherId" && key != "name" {

@@ -21,29 +21,31 @@ pub(crate) struct Accepted {
 }
 
 /// Checks an upgrade request as axum's `WebSocketUpgrade` does, with the same messages.
-pub(crate) fn accept(request: &mut Request) -> Result<Accepted, ApiError> {
+pub(crate) fn accept(request: &mut Request) -> Result<Accepted, Refused> {
     if request.version() != Version::HTTP_11 {
-        return Err(ApiError::invalid("WebSocket upgrades need HTTP/1.1"));
+        return Err(ApiError::invalid("WebSocket upgrades need HTTP/1.1").into());
     }
     if request.method() != Method::GET {
-        return Err(ApiError::invalid("Request method must be `GET`"));
+        return Err(ApiError::invalid("Request method must be `GET`").into());
     }
     let headers = request.headers();
     if !header_contains(headers, &header::CONNECTION, "upgrade") {
-        return Err(ApiError::invalid("Connection header did not include 'upgrade'"));
+        return Err(ApiError::invalid("Connection header did not include 'upgrade'").into());
     }
     if !header_eq(headers, &header::UPGRADE, "websocket") {
-        return Err(ApiError::invalid("`Upgrade` header did not include 'websocket'"));
+        return Err(ApiError::invalid("`Upgrade` header did not include 'websocket'").into());
     }
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or_else(|| ApiError::invalid("`Sec-WebSocket-Key` header missing"))?;
     // 16 random bytes in base64 (RFC 6455 §4.1).
     if key.len() != 24 {
-        return Err(ApiError::invalid("`Sec-WebSocket-Key` header is not 16 bytes in base64"));
+        return Err(
+            ApiError::invalid("`Sec-WebSocket-Key` header is not 16 bytes in base64").into()
+        );
     }
     if !header_eq(headers, &header::SEC_WEBSOCKET_VERSION, "13") {
-        return Err(ApiError::invalid(VERSION_REFUSED));
+        return Err(Refused::Version);
     }
     let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
         .map_err(|_| ApiError::invalid("`Sec-WebSocket-Key` header is not valid"))?;
@@ -61,21 +63,37 @@ pub(crate) fn accept(request: &mut Request) -> Result<Accepted, ApiError> {
     Ok(Accepted { response, on_upgrade })
 }
 
-const VERSION_REFUSED: &str = "`Sec-WebSocket-Version` header did not include '13'";
+/// Why an upgrade request is refused.
+pub(crate) enum Refused {
+    /// Malformed: 400 `invalid_argument`.
+    Invalid(ApiError),
+    /// A WebSocket version other than 13: `426 Upgrade Required` naming the version spoken
+    /// (RFC 6455 §4.4), so a client can retry with it; the body is the contract's error.
+    Version,
+}
 
-/// The response to a refused upgrade: the error in the contract's shape, with status `426
-/// Upgrade Required` and `Sec-WebSocket-Version: 13` for a version this server does not speak
-/// (RFC 6455 §4.4), so a client can retry with the version it names.
-pub(crate) fn refusal(error: ApiError) -> Response {
-    let version = error.message == VERSION_REFUSED;
-    let mut response = crate::error::ErrorReply::from(error).into_response();
-    if version {
-        *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+impl From<ApiError> for Refused {
+    fn from(error: ApiError) -> Self {
+        Refused::Invalid(error)
     }
-    response
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Invalid(error) => crate::error::ErrorReply::from(error).into_response(),
+            Refused::Version => {
+                let error =
+                    ApiError::invalid("`Sec-WebSocket-Version` header did not include '13'");
+                let mut response = crate::error::ErrorReply::from(error).into_response();
+                *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
+                response
+                    .headers_mut()
+                    .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                response
+            }
+        }
+    }
 }
 
 /// Why an accepted upgrade yielded no socket.

@@ -55,7 +55,7 @@ pub(crate) async fn upgrade(
     };
     let accepted = match handshake::accept(&mut request) {
         Ok(accepted) => accepted,
-        Err(error) => return handshake::refusal(error),
+        Err(refused) => return refused.into_response(),
     };
     let id = edge.next_session_id();
     let setup = SessionSetup {

@@ -319,30 +319,15 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
     let mut feed = session.fanout.acquire(&key);
     let who = Listener { caller: &session.caller, session: session.id, out: &session.out };
     let still_current = || session.listens.is_current(&key, epoch);
-    let last = loop {
+    let outcome: Result<u64, ServiceError> = loop {
         // A stream that does not exist (or that the caller cannot see) fails to open: the
         // caller's own authorisation then says why (`not_found`), not the feed.
         let opened = feed.opened().await;
         let generation = feed.access_generation();
-        let authorised = session.service.authorize_listen(&session.caller, &key).await;
-        let count = match (authorised, opened) {
-            (Ok(count), Ok(())) => Ok(count),
-            (Err(error), _) => Err(error),
-            (Ok(_), Err(error)) => Err(ServiceError::from(error)),
-        };
-        let count = match count {
-            Ok(count) => count,
-            Err(error) => {
-                record_timed_request(
-                    Transport::Ws,
-                    OpName::Listen,
-                    Some(error.error.code),
-                    started,
-                );
-                session.listens.finished(&key, epoch);
-                session.out.reply(error_frame(&id, &error)).await;
-                return;
-            }
+        let count = match (session.service.authorize_listen(&session.caller, &key).await, opened) {
+            (Ok(count), Ok(())) => count,
+            (Err(error), _) => break Err(error),
+            (Ok(_), Err(error)) => break Err(error.into()),
         };
         // From `since` when the stream has it; from now without `since` or beyond the end.
         let (last, recovered) = match since {
@@ -351,20 +336,28 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
             Some(_) => (count, false),
         };
         let ok = ok_frame(&id, json!({"recovered": recovered, "messageCount": count}));
-        let failure = match feed.join(&who, ok, still_current, generation).await {
-            Joined::Yes => break last,
+        match feed.join(&who, ok, still_current, generation).await {
+            Joined::Yes => break Ok(last),
             Joined::AccessChanged => continue,
             Joined::SessionGone => return,
-            Joined::Superseded => ApiError::new(
-                ErrorCode::Conflict,
-                "a later listen or unlisten of this stream superseded this listen",
-            ),
-            Joined::Failed(error) => error,
-        };
-        record_timed_request(Transport::Ws, OpName::Listen, Some(failure.code), started);
-        session.listens.finished(&key, epoch);
-        session.out.reply(error_frame(&id, &ServiceError::from(failure))).await;
-        return;
+            Joined::Superseded => {
+                break Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    "a later listen or unlisten of this stream superseded this listen",
+                )
+                .into());
+            }
+            Joined::Failed(error) => break Err(error.into()),
+        }
+    };
+    let last = match outcome {
+        Ok(last) => last,
+        Err(error) => {
+            record_timed_request(Transport::Ws, OpName::Listen, Some(error.error.code), started);
+            session.listens.finished(&key, epoch);
+            session.out.reply(error_frame(&id, &error)).await;
+            return;
+        }
     };
     record_timed_request(Transport::Ws, OpName::Listen, None, started);
     let task = FeedListen {
