@@ -365,6 +365,17 @@ pub trait StreamService: Send + Sync + 'static {
     /// session's `listen` and share one [`listen`](Self::listen) per stream among them.
     async fn authorize_listen(&self, caller: &Caller, key: &StreamKey)
     -> Result<u64, ServiceError>;
+    /// Which of `principals` may listen to `key` now, in their order: an edge's re-check of
+    /// its listeners after an access change, answered from one access context whatever their
+    /// number (a big room's thousands of listeners cost one call, not one each). Only the app
+    /// may ask (`forbidden` otherwise). `false` is what [`authorize_listen`](Self::authorize_listen)
+    /// would refuse with `not_found` or `forbidden`; an error decides nothing.
+    async fn authorize_listeners(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        principals: Vec<Principal>,
+    ) -> Result<Vec<bool>, ServiceError>;
     /// `since = None` listens from now.
     async fn listen(
         &self,

@@ -586,6 +586,30 @@ impl StreamService for Node {
             .ok_or_else(|| err(ErrorCode::NotFound, "stream not found"))
     }
 
+    #[instrument(
+        skip_all,
+        fields(node = self.node_id(), stream = %key, principals = principals.len())
+    )]
+    async fn authorize_listeners(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        principals: Vec<Principal>,
+    ) -> Result<Vec<bool>, ServiceError> {
+        if caller.principal != Principal::App {
+            return Err(err(ErrorCode::Forbidden, "only the app checks listeners in bulk"));
+        }
+        self.read_barrier(key).await?;
+        let ctx = self.context(key).await?;
+        Ok(principals
+            .into_iter()
+            .map(|principal| {
+                let caller = Caller { principal, session: None };
+                visible(&ctx, &caller).is_ok_and(|a| a.read() >= ReadLevel::MESSAGES)
+            })
+            .collect())
+    }
+
     async fn listen(
         &self,
         caller: &Caller,

@@ -149,7 +149,15 @@ pub async fn run(args: &Args) -> anyhow::Result<Outcome> {
         cpu: CpuGroups { groups },
     };
     let mut publisher = Publisher::Chorus { http, addr: nodes.api[0].clone() };
-    let steps = ladder.run(&mut publisher, &mut clients).await?;
+    let mut steps = ladder.run(&mut publisher, &mut clients).await?;
+    if args.access_change {
+        replace_rows(&reqwest::Client::new(), &nodes.api[0]).await?;
+        say("chorus: the room's access rows replaced (every listener keeps read access): each \
+             edge checks its listeners again before the next message"
+            .into());
+        let after = Ladder { system: "chorus+acl", rates: &[1.0], seconds: 5, ..ladder };
+        steps.extend(after.run(&mut publisher, &mut clients).await?);
+    }
     clients.quit().await;
     drop(holders);
     drop(nodes);
@@ -191,6 +199,16 @@ async fn create_room(http: &reqwest::Client, addr: &str) -> anyhow::Result<()> {
         bail!("creating the room: {status} {}", response.text().await.unwrap_or_default());
     }
     Ok(())
+}
+
+/// Replaces the room's rows with one for a user who is not listening: an access change for
+/// every listening session that takes nobody's access away.
+async fn replace_rows(http: &reqwest::Client, addr: &str) -> anyhow::Result<()> {
+    let request = http
+        .put(format!("http://{addr}{}/access", room_path()))
+        .bearer_auth(API_KEY)
+        .json(&json!({"rows": [{"ofUserId": "auditor", "readLevel": 40}]}));
+    succeeded(request, "replacing the room's access rows").await
 }
 
 fn room_path() -> String {

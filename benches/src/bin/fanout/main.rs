@@ -101,6 +101,11 @@ pub struct Args {
     /// NATS core subscribers (one TCP connection each).
     #[arg(long, default_value_t = 10_000)]
     pub nats_subscribers: usize,
+    /// After the ladder, replace the room's access rows (every session keeps its access) and
+    /// publish at 1 msg/s for 5 s: the edges check every listener again before delivering
+    /// the next message, and that step's latency shows the pause.
+    #[arg(long)]
+    pub access_change: bool,
     /// Connections each client process opens at once.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,

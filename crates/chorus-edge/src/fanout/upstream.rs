@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chorus_api::{Caller, ListenEvent, StreamService};
+use chorus_api::{Caller, ListenEvent, Principal, StreamService};
 use chorus_types::ErrorCode;
 use futures_util::StreamExt;
 
@@ -94,9 +94,12 @@ pub(crate) async fn run(feed: Arc<Feed>, service: Arc<dyn StreamService>) {
     }
 }
 
-/// Sessions checked at once after an access change.
-const RECHECKS_IN_FLIGHT: usize = 32;
-/// A check that takes longer (the owner failing over) keeps its sessions rather than holding
+/// Principals checked in one bulk call: one access context answers them all, and a call
+/// stays well under a megabyte.
+const RECHECK_BATCH: usize = 2048;
+/// Bulk calls in flight at once (a 100,000-listener room is ~50 calls).
+const RECHECKS_IN_FLIGHT: usize = 4;
+/// A call that takes longer (the owner failing over) keeps its sessions rather than holding
 /// the stream's delivery up.
 const RECHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a round of checks holds the stream's delivery up.
@@ -113,28 +116,21 @@ async fn recheck(feed: &Feed, service: &dyn StreamService) {
         return;
     }
     let started = Instant::now();
-    let checks = futures_util::stream::iter(principals).map(|principal| async move {
-        let caller = Caller { principal, session: None };
-        let check =
-            tokio::time::timeout(RECHECK_TIMEOUT, service.authorize_listen(&caller, &feed.key));
-        let denied = match check.await {
-            Ok(Ok(_)) | Err(_) => false,
-            Ok(Err(e)) => matches!(
-                e.error.code,
-                ErrorCode::NotFound | ErrorCode::Forbidden | ErrorCode::Unauthenticated
-            ),
-        };
-        denied.then_some(caller.principal)
+    let chunks: Vec<Vec<Principal>> =
+        principals.chunks(RECHECK_BATCH).map(<[Principal]>::to_vec).collect();
+    let checks = futures_util::stream::iter(chunks).map(|chunk| async move {
+        let check = tokio::time::timeout(RECHECK_TIMEOUT, check_chunk(feed, service, &chunk));
+        let allowed = check.await.unwrap_or_else(|_| vec![true; chunk.len()]);
+        chunk.into_iter().zip(allowed).filter_map(|(p, ok)| (!ok).then_some(p)).collect::<Vec<_>>()
     });
     // One deadline for the whole round, so a big room's delivery is held up for a bounded
     // time even while the owner fails over; principals not checked by then keep listening
     // until their next check.
     let mut shut_out = std::collections::HashSet::new();
-    let mut denied =
-        std::pin::pin!(checks.buffer_unordered(RECHECKS_IN_FLIGHT).filter_map(std::future::ready));
+    let mut denied = std::pin::pin!(checks.buffer_unordered(RECHECKS_IN_FLIGHT));
     let round = async {
-        while let Some(principal) = denied.next().await {
-            shut_out.insert(principal);
+        while let Some(principals) = denied.next().await {
+            shut_out.extend(principals);
         }
     };
     if tokio::time::timeout(RECHECK_ROUND, round).await.is_err() {
@@ -150,6 +146,34 @@ async fn recheck(feed: &Feed, service: &dyn StreamService) {
         LISTENS_SHUT_OUT.inc_by(shut_out.len() as u64);
         feed.shut_out(&shut_out);
     }
+}
+
+/// Whether each of `chunk` may still listen: one bulk call. An owner that does not know the
+/// bulk call (a node of an older version during a rolling upgrade) is asked one principal at
+/// a time; an error that says nothing about access keeps the principal.
+async fn check_chunk(feed: &Feed, service: &dyn StreamService, chunk: &[Principal]) -> Vec<bool> {
+    let app = Caller::app();
+    match service.authorize_listeners(&app, &feed.key, chunk.to_vec()).await {
+        Ok(allowed) if allowed.len() == chunk.len() => return allowed,
+        Ok(_) => {}
+        Err(e) if !matches!(e.error.code, ErrorCode::Internal | ErrorCode::InvalidArgument) => {
+            return vec![true; chunk.len()];
+        }
+        Err(_) => {}
+    }
+    let one = |principal: Principal| async move {
+        let caller = Caller { principal, session: None };
+        match service.authorize_listen(&caller, &feed.key).await {
+            Ok(_) => true,
+            Err(e) => !refused(e.error.code),
+        }
+    };
+    futures_util::stream::iter(chunk.iter().cloned()).map(one).buffered(32).collect().await
+}
+
+/// What `authorize_listen` answers a principal who may not listen.
+fn refused(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::NotFound | ErrorCode::Forbidden | ErrorCode::Unauthenticated)
 }
 
 /// Writes each session's queued frames: small fan-outs in this task, big ones in tasks of

@@ -27,14 +27,21 @@ pub struct WireCaller {
     pub session: Option<u64>,
 }
 
-impl From<&Caller> for WireCaller {
-    fn from(c: &Caller) -> Self {
-        match &c.principal {
-            Principal::App => WireCaller { user: None, roles: Vec::new(), session: c.session },
+impl WireCaller {
+    /// A principal outside any session.
+    pub fn from_principal(p: &Principal) -> Self {
+        match p {
+            Principal::App => WireCaller { user: None, roles: Vec::new(), session: None },
             Principal::User { id, roles } => {
-                WireCaller { user: Some(id.clone()), roles: roles.clone(), session: c.session }
+                WireCaller { user: Some(id.clone()), roles: roles.clone(), session: None }
             }
         }
+    }
+}
+
+impl From<&Caller> for WireCaller {
+    fn from(c: &Caller) -> Self {
+        WireCaller { session: c.session, ..WireCaller::from_principal(&c.principal) }
     }
 }
 
@@ -86,20 +93,22 @@ pub enum OwnerCall {
     SetAccess { key: StreamKey, rows: Vec<AccessRow> },
     Ephemeral { key: StreamKey, req: NewEphemeral },
     AuthorizeListen { key: StreamKey },
+    AuthorizeListeners { key: StreamKey, principals: Vec<WireCaller> },
     Readiness,
     JoinBatch { key: StreamKey, req: JoinBatch },
     AccessSource { key: StreamKey },
 }
 
 impl OwnerCall {
-    /// Reads whose replies may be large (history, batch fetches, participant pages): sent as
-    /// unary calls rather than on a node's shared call stream.
+    /// Calls that may be large either way (history, batch fetches, participant pages, bulk
+    /// listener checks): sent as unary calls rather than on a node's shared call stream.
     pub(crate) fn is_bulk(&self) -> bool {
         matches!(
             self,
             OwnerCall::Messages { .. }
                 | OwnerCall::BatchGet { .. }
                 | OwnerCall::Participants { .. }
+                | OwnerCall::AuthorizeListeners { .. }
         )
     }
 
@@ -118,6 +127,7 @@ impl OwnerCall {
             | OwnerCall::SetAccess { key, .. }
             | OwnerCall::Ephemeral { key, .. }
             | OwnerCall::AuthorizeListen { key }
+            | OwnerCall::AuthorizeListeners { key, .. }
             | OwnerCall::JoinBatch { key, .. }
             | OwnerCall::AccessSource { key } => Some(key),
             OwnerCall::Create { .. } | OwnerCall::BatchGet { .. } | OwnerCall::Readiness => None,
@@ -141,6 +151,7 @@ impl OwnerCall {
             | OwnerCall::Access { .. }
             | OwnerCall::SetAccess { .. }
             | OwnerCall::AuthorizeListen { .. }
+            | OwnerCall::AuthorizeListeners { .. }
             | OwnerCall::AccessSource { .. }
             | OwnerCall::Readiness => true,
             // Joining a participant twice leaves one participant (the retry reports
@@ -175,6 +186,7 @@ pub enum OwnerReply {
     Access(Vec<AccessRow>),
     Done,
     Count(u64),
+    Allowed(Vec<bool>),
     BatchJoined(BatchJoined),
     Source(SourceRows),
     Error { error: ApiError, stream: Option<WireView> },
@@ -265,6 +277,13 @@ impl OwnerReply {
         }
     }
 
+    pub fn into_allowed(self) -> Result<Vec<bool>, ServiceError> {
+        match self.ok()? {
+            OwnerReply::Allowed(a) => Ok(a),
+            _ => Err(Self::unexpected()),
+        }
+    }
+
     pub fn into_batch_joined(self) -> Result<BatchJoined, ServiceError> {
         match self.ok()? {
             OwnerReply::BatchJoined(b) => Ok(b),
@@ -342,6 +361,10 @@ pub async fn execute<S: StreamService + SourceReader + ?Sized>(
         }
         OwnerCall::AuthorizeListen { key } => {
             reply(node.authorize_listen(caller, &key).await, OwnerReply::Count)
+        }
+        OwnerCall::AuthorizeListeners { key, principals } => {
+            let principals = principals.into_iter().map(|w| Caller::from(w).principal).collect();
+            reply(node.authorize_listeners(caller, &key, principals).await, OwnerReply::Allowed)
         }
         OwnerCall::Readiness => {
             reply(node.readiness().await.map_err(Into::into), |()| OwnerReply::Done)

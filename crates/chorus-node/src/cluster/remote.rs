@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use chorus_api::{
     BatchJoined, Caller, CreateStream, HistoryQuery, JoinBatch, Listening, NewEphemeral, NewPost,
-    ParticipantBody, ParticipantOp, ParticipantPage, ParticipantQuery, Posted, ServiceError,
-    StreamService, StreamView, UpdateStream,
+    ParticipantBody, ParticipantOp, ParticipantPage, ParticipantQuery, Posted, Principal,
+    ServiceError, StreamService, StreamView, UpdateStream,
 };
 use chorus_proto::pb;
 use chorus_proto::pb::owner_client::OwnerClient;
@@ -389,6 +389,18 @@ impl StreamService for RemoteService {
         key: &StreamKey,
     ) -> Result<u64, ServiceError> {
         self.call(caller, OwnerCall::AuthorizeListen { key: key.clone() }).await.into_count()
+    }
+
+    async fn authorize_listeners(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        principals: Vec<Principal>,
+    ) -> Result<Vec<bool>, ServiceError> {
+        let principals = principals.iter().map(WireCaller::from_principal).collect();
+        self.call(caller, OwnerCall::AuthorizeListeners { key: key.clone(), principals })
+            .await
+            .into_allowed()
     }
 
     async fn listen(

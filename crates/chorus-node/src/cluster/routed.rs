@@ -11,7 +11,7 @@ use chorus_types::{
     StreamName,
 };
 
-use super::call::OwnerCall;
+use super::call::{OwnerCall, WireCaller};
 use super::relay;
 use super::router::Router;
 
@@ -161,6 +161,18 @@ impl StreamService for Router {
         self.dispatch(caller, key, OwnerCall::AuthorizeListen { key: key.clone() })
             .await
             .into_count()
+    }
+
+    async fn authorize_listeners(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        principals: Vec<Principal>,
+    ) -> Result<Vec<bool>, ServiceError> {
+        let principals = principals.iter().map(WireCaller::from_principal).collect();
+        self.dispatch(caller, key, OwnerCall::AuthorizeListeners { key: key.clone(), principals })
+            .await
+            .into_allowed()
     }
 
     async fn listen(
