@@ -72,7 +72,7 @@ fn run() -> anyhow::Result<()> {
         .enable_all()
         .max_blocking_threads(16)
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match cli.command {
             cli::Command::Dev(args) => dev::run(args).await,
             cli::Command::Node(args) => node::run(args).await,
@@ -82,5 +82,9 @@ fn run() -> anyhow::Result<()> {
             cli::Command::Post(args) => client::post(args).await,
             cli::Command::Tail(args) => client::tail(args).await,
         }
-    })
+    });
+    // Tasks still running (a connection's, a retry's) are dropped; the process never waits on
+    // one of them after the command is done.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }

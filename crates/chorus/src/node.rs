@@ -102,13 +102,24 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     chorus_edge::serve(api, router, shutdown_signal()).await?;
     let _ = stop_tx.send(true);
     node.shutdown().await;
-    match peers.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "peer service ended with an error"),
-        Err(e) => tracing::warn!(error = %e, "peer service task failed"),
+    // The peer service drains gracefully, but other nodes and edges hold long-lived streams
+    // on it (`Owner.Calls`, `Owner.Subscribe`, Raft batches) that end only when they do: wait
+    // a little for them, then close them, so a node stops on SIGTERM while its peers run.
+    let mut peers = peers;
+    match tokio::time::timeout(PEER_DRAIN, &mut peers).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "peer service ended with an error"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "peer service task failed"),
+        Err(_) => {
+            tracing::info!("closing the peer connections still open");
+            peers.abort();
+        }
     }
     Ok(())
 }
+
+/// How long a stopping node lets its peers' and edges' streams end by themselves.
+const PEER_DRAIN: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {

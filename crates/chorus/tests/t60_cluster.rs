@@ -274,3 +274,33 @@ async fn a_dead_node_is_replaced_by_a_new_one_without_losing_writes() {
         }
     }
 }
+
+/// SIGTERM stops a node while its peers still run (their Raft and call streams to it must not
+/// hold it up), the two left keep serving, and then they stop too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_while_its_peers_run() {
+    let mut cluster = Cluster::start(3, 4, FAST_RAFT);
+    create_streams(&cluster, 4).await;
+    let stopped = cluster.terminate(2, Duration::from_secs(20));
+    assert!(stopped.is_some_and(|s| s.success()), "node 3 did not exit cleanly: {stopped:?}");
+    let bases: Vec<String> =
+        cluster.members[..2].iter().map(|m| format!("http://{}", m.api)).collect();
+    let mut cursor = 0;
+    for s in 0..4 {
+        let path = format!("/v1/streams/alice/{}/messages", enc(&stream_name(s)));
+        let target = |c: usize| Some(bases[c % 2].clone());
+        let (_, ordinal) = common::cluster::post_until_acked(
+            target,
+            &mut cursor,
+            &path,
+            &format!("t{s}"),
+            "after",
+        )
+        .await;
+        assert!(ordinal >= 1, "stream {s}");
+    }
+    for i in [0, 1] {
+        let stopped = cluster.terminate(i, Duration::from_secs(20));
+        assert!(stopped.is_some_and(|s| s.success()), "node {} did not exit: {stopped:?}", i + 1);
+    }
+}

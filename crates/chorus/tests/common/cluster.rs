@@ -132,6 +132,28 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM member `i` and wait for it to exit: `Some(status)`, or `None` if it was still
+    /// running `within` later (it is then killed).
+    pub fn terminate(
+        &mut self,
+        i: usize,
+        within: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let mut c = self.members[i].child.take()?;
+        let sent = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "sending SIGTERM");
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = c.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     pub fn is_up(&self, i: usize) -> bool {
         self.members[i].child.is_some()
     }
