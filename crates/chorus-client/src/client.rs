@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::backoff::BackoffPolicy;
 use crate::conflict::{ConflictResolver, TakeTheirs};
-use crate::connection::{self, ConnectionState, Dialer, Routes};
+use crate::connection::{self, ConnectFailure, ConnectionState, Dialer, Routes};
 use crate::error::ClientError;
 use crate::feed::{MessageFeed, OrderedFeed};
 use crate::live_messages::LiveMessages;
@@ -121,11 +121,13 @@ impl ClientBuilder {
         let queued = store.queued()?;
         let (requests, request_queue) = mpsc::channel(REQUEST_QUEUE);
         let (link_tx, link) = watch::channel(ConnectionState::default());
+        let (failure_tx, failure) = watch::channel(None);
         let routes = Arc::new(Routes::default());
         let shared = Arc::new(Shared {
             store,
             requests,
             link,
+            failure,
             routes: Arc::clone(&routes),
             feeds: Mutex::new(HashMap::new()),
             posts: Mutex::new(HashMap::new()),
@@ -142,7 +144,7 @@ impl ClientBuilder {
         }
         let dialer =
             Dialer { ws_url, tokens: self.tokens, as_user: self.as_user, backoff: self.backoff };
-        shared.spawn(connection::run(dialer, request_queue, link_tx, routes));
+        shared.spawn(connection::run(dialer, request_queue, link_tx, failure_tx, routes));
         shared.spawn(outbox::run(Arc::clone(&shared)));
         Ok(Client { inner: Arc::new(ClientInner { shared }) })
     }
@@ -197,6 +199,13 @@ impl Client {
     /// The connection state; `changed().await` to follow it.
     pub fn connection(&self) -> watch::Receiver<ConnectionState> {
         self.shared().link.clone()
+    }
+
+    /// Why the last connection attempt failed (`None` once connected); `changed().await` to
+    /// follow it. [`ConnectFailure::is_refusal`] tells a refused token or user id apart from a
+    /// server that is not there yet.
+    pub fn connect_failure(&self) -> watch::Receiver<Option<ConnectFailure>> {
+        self.shared().failure.clone()
     }
 
     /// A live handle on a stream's fields, returned at once (see [`LiveStream`]).

@@ -52,6 +52,58 @@ pub struct ConnectionState {
     pub connected: bool,
 }
 
+/// Why the last connection attempt failed; cleared by the next successful connect. The
+/// connection keeps retrying either way (a token provider may hand out a fresh token); an app
+/// or a CLI that cannot fix a refusal by waiting reports it instead of waiting on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectFailure {
+    /// The HTTP status of a refused upgrade (401: the token, 400: a bad `X-Chorus-As-User`,
+    /// …); `None` when no HTTP answer came (connection refused, timeout).
+    pub status: Option<u16>,
+    /// The server's `code: message` when it sent its error body, else what went wrong.
+    pub message: String,
+}
+
+impl ConnectFailure {
+    /// The server answered and refused (a 4xx): retrying with the same token and user id
+    /// will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self.status, Some(400..=499))
+    }
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(status) => {
+                write!(f, "the server refused the connection ({status}): {}", self.message)
+            }
+            None => write!(f, "{}", self.message),
+        }
+    }
+}
+
+impl From<&ConnectError> for ConnectFailure {
+    fn from(error: &ConnectError) -> Self {
+        let ConnectError::WebSocket(tungstenite::Error::Http(response)) = error else {
+            return ConnectFailure { status: None, message: error.to_string() };
+        };
+        let body: Option<Value> =
+            response.body().as_deref().and_then(|b| serde_json::from_slice(b).ok());
+        let message = match body.as_ref().map(|b| &b["error"]) {
+            Some(e) if e["code"].is_string() => {
+                format!(
+                    "{}: {}",
+                    e["code"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                )
+            }
+            _ => response.status().canonical_reason().unwrap_or("refused").to_owned(),
+        };
+        ConnectFailure { status: Some(response.status().as_u16()), message }
+    }
+}
+
 /// A request on its way to the connection task.
 pub(crate) struct Outgoing {
     /// The frame without `id`, which the connection task assigns.
@@ -132,6 +184,7 @@ pub(crate) async fn run(
     dialer: Dialer,
     mut requests: mpsc::Receiver<Outgoing>,
     link: watch::Sender<ConnectionState>,
+    failure: watch::Sender<Option<ConnectFailure>>,
     routes: Arc<Routes>,
 ) {
     let mut backoff = Backoff::new(dialer.backoff);
@@ -139,6 +192,7 @@ pub(crate) async fn run(
         match dialer.connect().await {
             Ok(socket) => {
                 backoff.reset();
+                failure.send_replace(None);
                 link.send_modify(|state| {
                     state.epoch += 1;
                     state.connected = true;
@@ -151,7 +205,10 @@ pub(crate) async fn run(
                 }
                 tracing::debug!("connection lost");
             }
-            Err(error) => tracing::debug!(%error, "connect failed"),
+            Err(error) => {
+                tracing::debug!(%error, "connect failed");
+                failure.send_replace(Some(ConnectFailure::from(&error)));
+            }
         }
         let delay = backoff.next_delay();
         if !refuse_until(Instant::now() + delay, &mut requests).await {

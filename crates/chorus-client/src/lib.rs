@@ -76,7 +76,7 @@ pub use backoff::BackoffPolicy;
 pub use chorus_types::{ApiError, ErrorCode};
 pub use client::{Client, ClientBuilder};
 pub use conflict::{Conflict, ConflictResolver, Resolution, TakeTheirs};
-pub use connection::ConnectionState;
+pub use connection::{ConnectFailure, ConnectionState};
 pub use error::{ClientError, ServerError, TokenError};
 pub use feed::MessageFeed;
 pub use live::{LoadState, Origin, Snapshot};

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::backoff::{Backoff, BackoffPolicy};
 use crate::conflict::ConflictResolver;
-use crate::connection::{ConnectionState, Outgoing, Routes};
+use crate::connection::{ConnectFailure, ConnectionState, Outgoing, Routes};
 use crate::error::ClientError;
 use crate::feed::Subscriber;
 use crate::model::{Message, StreamId};
@@ -26,6 +26,7 @@ pub(crate) struct Shared {
     /// To the connection task.
     pub(crate) requests: mpsc::Sender<Outgoing>,
     pub(crate) link: watch::Receiver<ConnectionState>,
+    pub(crate) failure: watch::Receiver<Option<ConnectFailure>>,
     pub(crate) routes: Arc<Routes>,
     /// One feed (one server-side listen) per stream; the value adds a subscriber to it.
     pub(crate) feeds: Mutex<HashMap<StreamId, mpsc::UnboundedSender<Subscriber>>>,

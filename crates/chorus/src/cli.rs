@@ -166,17 +166,20 @@ pub enum AdminCommand {
 
 #[derive(Args, Debug)]
 pub struct TokenArgs {
-    /// Data directory whose dev secret signs the token.
+    /// Data directory whose dev secret signs the token (unless --jwt-secret is given).
     #[arg(long, env = env::DATA, default_value = "./chorus-data")]
     pub data: PathBuf,
+    /// The cluster's HS256 secret (what nodes and edges were given) instead of a dev data dir.
+    #[arg(long, env = env::JWT_SECRET, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
     /// The user id (`sub`).
     #[arg(long)]
     pub user: String,
     /// A role (repeatable).
     #[arg(long = "role")]
     pub roles: Vec<String>,
-    /// Lifetime in seconds [default: 86400].
-    #[arg(long, default_value_t = 86_400)]
+    /// Lifetime in seconds (at least 1).
+    #[arg(long, default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl: u64,
 }
 
@@ -186,8 +189,9 @@ pub struct ClientArgs {
     /// Base URL of an edge.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
-    /// Bearer token (a JWT or the API key) [default: the API key of --data's dev secrets].
-    #[arg(long, env = "CHORUS_TOKEN")]
+    /// Bearer token: a JWT or the API key [default: the API key of --data's dev secrets, else
+    /// $CHORUS_API_KEY].
+    #[arg(long, env = "CHORUS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// With the API key: act as this user.
     #[arg(long = "as")]

@@ -114,29 +114,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     );
     let alice = token::mint(&secrets.jwt_secret, "alice", &[], 7 * 86_400)?;
     let data = config.data_dir.display();
-    println!("chorus dev listening on http://{addr}");
-    println!(
-        "data dir {data} ({} shards); secrets in {data}/{}",
-        node.shard_count(),
-        secrets::FILE
+    let banner = format!(
+        "chorus dev listening on http://{addr}\n\
+         data dir {data} ({shards} shards); secrets in {data}/{file}\n\n\
+         a token for user alice (7 days; more with `chorus token --data {data} --user NAME`):\n\
+         \x20 export TOKEN={alice}\n\n\
+         try:\n\
+         \x20 curl -s -H \"Authorization: Bearer $TOKEN\" -d '{{\"type\":\"Chat/room\",\"name\":\"Chat/room/1\",\"readLevel\":35,\"writeLevel\":20}}' http://{addr}/v1/streams\n\
+         \x20 curl -s -H \"Authorization: Bearer $TOKEN\" -d '{{\"type\":\"Chat/message\",\"content\":\"hello\"}}' http://{addr}/v1/streams/alice/Chat%2Froom%2F1/messages\n\
+         \x20 curl -s -H \"Authorization: Bearer $TOKEN\" 'http://{addr}/v1/streams/alice/Chat%2Froom%2F1/messages?limit=10'\n\
+         \x20 chorus post alice/Chat/room/1 'hi from the cli' --as alice --url http://{addr} --data {data}\n\
+         \x20 chorus tail alice/Chat/room/1 --since 0 --url http://{addr} --data {data}\n",
+        shards = node.shard_count(),
+        file = secrets::FILE,
     );
-    println!();
-    println!(
-        "a token for user alice (7 days; more with `chorus token --data {data} --user NAME`):"
-    );
-    println!("  export TOKEN={alice}");
-    println!();
-    println!("try:");
-    println!(
-        "  curl -s -H \"Authorization: Bearer $TOKEN\" -d '{{\"type\":\"Chat/room\",\"name\":\"Chat/room/1\",\"readLevel\":35,\"writeLevel\":20}}' http://{addr}/v1/streams"
-    );
-    println!(
-        "  curl -s -H \"Authorization: Bearer $TOKEN\" -d '{{\"type\":\"Chat/message\",\"content\":\"hello\"}}' http://{addr}/v1/streams/alice/Chat%2Froom%2F1/messages"
-    );
-    println!(
-        "  curl -s -H \"Authorization: Bearer $TOKEN\" 'http://{addr}/v1/streams/alice/Chat%2Froom%2F1/messages?limit=10'"
-    );
-    println!("  chorus tail alice/Chat/room/1 --since 0 --data {data}");
+    // A closed stdout (`chorus dev | head -1`) must not stop the server.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
     chorus_edge::serve(listener, router, shutdown_signal()).await?;
     node.shutdown().await;
     Ok(())

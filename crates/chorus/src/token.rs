@@ -1,7 +1,9 @@
-//! `chorus token`: prints a JWT signed with a data dir's dev secret.
+//! `chorus token`: prints a JWT signed with a data dir's dev secret, or with the cluster's
+//! secret given as `--jwt-secret` / `CHORUS_JWT_SECRET`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use anyhow::Context;
 use chorus_types::UserId;
 use serde::Serialize;
 
@@ -25,7 +27,17 @@ pub fn mint(secret: &str, user: &str, roles: &[String], ttl_secs: u64) -> anyhow
 }
 
 pub fn run(args: TokenArgs) -> anyhow::Result<()> {
-    let secrets = secrets::load(&args.data)?;
-    println!("{}", mint(&secrets.jwt_secret, &args.user, &args.roles, args.ttl)?);
+    let secret = match args.jwt_secret {
+        Some(secret) => secret,
+        None => {
+            secrets::load(&args.data)
+                .context("no --jwt-secret (or CHORUS_JWT_SECRET) given, and no dev secrets")?
+                .jwt_secret
+        }
+    };
+    if let Some(role) = args.roles.iter().find(|r| r.is_empty()) {
+        anyhow::bail!("--role {role:?}: a role is a non-empty string");
+    }
+    println!("{}", mint(&secret, &args.user, &args.roles, args.ttl)?);
     Ok(())
 }

@@ -80,6 +80,56 @@ async fn token_post_and_tail() {
     assert!(String::from_utf8_lossy(&bad.stderr).starts_with("error: "));
 }
 
+/// A refused token or user id ends `post` and `tail` at once with the server's error (the
+/// SDK would keep reconnecting, which a one-shot command cannot mend); a server that is not
+/// there is named as such, and `post` says nothing was sent.
+#[tokio::test]
+async fn refusals_end_post_and_tail_with_the_servers_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let url = server.url("");
+    let started = std::time::Instant::now();
+    let post = chorus()
+        .args([
+            "post",
+            "alice/Chat/room/1",
+            "x",
+            "--url",
+            &url,
+            "--token",
+            "garbage",
+            "--wait",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&post.stderr);
+    assert!(!post.status.success());
+    assert!(err.contains("(401)") && err.contains("unauthenticated"), "{err}");
+    assert!(err.contains("nothing was sent"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "post waited out --wait");
+
+    let tail = chorus()
+        .args(["tail", "alice/Chat/room/1", "--url", &url, "--data"])
+        .arg(dir.path())
+        .args(["--as", "not a user"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&tail.stderr);
+    assert!(!tail.status.success());
+    assert!(err.contains("(400)") && err.contains("X-Chorus-As-User"), "{err}");
+
+    let nobody = format!("http://127.0.0.1:{}", common::free_port());
+    let post = chorus()
+        .args(["post", "alice/Chat/room/1", "x", "--url", &nobody, "--wait", "1", "--data"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&post.stderr);
+    assert!(!post.status.success());
+    assert!(err.contains("could not connect") && err.contains("nothing was sent"), "{err}");
+}
+
 /// Bad configuration stops `chorus dev` before it serves, naming the problem.
 #[test]
 fn bad_config_is_refused_at_start() {
