@@ -28,10 +28,12 @@ pub mod env;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    // Not `source` fields: the message already carries the cause, and a source would make
+    // `{:#}` print it twice.
+    #[error("reading config file {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("config file {path}: {error}")]
+    Parse { path: PathBuf, error: toml::de::Error },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -95,6 +97,8 @@ impl Default for Actors {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileV1 {
+    /// `1`; checked before the rest is read.
+    pub version: toml::Value,
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub node_id: Option<u64>,
@@ -110,13 +114,8 @@ pub struct FileV1 {
     /// The rate limit on ephemerals to big rooms (see [`EphemeralLimits`]).
     #[serde(default)]
     pub ephemerals: EphemeralLimits,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "version")]
-enum Versioned {
-    #[serde(rename = "1")]
-    V1(FileV1),
+    /// Browser origins allowed to call the HTTP API (CORS); see [`Config::cors_origins`].
+    pub cors_origins: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -144,6 +143,11 @@ pub struct Config {
     /// Ephemerals to streams above `big_room_participants` participants: at most
     /// `big_room_per_second`, bursts of `big_room_burst`. Defaults 1000, 20, 40.
     pub ephemerals: EphemeralLimits,
+    /// Origins whose browser pages may call the HTTP API: `["*"]` (the default: any origin),
+    /// a list of `scheme://host[:port]`, or `[]` (no CORS headers). Requests authenticate
+    /// with a bearer token, never a cookie, so a page of another origin can do nothing its
+    /// user's token does not already allow; the WebSocket needs no CORS.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -159,6 +163,7 @@ impl Default for Config {
             raft: RaftTiming::default(),
             actors: Actors::default(),
             ephemerals: EphemeralLimits::default(),
+            cors_origins: vec!["*".into()],
         }
     }
 }
@@ -169,24 +174,34 @@ impl Config {
         let mut config = Config::default();
         if let Some(path) = path {
             let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                .map_err(|error| ConfigError::Read { path: path.to_path_buf(), error })?;
             config.merge_file(path, &text)?;
         }
         Ok(config)
     }
 
     fn merge_file(&mut self, path: &Path, text: &str) -> Result<(), ConfigError> {
-        let parse_err = |source| ConfigError::Parse { path: path.to_path_buf(), source };
+        let parse_err = |error| ConfigError::Parse { path: path.to_path_buf(), error };
         let probe: VersionProbe = toml::from_str(text).map_err(parse_err)?;
-        if probe.version.is_none() {
-            return Err(ConfigError::Invalid(format!(
-                "{}: missing `version = 1` at the top",
-                path.display()
-            )));
+        match probe.version {
+            None => {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: missing `version = 1` at the top",
+                    path.display()
+                )));
+            }
+            Some(toml::Value::Integer(1)) => {}
+            Some(toml::Value::String(v)) if v == "1" => {}
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: unsupported config version {other} (this chorus reads version 1)",
+                    path.display()
+                )));
+            }
         }
-        // serde's internally tagged enums want a string tag; accept `version = 1` too.
-        let text = text.replacen("version = 1", "version = \"1\"", 1);
-        let Versioned::V1(file) = toml::from_str(&text).map_err(parse_err)?;
+        // Read as the struct itself (no tagged enum, which buffers the document and loses
+        // where an error is): a bad value is reported with its line and key.
+        let file: FileV1 = toml::from_str(text).map_err(parse_err)?;
         if let Some(v) = file.data_dir {
             self.data_dir = v;
         }
@@ -207,6 +222,9 @@ impl Config {
         }
         if let Some(v) = file.limits {
             self.limits = v;
+        }
+        if let Some(v) = file.cors_origins {
+            self.cors_origins = v;
         }
         self.raft = file.raft;
         self.actors = file.actors;
@@ -257,8 +275,28 @@ impl Config {
         if let Err(message) = self.ephemerals.validate() {
             return bad(message);
         }
+        for origin in &self.cors_origins {
+            if !valid_origin(origin) {
+                return bad(format!(
+                    "cors_origins: {origin:?} is neither \"*\" nor an origin like \
+                     \"https://app.example.com\" (scheme://host[:port], no path)"
+                ));
+            }
+        }
         Ok(self)
     }
+}
+
+fn valid_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else { return false };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
 }
 
 #[cfg(test)]
@@ -285,6 +323,25 @@ mod tests {
         assert!(parse("version = 1\nbogus = 1\n").is_err(), "unknown keys are refused");
         assert!(parse("version = 1\nshards = 0\n").is_err());
         assert!(parse("version = 1\n[raft]\nheartbeat_ms = 200\nelection_min_ms = 300\nelection_max_ms = 900\n").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_version_and_the_key() {
+        let e = parse("version = 2\n").unwrap_err().to_string();
+        assert!(e.contains("unsupported config version 2"), "{e}");
+        let e = parse("version = 1\n[actors]\nmax_batch = \"lots\"\n").unwrap_err().to_string();
+        assert!(e.contains("max_batch") && e.contains("line 3"), "{e}");
+        assert!(parse("version = \"1\"\nshards = 8\n").is_ok());
+    }
+
+    #[test]
+    fn cors_origins() {
+        assert_eq!(Config::default().cors_origins, ["*"]);
+        let c = parse("version = 1\ncors_origins = [\"https://app.example.com\", \"http://localhost:3000\"]\n").unwrap();
+        assert_eq!(c.cors_origins.len(), 2);
+        assert!(parse("version = 1\ncors_origins = []\n").unwrap().cors_origins.is_empty());
+        assert!(parse("version = 1\ncors_origins = [\"https://app.example.com/path\"]\n").is_err());
+        assert!(parse("version = 1\ncors_origins = [\"app.example.com\"]\n").is_err());
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct EdgeConfig {
     /// that listen or resume within that distance of the head get their backlog without a
     /// read at the owner.
     pub feed_ring_len: usize,
+    /// Origins allowed to call the HTTP API from a browser (CORS): `"*"` for any, else exact
+    /// origins; empty sends no CORS headers. Default any (tokens are bearer headers, not
+    /// cookies, so no page gains what its user's token does not allow).
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for EdgeConfig {
@@ -38,6 +42,7 @@ impl Default for EdgeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             session_queue_len: DEFAULT_SESSION_QUEUE_LEN,
             feed_ring_len: DEFAULT_FEED_RING_LEN,
+            cors_origins: vec!["*".into()],
         }
     }
 }
@@ -51,6 +56,7 @@ impl std::fmt::Debug for EdgeConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("session_queue_len", &self.session_queue_len)
             .field("feed_ring_len", &self.feed_ring_len)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
 }

@@ -3,7 +3,7 @@
 //! precondition failed. HTTP gets the code's status and, for retryable codes, `Retry-After`.
 
 use axum::Json;
-use axum::http::header::RETRY_AFTER;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chorus_api::ServiceError;
@@ -28,6 +28,10 @@ impl ErrorReply {
         let mut response = (status, Json(error_json(&self.0))).into_response();
         if let Some(ms) = error.retry_after_ms.filter(|_| error.code.is_retryable()) {
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(ms)));
+        }
+        // RFC 6750 §3: a 401 names the scheme it wants.
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -31,6 +31,7 @@
 
 mod auth;
 pub mod config;
+mod cors;
 mod error;
 mod extract;
 mod fanout;
@@ -67,5 +68,6 @@ pub fn router(service: Arc<dyn StreamService>, config: EdgeConfig) -> Router {
         .method_not_allowed_fallback(http::method_not_allowed)
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(cors::layer(&config.cors_origins))
         .with_state(state)
 }

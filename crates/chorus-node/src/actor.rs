@@ -19,9 +19,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chorus_api::{Caller, ServiceError};
+use chorus_storage::rocks_state::RocksState;
 use chorus_streams::access::Access;
-use chorus_streams::{Envelope, Outcome};
-use chorus_types::{ErrorCode, Millis, StreamKey, shard::shard_of};
+use chorus_streams::{DEDUPE_WINDOW_MS, Envelope, Outcome, StateRead};
+use chorus_types::{ClientMsgId, ErrorCode, MessageRecord, Millis, StreamKey, shard::shard_of};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::access_ctx::AccessCtx;
@@ -161,13 +162,33 @@ impl StreamActor {
         let mut envelopes = Vec::with_capacity(batch.len());
         let mut waiters: Waiters = Vec::with_capacity(batch.len());
         for req in batch {
+            let retry_of = match &req.op {
+                WriteOp::Post { client_msg_id: Some(id), .. } => Some(id.clone()),
+                _ => None,
+            };
             match authorize(&ctx, &self.key, &req.caller, req.op) {
                 Ok((command, access)) => {
                     envelopes.push(Envelope { time, by: req.caller.by_user_id(), command });
                     waiters.push((req.reply, access));
                 }
                 Err(e) => {
-                    let _ = req.reply.send(Err(e));
+                    let earlier = match retry_of {
+                        Some(id) if refusal(e.error.code) => {
+                            earlier_post(node, &self.key, req.caller.by_user_id(), id, time).await
+                        }
+                        _ => None,
+                    };
+                    let reply = match earlier {
+                        Some(first) => {
+                            let access = ctx.access(&req.caller).unwrap_or(Access::NONE);
+                            Ok((
+                                Outcome::Posted { message: Box::new(first), duplicate: true },
+                                access,
+                            ))
+                        }
+                        None => Err(e),
+                    };
+                    let _ = req.reply.send(reply);
                 }
             }
         }
@@ -201,4 +222,33 @@ impl StreamActor {
             self.deposed = true;
         }
     }
+}
+
+/// Refusals that a poster's earlier, acknowledged post outranks.
+fn refusal(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Forbidden | ErrorCode::NotFound)
+}
+
+/// The message a retry of the caller's own post (same `clientMsgId`, within the dedupe window)
+/// stands for, looked up only when the retry is refused: a retry returns the original (as
+/// after a close), so a client whose reply was lost and whose access was cut meanwhile learns
+/// that its message is stored, not that it failed. The message is the caller's own: nothing
+/// leaks.
+async fn earlier_post(
+    node: &Arc<crate::node::Inner>,
+    key: &StreamKey,
+    by: String,
+    id: ClientMsgId,
+    now: Millis,
+) -> Option<MessageRecord> {
+    let (db, shard, key) = (node.db.clone(), shard_of(key, node.shard_count), key.clone());
+    let read = move || {
+        let state = RocksState { db: &db, shard };
+        let seen = state.dedupe(&key, &by, &id).ok()??;
+        if now.0.saturating_sub(seen.time.0) >= DEDUPE_WINDOW_MS {
+            return None;
+        }
+        state.message(&key, seen.ordinal).ok()?
+    };
+    tokio::task::spawn_blocking(read).await.ok()?
 }

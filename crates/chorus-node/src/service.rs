@@ -527,6 +527,15 @@ impl StreamService for Node {
             access.write() >= WriteLevel::EPHEMERAL,
             "ephemerals need write level ephemeral (16)",
         )?;
+        // As for messages: `Streams/…` types are the server's, and a closed stream takes no
+        // more writes, relayed ones included.
+        if req.ephemeral_type.as_str().starts_with("Streams/") && caller.principal != Principal::App
+        {
+            return Err(err(ErrorCode::Forbidden, "Streams/ types are sent by the server"));
+        }
+        if ctx.stream().is_some_and(StreamRecord::is_closed) {
+            return Err(err(ErrorCode::Conflict, "stream is closed"));
+        }
         // Counted after the access check, so callers without access never spend a stream's
         // budget. The count is this replica's, read without a barrier: a join in flight may
         // flip a room to big one ephemeral late, which is fine for a rate limit.

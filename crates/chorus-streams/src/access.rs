@@ -43,6 +43,12 @@ pub struct Access {
 }
 
 impl Access {
+    /// No access at all.
+    pub const NONE: Access = Access {
+        levels: Levels { read_level: 0, write_level: 0, admin_level: 0 },
+        direct: [false; 3],
+    };
+
     pub fn read(&self) -> i32 {
         self.levels.read_level
     }

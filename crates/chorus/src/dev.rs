@@ -81,7 +81,7 @@ pub(crate) async fn shutdown_signal() {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let config = load_config(&args)?;
-    logging::init(config.log_format, &config.log_filter);
+    logging::init(config.log_format, &config.log_filter)?;
     process_metrics::register();
     let secrets = secrets::load_or_create(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -109,6 +109,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         EdgeConfig {
             jwt_secret: secrets.jwt_secret.clone(),
             api_key: secrets.api_key.clone(),
+            cors_origins: config.cors_origins.clone(),
             ..EdgeConfig::default()
         },
     );

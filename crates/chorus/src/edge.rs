@@ -21,7 +21,7 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
     config.listen = args.listen;
     let config = config.validate()?;
-    logging::init(config.log_format, &config.log_filter);
+    logging::init(config.log_format, &config.log_filter)?;
     process_metrics::register();
     secrets::check_given(&args.jwt_secret, &args.api_key)?;
     let nodes: Vec<String> =
@@ -40,6 +40,7 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
             jwt_secret: args.jwt_secret.clone(),
             api_key: args.api_key.clone(),
             session_queue_len: args.session_queue,
+            cors_origins: config.cors_origins.clone(),
             ..EdgeConfig::default()
         },
     );

@@ -43,7 +43,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         config.shards = shards;
     }
     let config = config.validate()?;
-    logging::init(config.log_format, &config.log_filter);
+    logging::init(config.log_format, &config.log_filter)?;
     process_metrics::register();
     secrets::check_given(&args.jwt_secret, &args.api_key)?;
     let peers = parse_peers(&args.peers)?;
@@ -83,6 +83,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         EdgeConfig {
             jwt_secret: args.jwt_secret.clone(),
             api_key: args.api_key.clone(),
+            cors_origins: config.cors_origins.clone(),
             ..EdgeConfig::default()
         },
     );

@@ -420,6 +420,30 @@ async fn managers_cannot_escalate_and_system_types_are_reserved() {
     assert_eq!(s, 201, "{b}");
     assert_ne!(a["ordinal"], b["ordinal"]);
 
+    // A retry of bob's acknowledged post still answers it after his access was cut (his
+    // reply may have been lost before the change): first write, then read access. A new post
+    // is refused.
+    let retry = json!({"type": "Chat/message", "content": "bob's", "clientMsgId": "same"});
+    let (s, v) = alice.call("PATCH", &room("r"), Some(json!({"writeLevel": 10}))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = bob.call("POST", &path, Some(retry.clone())).await;
+    assert_eq!((s, &v["ordinal"]), (200, &b["ordinal"]), "{v}");
+    let (s, v) = bob
+        .call(
+            "POST",
+            &path,
+            Some(json!({"type": "Chat/message", "content": "new", "clientMsgId": "other"})),
+        )
+        .await;
+    assert_eq!((s, code(&v).as_deref()), (403, Some("forbidden")), "{v}");
+    let (s, v) = alice.call("PATCH", &room("r"), Some(json!({"readLevel": 0}))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = bob.call("POST", &path, Some(retry)).await;
+    assert_eq!((s, &v["ordinal"]), (200, &b["ordinal"]), "{v}");
+    let (s, v) =
+        alice.call("PATCH", &room("r"), Some(json!({"readLevel": 35, "writeLevel": 20}))).await;
+    assert_eq!(s, 200, "{v}");
+
     // Query details: limit=0 is refused, empty values are absent, huge limits are clamped.
     let (s, _) = bob.call("GET", &format!("{path}?limit=0"), None).await;
     assert_eq!(s, 400);
@@ -435,4 +459,60 @@ async fn managers_cannot_escalate_and_system_types_are_reserved() {
     let (_, left) =
         alice.call("GET", &format!("{}/participants?state=left", room("r")), None).await;
     assert_eq!(left["participants"], json!([]));
+}
+
+/// Browser pages of other origins may call the API (CORS, no credentials: tokens are bearer
+/// headers); a 401 names the Bearer scheme; the WebSocket upgrade takes only `?token=`.
+#[tokio::test]
+async fn cors_www_authenticate_and_a_strict_upgrade_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let http = reqwest::Client::new();
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, server.url("/v1/streams"))
+        .header("Origin", "https://app.example.com")
+        .header("Access-Control-Request-Method", "POST")
+        .header("Access-Control-Request-Headers", "authorization,content-type,x-chorus-as-user")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let h = preflight.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    let methods = h["access-control-allow-methods"].to_str().unwrap().to_owned();
+    assert!(methods.contains("POST") && methods.contains("PATCH"), "{methods}");
+    let allowed = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("x-chorus-as-user"), "{allowed}");
+
+    let unauthenticated = http
+        .get(server.url("/v1/streams/alice/x"))
+        .header("Origin", "https://app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    assert_eq!(unauthenticated.headers()["www-authenticate"], "Bearer");
+    assert_eq!(unauthenticated.headers()["access-control-allow-origin"], "*");
+
+    let token = server.token("alice", &[]);
+    let upgrade = |query: String| {
+        let http = http.clone();
+        let url = server.url(&format!("/v1/ws?{query}"));
+        async move {
+            http.get(url)
+                .header("Connection", "upgrade")
+                .header("Upgrade", "websocket")
+                .header("Sec-WebSocket-Version", "13")
+                .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let stray = upgrade(format!("token={token}&bogus=1")).await;
+    assert_eq!(stray.status(), 400);
+    let body: serde_json::Value = stray.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_argument", "{body}");
+    assert_eq!(upgrade(format!("token={token}")).await.status(), 101);
+    assert_eq!(upgrade("token=garbage&bogus=1".into()).await.status(), 401);
 }

@@ -130,6 +130,18 @@ async fn ops_and_ephemerals() {
             break;
         }
     }
+    // `Streams/` types are the server's, and a closed stream relays nothing.
+    ws_send(
+        &mut b,
+        json!({"id": 9, "op": "ephemeral", "stream": stream, "type": "Streams/closed"}),
+    )
+    .await;
+    assert_eq!(ws_reply(&mut b, 9).await["error"]["code"], "forbidden");
+    ws_send(&mut a, json!({"id": 10, "op": "close", "stream": stream})).await;
+    assert!(ws_reply(&mut a, 10).await.get("ok").is_some());
+    ws_send(&mut b, json!({"id": 11, "op": "ephemeral", "stream": stream, "type": "Chat/typing"}))
+        .await;
+    assert_eq!(ws_reply(&mut b, 11).await["error"]["code"], "conflict");
 }
 
 async fn ws_reply_str(ws: &mut common::Ws, id: &str) -> serde_json::Value {

@@ -38,9 +38,19 @@ use crate::ws::session::SessionSetup;
 /// small, and a larger one grows the buffer as it arrives.
 const READ_BUFFER: usize = 1024;
 
-/// The query parameters `/v1/ws` reads; others are ignored.
+/// The query parameters `/v1/ws` takes: only `token`. Any other is refused (400) after
+/// authentication, as on every route without query parameters.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WsQuery {
+    #[allow(dead_code)]
+    token: Option<String>,
+}
+
+/// The token from the query, read leniently so that a bad token is a 401 whatever else the
+/// query holds.
+#[derive(Deserialize)]
+struct TokenQuery {
     token: Option<String>,
 }
 
@@ -53,6 +63,11 @@ pub(crate) async fn upgrade(
         Ok(authenticated) => authenticated,
         Err(error) => return ErrorReply::from(ApiError::from(error)).into_response(),
     };
+    if let Err(rejection) = Query::<WsQuery>::try_from_uri(request.uri()) {
+        let message =
+            format!("/v1/ws takes only the query parameter `token`: {}", rejection.body_text());
+        return ErrorReply::from(ApiError::invalid(message)).into_response();
+    }
     let accepted = match handshake::accept(&mut request) {
         Ok(accepted) => accepted,
         Err(refused) => return refused.into_response(),
@@ -89,7 +104,7 @@ fn authenticate(
     let header_token = bearer_token(headers)?;
     let query_token = match header_token {
         Some(_) => None,
-        None => Query::<WsQuery>::try_from_uri(uri).ok().and_then(|Query(query)| query.token),
+        None => Query::<TokenQuery>::try_from_uri(uri).ok().and_then(|Query(query)| query.token),
     };
     let token = header_token.or(query_token.as_deref());
     let as_user = headers.get(AS_USER_HEADER).map(|value| value.as_bytes());
