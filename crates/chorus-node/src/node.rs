@@ -197,7 +197,12 @@ impl Node {
         })
         .await?;
         if shard_count != config.shards {
-            tracing::info!(stored = shard_count, "data dir keeps its shard count");
+            tracing::warn!(
+                stored = shard_count,
+                asked = config.shards,
+                "the data dir keeps the shard count it was created with; the configured count \
+                 applies only to a new data dir"
+            );
         }
         tracing::info!(shards = shard_count, dir = %config.data_dir.display(), "storage opened");
         let hub = Arc::new(Hub::new(shard_count));

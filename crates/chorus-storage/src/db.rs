@@ -132,7 +132,14 @@ impl Db {
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
-        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs)?;
+        let db = DB::open_cf_descriptors(&opts, dir.join("db"), cfs).map_err(|e| {
+            // RocksDB holds `db/LOCK` for as long as a process has the database open.
+            if e.as_ref().contains("LOCK") && e.as_ref().contains("lock") {
+                StorageError::InUse(dir.display().to_string())
+            } else {
+                StorageError::Rocks(e)
+            }
+        })?;
         Ok(Db { inner: Arc::new(db), dir: dir.to_path_buf() })
     }
 

@@ -20,6 +20,8 @@ pub enum StorageError {
     ShardCountMismatch { stored: u16, asked: u16 },
     #[error("snapshot file is malformed: {0}")]
     BadSnapshot(&'static str),
+    #[error("data dir {0} is in use by another process (a chorus already running on it?)")]
+    InUse(String),
 }
 
 impl StorageError {

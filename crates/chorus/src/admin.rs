@@ -10,14 +10,16 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     if let AdminCommand::Init { peers } = &args.command {
         return init(peers).await;
     }
-    let mut client = AdminClient::connect(format!("http://{}", args.node))
+    let node = peer_addr(&args.node);
+    let mut client = AdminClient::connect(format!("http://{node}"))
         .await
-        .with_context(|| format!("connecting to {}", args.node))?;
+        .with_context(|| format!("connecting to {node}"))?;
     match args.command {
         AdminCommand::Status { shards } => {
             let status = client
                 .status(pb::StatusRequest {})
                 .await
+                .map_err(|status| explain(&node, &status))
                 .context("asking for status")?
                 .into_inner();
             print_status(&status, shards);
@@ -145,6 +147,25 @@ fn print_meta(meta: &pb::MetaStatus) {
     }
 }
 
+/// `--node` as a `host:port`, also when given as a URL.
+fn peer_addr(node: &str) -> String {
+    let node =
+        node.strip_prefix("http://").or_else(|| node.strip_prefix("https://")).unwrap_or(node);
+    node.trim_end_matches('/').to_owned()
+}
+
+/// A gRPC failure, with a hint when the address answered plain HTTP (a node's API port).
+fn explain(node: &str, status: &tonic::Status) -> anyhow::Error {
+    let text = status.message();
+    if text.contains("compression flag") || text.contains("404") || text.contains("content-type") {
+        return anyhow::anyhow!(
+            "{node} answered, but not as a node's peer (gRPC) port: `--node` takes the address \
+             given as --peer-listen, not the HTTP API's --listen ({text})"
+        );
+    }
+    anyhow::anyhow!("{}: {text}", status.code())
+}
+
 fn print_status(s: &pb::StatusReply, per_shard: bool) {
     println!("asked node {}", s.node_id);
     if let Some(meta) = &s.meta {
@@ -169,6 +190,13 @@ fn print_status(s: &pb::StatusReply, per_shard: bool) {
         s.groups.len(),
         leaderless
     );
+    if !s.groups.is_empty() && s.groups.iter().all(|g| g.voters.is_empty()) {
+        println!(
+            "this node holds no initialised shard: the cluster is not formed yet. Nodes started \
+             with --peers form it once they all run; nodes started with --join wait for \
+             `chorus admin init --peers ID=HOST:PORT,...`"
+        );
+    }
     if per_shard {
         println!("shard  leader  term  last_log  applied  state      voters    lag");
         for g in &s.groups {
