@@ -22,7 +22,8 @@ pub enum Command {
     /// Run an edge: client HTTP/WebSocket sessions and fan-out, no durable state; talks to
     /// the cluster's nodes over gRPC.
     Edge(EdgeArgs),
-    /// Inspect a running cluster.
+    /// Inspect and change a running cluster: form it, show its status, add, remove or replace
+    /// nodes. `--node` takes a node's peer (gRPC) address.
     Admin(AdminArgs),
     /// Print a JWT signed with a data dir's dev secret.
     Token(TokenArgs),
@@ -139,8 +140,10 @@ pub enum AdminCommand {
     /// drained through the meta group, so every replica of OLD moves to NEW, shard by shard
     /// (learner, catch-up, one voter change). Waits until OLD has left the cluster.
     ReplaceNode {
+        /// The id of the node to replace.
         #[arg(long)]
         old: u64,
+        /// The id of the new node (never used before in this cluster).
         #[arg(long)]
         new: u64,
         /// NEW's peer (gRPC) address.
@@ -150,6 +153,7 @@ pub enum AdminCommand {
     /// Add node ID (started with `chorus node --join`) to the cluster; the meta leader then
     /// moves an even share of the shard replicas to it, one shard at a time.
     AddNode {
+        /// The new node's id (never used before in this cluster).
         #[arg(long)]
         id: u64,
         /// The node's peer (gRPC) address.
@@ -159,6 +163,7 @@ pub enum AdminCommand {
     /// Drain node ID: every replica moves off it, then it leaves the cluster (stop it once
     /// `status` no longer lists it). Refused unless 3 other active nodes remain.
     RemoveNode {
+        /// The id of the node to drain.
         #[arg(long)]
         id: u64,
     },
@@ -205,6 +210,7 @@ pub struct ClientArgs {
 pub struct PostArgs {
     /// `publisherId/name`, e.g. `alice/Chat/room/1` (`~` for the app publisher).
     pub stream: String,
+    /// The message's content.
     pub text: String,
     /// Message type.
     #[arg(long = "type", default_value = "Chat/message")]
