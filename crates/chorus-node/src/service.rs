@@ -158,13 +158,7 @@ impl Node {
         req: NewPost,
     ) -> Result<Posted, ServiceError> {
         self.inner.config.limits.check_message(&req.content, req.instructions.as_ref())?;
-        // `Streams/…` messages are the server's record of changes; users cannot forge them.
-        if req.message_type.as_str().starts_with("Streams/") && caller.principal != Principal::App {
-            return Err(err(
-                ErrorCode::Forbidden,
-                "Streams/ message types are posted by the server",
-            ));
-        }
+        server_type_for_app_only(&req.message_type, caller)?;
         let op = WriteOp::Post {
             message_type: req.message_type,
             content: req.content,
@@ -527,12 +521,8 @@ impl StreamService for Node {
             access.write() >= WriteLevel::EPHEMERAL,
             "ephemerals need write level ephemeral (16)",
         )?;
-        // As for messages: `Streams/…` types are the server's, and a closed stream takes no
-        // more writes, relayed ones included.
-        if req.ephemeral_type.as_str().starts_with("Streams/") && caller.principal != Principal::App
-        {
-            return Err(err(ErrorCode::Forbidden, "Streams/ types are sent by the server"));
-        }
+        server_type_for_app_only(&req.ephemeral_type, caller)?;
+        // A closed stream takes no more writes, relayed ones included.
         if ctx.stream().is_some_and(StreamRecord::is_closed) {
             return Err(err(ErrorCode::Conflict, "stream is closed"));
         }
@@ -588,8 +578,7 @@ impl StreamService for Node {
     ) -> Result<u64, ServiceError> {
         self.read_barrier(key).await?;
         let ctx = self.context(key).await?;
-        let access = visible(&ctx, caller)?;
-        need(access.read() >= ReadLevel::MESSAGES, "listening needs read level messages (35)")?;
+        may_listen(&ctx, caller)?;
         ctx.target
             .map(|t| t.stream.message_count)
             .ok_or_else(|| err(ErrorCode::NotFound, "stream not found"))
@@ -612,10 +601,7 @@ impl StreamService for Node {
         let ctx = self.context(key).await?;
         Ok(principals
             .into_iter()
-            .map(|principal| {
-                let caller = Caller { principal, session: None };
-                visible(&ctx, &caller).is_ok_and(|a| a.read() >= ReadLevel::MESSAGES)
-            })
+            .map(|principal| may_listen(&ctx, &Caller { principal, session: None }).is_ok())
             .collect())
     }
 
@@ -655,4 +641,23 @@ impl SourceReader for Node {
     ) -> Result<SourceRows, ServiceError> {
         self.read_access_source(caller, key).await
     }
+}
+
+/// `Streams/…` types (messages and ephemerals alike) are the server's record of changes:
+/// only the app may send them, users cannot forge them.
+fn server_type_for_app_only(
+    ty: &chorus_types::StreamType,
+    caller: &Caller,
+) -> Result<(), ServiceError> {
+    if ty.as_str().starts_with("Streams/") && caller.principal != Principal::App {
+        return Err(err(ErrorCode::Forbidden, "Streams/ types are sent by the server"));
+    }
+    Ok(())
+}
+
+/// Listening (one session's, or a listener's re-check) needs read level messages (35) on a
+/// stream the caller can see.
+fn may_listen(ctx: &AccessCtx, caller: &Caller) -> Result<(), ServiceError> {
+    let access = visible(ctx, caller)?;
+    need(access.read() >= ReadLevel::MESSAGES, "listening needs read level messages (35)")
 }

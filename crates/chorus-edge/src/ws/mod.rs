@@ -43,8 +43,8 @@ const READ_BUFFER: usize = 1024;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WsQuery {
-    #[allow(dead_code)]
-    token: Option<String>,
+    #[serde(rename = "token")]
+    _token: Option<serde::de::IgnoredAny>,
 }
 
 /// The token from the query, read leniently so that a bad token is a 401 whatever else the
