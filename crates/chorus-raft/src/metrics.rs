@@ -18,14 +18,20 @@
 //! | `chorus_raft_hibernating_groups` | local groups with their ticker off: idle leaders, and followers trusting their leader's node liveness ([`crate::grpc::hibernate`]) |
 //! | `chorus_raft_peer_calls_total{kind}` | Raft calls sent to peers: `entries` (appends carrying entries), `commit` (empty appends moving the commit index), `heartbeat`, `vote` |
 //! | `chorus_raft_peer_batches_total` | `Peer.Batch` round trips those calls travelled in |
+//! | `chorus_raft_peer_batch_duration_seconds{lane}` | one `Peer.Batch` round trip as its sender saw it: `entries` (appends carrying entries: includes the peer's fsync) or `control` |
+//! | `chorus_raft_peer_append_duration_seconds` | on the receiver: handling one append carrying entries, from decoding to its reply (includes the fsync) |
 
 use std::sync::LazyLock;
 use std::sync::atomic::Ordering;
 
-use chorus_storage::metrics::{counter, gauge, unregistered_gauge, unregistered_gauge_vec};
+use chorus_storage::metrics::{
+    LATENCY_BUCKETS, counter, gauge, histogram, unregistered_gauge, unregistered_gauge_vec,
+};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 
 use crate::group::ShardGroup;
 
@@ -80,10 +86,48 @@ static PEER_BATCHES: LazyLock<IntCounter> = LazyLock::new(|| {
     counter("chorus_raft_peer_batches_total", "Peer.Batch round trips carrying raft calls")
 });
 
-/// Exports the peer-call counters at zero before the first call.
+/// Round trips by lane: `[entries, control]`.
+#[allow(clippy::expect_used)]
+static BATCH_DURATION: LazyLock<[Histogram; 2]> = LazyLock::new(|| {
+    let h = HistogramVec::new(
+        HistogramOpts::new(
+            "chorus_raft_peer_batch_duration_seconds",
+            "one Peer.Batch round trip as its sender saw it, by lane",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+        &["lane"],
+    )
+    .expect("constant metric options are valid");
+    if let Err(e) = prometheus::register(Box::new(h.clone())) {
+        tracing::warn!(error = %e, "chorus_raft_peer_batch_duration_seconds not registered");
+    }
+    ["entries", "control"].map(|lane| h.with_label_values(&[lane]))
+});
+
+static APPEND_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "chorus_raft_peer_append_duration_seconds",
+        "handling one received append carrying entries, decode to reply",
+        LATENCY_BUCKETS.to_vec(),
+    )
+});
+
+/// Exports the peer-call metrics at zero before the first call.
 pub fn register() {
     LazyLock::force(&PEER_CALLS);
     LazyLock::force(&PEER_BATCHES);
+    LazyLock::force(&BATCH_DURATION);
+    LazyLock::force(&APPEND_DURATION);
+}
+
+/// One `Peer.Batch` round trip of the entries lane (`entries`) or the control lane.
+pub fn observe_batch(entries: bool, seconds: f64) {
+    BATCH_DURATION[usize::from(!entries)].observe(seconds);
+}
+
+/// One received append carrying entries, handled.
+pub fn observe_append(seconds: f64) {
+    APPEND_DURATION.observe(seconds);
 }
 
 /// One Raft call queued for a peer.

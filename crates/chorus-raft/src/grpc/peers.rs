@@ -111,6 +111,13 @@ impl PeerConn {
         })
     }
 
+    /// Queues a call whose reply nobody awaits: it leaves with the next batch of the appends'
+    /// lane, or after [`LINGER`]. False when the connection is closed.
+    pub fn notify(&self, call: pb::RaftCall) -> bool {
+        let (reply, _) = oneshot::channel();
+        self.entries.send(Queued { call, urgent: false, reply }).is_ok()
+    }
+
     /// A direct unary client on the same connection.
     pub fn client(&self) -> PeerClient<Channel> {
         self.client.clone()
@@ -188,9 +195,9 @@ impl PeerPool {
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let (entries, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batcher(self.me, addr.to_owned(), client.clone(), rx));
+        tokio::spawn(batcher(self.me, addr.to_owned(), client.clone(), rx, true));
         let (control, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batcher(self.me, addr.to_owned(), client.clone(), rx));
+        tokio::spawn(batcher(self.me, addr.to_owned(), client.clone(), rx, false));
         let conn = PeerConn { addr: addr.to_owned(), entries, control, client };
         conns.insert(addr.to_owned(), conn.clone());
         Ok(conn)
@@ -213,6 +220,7 @@ async fn batcher(
     addr: String,
     client: PeerClient<Channel>,
     mut rx: mpsc::UnboundedReceiver<Queued>,
+    entries_lane: bool,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
@@ -246,8 +254,10 @@ async fn batcher(
             let (calls, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|q| (q.call, q.reply)).unzip();
             crate::metrics::count_batch();
+            let sent = Instant::now();
             let result = client.batch(pb::RaftBatch { from: me, calls }).await;
             drop(permit);
+            crate::metrics::observe_batch(entries_lane, sent.elapsed().as_secs_f64());
             match result {
                 Ok(resp) => {
                     let mut got = resp.into_inner().replies.into_iter();

@@ -74,7 +74,13 @@ async fn handle(groups: &GroupTable, call: pb::RaftCall) -> pb::RaftReply {
             match serde_json::from_slice::<AppendEntriesRequest<chorus_storage::TypeConfig>>(
                 &call.payload,
             ) {
-                Ok(req) => reply(&raft.append_entries(req).await),
+                Ok(req) if req.entries.is_empty() => reply(&raft.append_entries(req).await),
+                Ok(req) => {
+                    let started = std::time::Instant::now();
+                    let r = reply(&raft.append_entries(req).await);
+                    crate::metrics::observe_append(started.elapsed().as_secs_f64());
+                    r
+                }
                 Err(e) => refuse(format!("bad append: {e}")),
             }
         }
