@@ -101,6 +101,52 @@ pub struct UpdateStream {
     pub inherit_access: Option<Vec<InheritEntry>>,
     /// When set and the stream's `messageCount` differs, nothing changes: 409 `conflict`.
     pub if_message_count: Option<u64>,
+    // The rest of a fetched stream, so an SDK may send the whole object back with a new title.
+    // No PATCH changes them: `publisherId` and `name` must name the stream being patched
+    // ([`UpdateStream::check_read_only`]); the type and the counters and times the server keeps
+    // (which may have moved since the client read them) are ignored whatever they say. Never
+    // forwarded to the owner.
+    #[serde(skip_serializing)]
+    pub publisher_id: Option<String>,
+    #[serde(skip_serializing)]
+    pub name: Option<String>,
+    #[serde(rename = "type", skip_serializing)]
+    pub stream_type: Option<Value>,
+    #[serde(skip_serializing)]
+    pub message_count: Option<Value>,
+    #[serde(skip_serializing)]
+    pub participant_count: Option<Value>,
+    #[serde(skip_serializing)]
+    pub inserted_time: Option<Value>,
+    #[serde(skip_serializing)]
+    pub updated_time: Option<Value>,
+    #[serde(skip_serializing)]
+    pub closed_time: Option<Value>,
+}
+
+impl UpdateStream {
+    /// 400 when `publisherId` or `name` is sent and names another stream than `key`: the
+    /// client would be editing the wrong object. The stream's `publisherId` is `""` for the
+    /// app's streams, which the path spells `~`.
+    pub fn check_read_only(&self, key: &StreamKey) -> Result<(), ApiError> {
+        if let Some(p) = &self.publisher_id
+            && p != key.publisher_id.as_str()
+        {
+            return Err(ApiError::invalid(format!(
+                "publisherId {p:?} is not the publisher of the stream being updated \
+                 (publisherId, name and type cannot change)"
+            )));
+        }
+        if let Some(n) = &self.name
+            && n != key.name.as_str()
+        {
+            return Err(ApiError::invalid(format!(
+                "name {n:?} is not the name of the stream being updated \
+                 (publisherId, name and type cannot change)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// `POST …/messages`.

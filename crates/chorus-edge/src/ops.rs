@@ -194,6 +194,7 @@ pub(crate) async fn dispatch(
         }
         Request::Fetch(key) => Reply::ok(stream_json(&service.fetch(caller, &key).await?)),
         Request::Update(key, req) => {
+            req.check_read_only(&key)?;
             Reply::ok(stream_json(&service.update(caller, &key, req).await?))
         }
         Request::Close(key) => Reply::ok(stream_json(&service.close(caller, &key).await?)),

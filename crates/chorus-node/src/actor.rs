@@ -234,7 +234,7 @@ fn refusal(code: ErrorCode) -> bool {
 /// after a close), so a client whose reply was lost and whose access was cut meanwhile learns
 /// that its message is stored, not that it failed. The message is the caller's own: nothing
 /// leaks.
-async fn earlier_post(
+pub(crate) async fn earlier_post(
     node: &Arc<crate::node::Inner>,
     key: &StreamKey,
     by: String,

@@ -36,6 +36,8 @@ pub enum WriteOp {
     Participate {
         action: ParticipantAction,
         extra: Option<Value>,
+        /// See `Command::Participate::extra_max`.
+        extra_max: Option<u32>,
     },
     SetAccess {
         rows: Vec<AccessRow>,
@@ -244,7 +246,7 @@ pub fn authorize(
                     )?;
                     Command::Post { key, message_type, content, instructions, client_msg_id }
                 }
-                WriteOp::Participate { action, extra } => {
+                WriteOp::Participate { action, extra, extra_max } => {
                     let Principal::User { id, .. } = &caller.principal else {
                         return Err(err(
                             ErrorCode::InvalidArgument,
@@ -257,7 +259,7 @@ pub fn authorize(
                             "joining needs write level join (10)",
                         )?;
                     }
-                    Command::Participate { key, user: id.clone(), action, extra }
+                    Command::Participate { key, user: id.clone(), action, extra, extra_max }
                 }
                 WriteOp::SetAccess { rows } => {
                     let existing =

@@ -16,8 +16,8 @@ use chorus_streams::command::Rejection;
 use chorus_streams::template::resolve;
 use chorus_streams::{FieldChanges, MAX_JOIN_BATCH, Outcome, ParticipantAction};
 use chorus_types::{
-    AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, ParticipantState,
-    PublisherId, ReadLevel, StreamKey, StreamName, StreamRecord, WriteLevel,
+    AccessRow, ApiError, ClientMsgId, ErrorCode, MessageRecord, ParticipantRecord,
+    ParticipantState, PublisherId, ReadLevel, StreamKey, StreamName, StreamRecord, WriteLevel,
 };
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -157,8 +157,19 @@ impl Node {
         key: &StreamKey,
         req: NewPost,
     ) -> Result<Posted, ServiceError> {
-        self.inner.config.limits.check_message(&req.content, req.instructions.as_ref())?;
-        server_type_for_app_only(&req.message_type, caller)?;
+        let checked = self
+            .inner
+            .config
+            .limits
+            .check_message(&req.content, req.instructions.as_ref())
+            .map_err(ServiceError::from)
+            .and_then(|()| server_type_for_app_only(&req.message_type, caller));
+        if let Err(e) = checked {
+            return match req.client_msg_id {
+                Some(id) => self.retried_post(caller, key, id).await.ok_or(e),
+                None => Err(e),
+            };
+        }
         let op = WriteOp::Post {
             message_type: req.message_type,
             content: req.content,
@@ -169,6 +180,30 @@ impl Node {
             Outcome::Posted { message, duplicate } => Ok(Posted { message: *message, duplicate }),
             other => Err(other),
         })
+    }
+}
+
+impl Node {
+    /// A refused post that carries a `clientMsgId` may be the retry of one that was stored: a
+    /// retry answers the first message whatever its body says (DESIGN.md §3 idempotency), so
+    /// the client whose reply was lost is not told its stored message failed. Looked up only on
+    /// refusal, after a read barrier; `None` when there is no such message (or no barrier).
+    async fn retried_post(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+        id: ClientMsgId,
+    ) -> Option<Posted> {
+        self.ensure_linearizable(self.shard_of(key)).await.ok()?;
+        let first = crate::actor::earlier_post(
+            &self.inner,
+            key,
+            caller.by_user_id(),
+            id,
+            chorus_types::Millis::now(),
+        )
+        .await?;
+        Some(Posted { message: first, duplicate: true })
     }
 }
 
@@ -374,6 +409,8 @@ impl StreamService for Node {
         body: ParticipantBody,
     ) -> Result<ParticipantRecord, ServiceError> {
         self.inner.config.limits.check_extra(body.extra.as_ref())?;
+        let extra_max =
+            Some(u32::try_from(self.inner.config.limits.extra_bytes).unwrap_or(u32::MAX));
         let action = match op {
             ParticipantOp::Join => ParticipantAction::Join,
             ParticipantOp::Leave => ParticipantAction::Leave,
@@ -381,7 +418,8 @@ impl StreamService for Node {
             ParticipantOp::Unsubscribe => ParticipantAction::Unsubscribe,
         };
         settle(
-            self.write(caller, key, WriteOp::Participate { action, extra: body.extra }).await?,
+            self.write(caller, key, WriteOp::Participate { action, extra: body.extra, extra_max })
+                .await?,
             |outcome, _access| match outcome {
                 Outcome::Participant(p) => Ok(*p),
                 other => Err(other),

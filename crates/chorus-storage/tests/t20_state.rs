@@ -50,6 +50,7 @@ fn log() -> Vec<Envelope> {
                         ParticipantAction::Join
                     },
                     extra: None,
+                    extra_max: None,
                 },
             });
         }

@@ -188,13 +188,13 @@ fn apply_one<R: StateRead>(ov: &mut Overlay<'_, R>, env: &Envelope) -> Result<Ou
             ov.push(Write::Stream(s));
             Ok(Outcome::Posted { message: Box::new(message), duplicate: false })
         }
-        Command::Participate { key, user, action, extra } => {
+        Command::Participate { key, user, action, extra, extra_max } => {
             let Some(s) = ov.stream(key)? else { return Ok(rejected(Rejection::NotFound)) };
             let joins = matches!(action, ParticipantAction::Join | ParticipantAction::Subscribe);
             if joins && s.is_closed() {
                 return Ok(rejected(Rejection::Closed));
             }
-            participate(ov, s, env, user, *action, extra.as_ref())
+            participate(ov, s, env, user, *action, extra.as_ref(), *extra_max)
         }
         Command::SetAccess { key, rows } => {
             if !key.name.is_type_rule() && ov.stream(key)?.is_none() {
@@ -285,6 +285,7 @@ fn participate<R: StateRead>(
     user: &UserId,
     action: ParticipantAction,
     extra: Option<&Value>,
+    extra_max: Option<u32>,
 ) -> Result<Outcome, R::Error> {
     let key = s.key();
     let existing = ov.participant(&key, user)?;
@@ -299,6 +300,15 @@ fn participate<R: StateRead>(
     let participating = p.state == ParticipantState::Participating;
     let mut posts: Vec<(&str, Value)> = Vec::new();
     merge_extra(&mut p.extra, extra);
+    // Each request's `extra` is checked alone before proposing; the merged value is checked
+    // here, or repeated joins adding keys would grow it (and every `Streams/joined` and
+    // `Streams/left` that repeats it) without bound.
+    if let (Some(max), Some(_)) = (extra_max, extra)
+        && p.extra != before.extra
+        && serde_json::to_vec(&p.extra).map_or(usize::MAX, |b| b.len()) > max as usize
+    {
+        return Ok(rejected(Rejection::ExtraTooLarge));
+    }
     match action {
         ParticipantAction::Join | ParticipantAction::Subscribe => {
             if !participating {

@@ -41,7 +41,13 @@ fn post(name: &str, text: &str, id: Option<&str>) -> Command {
 }
 
 fn join(name: &str, user: &str, action: ParticipantAction) -> Command {
-    Command::Participate { key: key(name), user: UserId::new(user).unwrap(), action, extra: None }
+    Command::Participate {
+        key: key(name),
+        user: UserId::new(user).unwrap(),
+        action,
+        extra: None,
+        extra_max: None,
+    }
 }
 
 fn run(state: &mut MemState, envs: &[Envelope]) -> Vec<Outcome> {
@@ -313,4 +319,29 @@ fn same_log_same_state() {
     }
     assert_eq!(one, two);
     assert_eq!(format!("{one:?}"), format!("{two:?}"));
+}
+
+/// Each join's `extra` fits alone, but merged they would not: the join that would overflow is
+/// refused (413) and changes nothing; one that adds nothing new, or carries no `extra`, passes.
+#[test]
+fn merged_extra_stays_within_its_limit() {
+    let mut s = MemState::default();
+    run(&mut s, &[env(1, "alice", create("r"))]);
+    let with = |k: &str, bytes: usize| Command::Participate {
+        key: key("r"),
+        user: UserId::new("bob").unwrap(),
+        action: ParticipantAction::Join,
+        extra: Some(json!({ k: "x".repeat(bytes) })),
+        extra_max: Some(1000),
+    };
+    let out = run(&mut s, &[env(2, "bob", with("a", 600))]);
+    assert_eq!(code(&out[0]), None);
+    let out = run(&mut s, &[env(3, "bob", with("b", 600))]);
+    assert_eq!(code(&out[0]), Some(ErrorCode::TooLarge));
+    let stored = &s.participants[&(key("r"), UserId::new("bob").unwrap())];
+    assert_eq!(stored.extra.as_object().map(|m| m.len()), Some(1));
+    let out = run(&mut s, &[env(4, "bob", with("a", 600))]);
+    assert_eq!(code(&out[0]), None);
+    let out = run(&mut s, &[env(5, "bob", join("r", "bob", ParticipantAction::Leave))]);
+    assert_eq!(code(&out[0]), None);
 }

@@ -61,20 +61,11 @@ pub enum ParticipantAction {
 pub enum Command {
     /// Create a fully resolved stream (template applied, name generated); counters and times
     /// are set by `apply`. Posts `Streams/created`.
-    Create {
-        stream: Box<StreamRecord>,
-        access_rows: Vec<AccessRow>,
-    },
+    Create { stream: Box<StreamRecord>, access_rows: Vec<AccessRow> },
     /// Posts `Streams/changed` with the fields that changed.
-    Update {
-        key: StreamKey,
-        changes: FieldChanges,
-        if_message_count: Option<u64>,
-    },
+    Update { key: StreamKey, changes: FieldChanges, if_message_count: Option<u64> },
     /// Sets `closedTime`, posts `Streams/closed`.
-    Close {
-        key: StreamKey,
-    },
+    Close { key: StreamKey },
     Post {
         key: StreamKey,
         message_type: StreamType,
@@ -87,21 +78,21 @@ pub enum Command {
         user: UserId,
         action: ParticipantAction,
         extra: Option<Value>,
+        /// The most bytes the participant's `extra` may take serialized once this command's
+        /// `extra` is merged into what is stored (the proposer's configured limit, carried in
+        /// the command so every replica decides alike). Entries written before it existed
+        /// carry none and are not checked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        extra_max: Option<u32>,
     },
     /// Replaces the row set of a stream or of a `<type>*` rule pseudo-stream.
-    SetAccess {
-        key: StreamKey,
-        rows: Vec<AccessRow>,
-    },
+    SetAccess { key: StreamKey, rows: Vec<AccessRow> },
     /// The app joins many users at once (1 to [`MAX_JOIN_BATCH`], checked before proposing):
     /// one replicated command for the whole batch, so populating a 300,000-member room costs
     /// 300 Raft entries, not 300,000. Users already participating are skipped. Posts **one**
     /// `Streams/joined` naming the users it joined (none when it joined nobody), where a single
     /// join posts one per user: a message per user would flood the log and every listener.
-    JoinBatch {
-        key: StreamKey,
-        users: Vec<UserId>,
-    },
+    JoinBatch { key: StreamKey, users: Vec<UserId> },
 }
 
 /// Most users one [`Command::JoinBatch`] may name (beyond it: 413 `too_large`). It bounds the
@@ -153,6 +144,8 @@ pub enum Rejection {
     AlreadyExists,
     Closed,
     MessageCountMismatch,
+    /// A participant's merged `extra` would exceed the command's `extra_max`.
+    ExtraTooLarge,
 }
 
 impl Rejection {
@@ -161,6 +154,7 @@ impl Rejection {
             Rejection::NotFound => ErrorCode::NotFound,
             Rejection::AlreadyExists => ErrorCode::AlreadyExists,
             Rejection::Closed | Rejection::MessageCountMismatch => ErrorCode::Conflict,
+            Rejection::ExtraTooLarge => ErrorCode::TooLarge,
         }
     }
 
@@ -170,6 +164,9 @@ impl Rejection {
             Rejection::AlreadyExists => "stream already exists",
             Rejection::Closed => "stream is closed",
             Rejection::MessageCountMismatch => "messageCount differs from ifMessageCount",
+            Rejection::ExtraTooLarge => {
+                "extra merged into the participant's stored extra would exceed the extra size limit"
+            }
         }
     }
 }
