@@ -7,8 +7,8 @@ use chorus_api::{Caller, Principal, ServiceError};
 use chorus_streams::access::Access;
 use chorus_streams::{Command, FieldChanges, ParticipantAction};
 use chorus_types::{
-    AccessRow, AdminLevel, ClientMsgId, ErrorCode, ReadLevel, StreamKey, StreamRecord, StreamType,
-    UserId, WriteLevel,
+    AccessRow, AccessSubject, AdminLevel, ClientMsgId, ErrorCode, ReadLevel, StreamKey,
+    StreamRecord, StreamType, UserId, WriteLevel,
 };
 use serde_json::Value;
 
@@ -99,10 +99,20 @@ pub fn may_manage_type_rule(key: &StreamKey, caller: &Caller) -> Result<(), Serv
 /// removal. Any other change to a manage-or-above row (new, dropped, or with other levels — a
 /// manager must not lock an owner out by lowering its read level either) needs `own`. A subject
 /// named twice is refused first ([`distinct_subjects`]), so no second row can undo a kept one.
+///
+/// A user row's `adminLevel` also overrides whatever roles, everyone and the stream's own
+/// `adminLevel` give that user, so a row below manage can still move someone across it: set on
+/// a user who manages through a role it demotes them, and dropped from one it unmasks the
+/// role's manage. Roles come with tokens, so who holds them is unknown here: while any role or
+/// everyone row of the set, or the stream's `adminLevel` (`stream_admin`), gives manage or
+/// above, a manager may not set a user row's `adminLevel` where it was unset, nor unset or drop
+/// one that was set (changing it between levels below manage stays allowed, and so do rows that
+/// leave `adminLevel` unset: a manager still bans with `readLevel`/`writeLevel`).
 pub fn may_grant(
     access: &Access,
     existing: &[AccessRow],
     rows: &[AccessRow],
+    stream_admin: i32,
 ) -> Result<(), ServiceError> {
     need(access.admin() >= AdminLevel::MANAGE, "changing access needs admin level manage (30)")?;
     if access.admin() >= AdminLevel::OWN {
@@ -113,6 +123,26 @@ pub fn may_grant(
     need(
         !grants_manage && !revokes_manage,
         "granting or removing admin level manage or above needs admin level own (40)",
+    )?;
+    let others_manage = stream_admin >= AdminLevel::MANAGE
+        || existing
+            .iter()
+            .chain(rows)
+            .any(|r| !matches!(r.subject, AccessSubject::User(_)) && is_manage_row(r));
+    if !others_manage {
+        return Ok(());
+    }
+    let admin_set = |set: &[AccessRow], subject: &AccessSubject| {
+        set.iter().any(|r| &r.subject == subject && r.admin_level >= 0)
+    };
+    let flips = existing.iter().chain(rows).any(|r| {
+        matches!(r.subject, AccessSubject::User(_))
+            && admin_set(existing, &r.subject) != admin_set(rows, &r.subject)
+    });
+    need(
+        !flips,
+        "a role, everyone or the stream gives manage here, so setting or removing a user row's \
+         adminLevel (which overrides it for that user) needs admin level own (40)",
     )
 }
 
@@ -264,7 +294,8 @@ pub fn authorize(
                 WriteOp::SetAccess { rows } => {
                     let existing =
                         ctx.target.as_ref().map(|t| t.own.as_slice()).unwrap_or_default();
-                    may_grant(&access, existing, &rows)?;
+                    let stream_admin = ctx.stream().map_or(-1, |s| s.admin_level);
+                    may_grant(&access, existing, &rows, stream_admin)?;
                     Command::SetAccess { key, rows }
                 }
                 WriteOp::Create { .. } | WriteOp::JoinBatch { .. } => {
@@ -303,10 +334,10 @@ mod tests {
         let existing = [user_row("mgr", 30), user_row("owner", 40)];
         let mut rows = existing.to_vec();
         rows.push(user_row("carol", 20));
-        assert!(may_grant(&manager(), &existing, &rows).is_ok());
+        assert!(may_grant(&manager(), &existing, &rows, 20).is_ok());
         // A row below manage may change.
         rows[2].read_level = 10;
-        assert!(may_grant(&manager(), &existing, &rows).is_ok());
+        assert!(may_grant(&manager(), &existing, &rows, 20).is_ok());
     }
 
     #[test]
@@ -314,7 +345,7 @@ mod tests {
         let existing = [user_row("mgr", 30), user_row("owner", 40)];
         let mut locks_out = existing.to_vec();
         locks_out[1].read_level = 0;
-        let error = may_grant(&manager(), &existing, &locks_out).unwrap_err();
+        let error = may_grant(&manager(), &existing, &locks_out, 20).unwrap_err();
         assert_eq!(error.error.code, ErrorCode::Forbidden);
         let mut twice = existing.to_vec();
         twice.push(user_row("owner", 0));
@@ -327,7 +358,7 @@ mod tests {
     fn manager_cannot_grant_raise_or_remove_manage() {
         let existing = [user_row("mgr", 30), user_row("owner", 40)];
         let forbidden = |rows: &[AccessRow]| {
-            let error = may_grant(&manager(), &existing, rows).unwrap_err();
+            let error = may_grant(&manager(), &existing, rows, 20).unwrap_err();
             assert_eq!(error.error.code, ErrorCode::Forbidden);
         };
         let mut grants = existing.to_vec();
@@ -345,6 +376,46 @@ mod tests {
     #[test]
     fn owner_may_grant_anything() {
         let owner = Access { levels: Levels::MAX, direct: [true; 3] };
-        assert!(may_grant(&owner, &[user_row("mgr", 30)], &[user_row("carol", 40)]).is_ok());
+        assert!(may_grant(&owner, &[user_row("mgr", 30)], &[user_row("carol", 40)], 40).is_ok());
+    }
+
+    fn role_row(role: &str, admin_level: i32) -> AccessRow {
+        AccessRow { subject: AccessSubject::Role(role.into()), ..user_row("x", admin_level) }
+    }
+
+    /// While a role gives manage, a user row's adminLevel decides whether that user manages:
+    /// a manager may neither set one (demoting an owner by role) nor drop one (unmasking the
+    /// role's manage), but may still ban with read and write levels.
+    #[test]
+    fn manager_cannot_move_a_role_manager_across_manage_with_a_user_row() {
+        let mut unset = user_row("dave", -1);
+        unset.read_level = 0;
+        let existing = [user_row("mgr", 30), role_row("owners", 40), user_row("dave", 10)];
+        let forbidden = |rows: &[AccessRow], stream_admin: i32| {
+            let error = may_grant(&manager(), &existing, rows, stream_admin).unwrap_err();
+            assert_eq!(error.error.code, ErrorCode::Forbidden);
+        };
+        // Dropping dave's lowering row unmasks the role.
+        forbidden(&existing[..2], 20);
+        // Demoting carol, who may own through the role.
+        let mut demotes = existing.to_vec();
+        demotes.push(user_row("carol", 0));
+        forbidden(&demotes, 20);
+        // A ban that leaves adminLevel unset, and a change below manage, stay allowed.
+        let mut bans = existing.to_vec();
+        bans.push(AccessRow {
+            subject: AccessSubject::User(UserId::new("troll").unwrap()),
+            ..unset
+        });
+        bans[2].admin_level = 20;
+        assert!(may_grant(&manager(), &existing, &bans, 20).is_ok());
+        // With no role, everyone or stream manage, setting a user's adminLevel is fine.
+        let plain = [user_row("mgr", 30)];
+        let mut sets = plain.to_vec();
+        sets.push(user_row("carol", 0));
+        assert!(may_grant(&manager(), &plain, &sets, 20).is_ok());
+        // The stream's own adminLevel counts as such a source.
+        let error = may_grant(&manager(), &plain, &sets, 30).unwrap_err();
+        assert_eq!(error.error.code, ErrorCode::Forbidden);
     }
 }
