@@ -181,3 +181,56 @@ async fn patch_counts_only_real_level_changes() {
     let (s, v) = alice.call("PATCH", &room, Some(json!({"adminLevel": 25}))).await;
     assert_eq!(s, 200, "the owner may: {v}");
 }
+
+/// Three claims an SDK leans on: "an SDK may send the whole stream back with a new title"; "a
+/// retry of a post with the same `clientMsgId` by the same poster answers the first message
+/// (200) whatever the body says"; a participant's `extra` stays within its limit merged.
+#[tokio::test]
+async fn whole_stream_patch_retries_with_any_body_and_merged_extra() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let room = stream_path("alice", "Chat/room/sdk");
+    let create =
+        json!({"type": "Chat/room", "name": "Chat/room/sdk", "readLevel": 35, "writeLevel": 20});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+    assert_eq!(s, 201, "{v}");
+
+    // The fetched object, title changed, sent back whole (counters may be stale: ignored).
+    let (_, mut whole) = alice.call("GET", &room, None).await;
+    whole["title"] = json!("Renamed");
+    whole["messageCount"] = json!(999);
+    let (s, v) = alice.call("PATCH", &room, Some(whole.clone())).await;
+    assert_eq!((s, v["title"].as_str()), (200, Some("Renamed")), "{v}");
+    assert_eq!(v["messageCount"], 2, "the Streams/changed message counts, not the body: {v}");
+    whole["name"] = json!("Chat/room/other");
+    let (s, v) = alice.call("PATCH", &room, Some(whole)).await;
+    assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "another stream's name: {v}");
+
+    // A retry whose body is now refused (too large, a server type) answers the first message.
+    let first = json!({"type": "Chat/message", "content": "hi", "clientMsgId": "m-1"});
+    let (s, v) = alice.call("POST", &format!("{room}/messages"), Some(first)).await;
+    assert_eq!(s, 201, "{v}");
+    let ordinal = v["ordinal"].clone();
+    let big = json!({"type": "Chat/message", "clientMsgId": "m-1",
+        "instructions": {"a": "x".repeat(70_000)}});
+    let server_type = json!({"type": "Streams/x", "clientMsgId": "m-1"});
+    for retry in [big, server_type] {
+        let (s, v) = alice.call("POST", &format!("{room}/messages"), Some(retry)).await;
+        assert_eq!((s, &v["ordinal"], v["content"].as_str()), (200, &ordinal, Some("hi")), "{v}");
+    }
+    let fresh = json!({"type": "Streams/x", "clientMsgId": "m-2"});
+    let (s, v) = alice.call("POST", &format!("{room}/messages"), Some(fresh)).await;
+    assert_eq!((s, code(&v)), (403, Some("forbidden")), "no stored message: refused: {v}");
+
+    // Two joins whose `extra` fits alone but not merged: the second is refused, nothing changes.
+    let bob = Api::new(&server, server.token("bob", &[]));
+    let join = |k: &str| json!({"extra": {k: "x".repeat(600)}});
+    let (s, v) = bob.call("POST", &format!("{room}/join"), Some(join("a"))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = bob.call("POST", &format!("{room}/join"), Some(join("b"))).await;
+    assert_eq!((s, code(&v)), (413, Some("too_large")), "{v}");
+    let (s, v) = alice.call("GET", &format!("{room}/participants"), None).await;
+    let extra = &v["participants"][0]["extra"];
+    assert_eq!((s, extra.as_object().map(|m| m.len())), (200, Some(1)), "{v}");
+}
