@@ -198,6 +198,31 @@ pub fn authorize(
             let access = Access { levels: chorus_types::Levels::MAX, direct: [true; 3] };
             Ok((Command::SetAccess { key, rows }, access))
         }
+        WriteOp::Participate {
+            action: action @ (ParticipantAction::Leave | ParticipantAction::Unsubscribe),
+            ..
+        } if ctx.stream().is_some()
+            && ctx.access(caller).is_none_or(|a| a.read() < ReadLevel::SEE)
+            && matches!(caller.principal, Principal::User { .. }) =>
+        {
+            // Leaving stays open to a participant who can no longer see the stream (a ban
+            // lowers readLevel; Qbix: "joining/leaving still ok"), or a banned member would
+            // stay counted and subscribed for good. Whether the caller is one is known only
+            // where the state is: `apply` answers `not_found` to anyone else, so the route
+            // still tells nobody that a stream they cannot see exists.
+            let Principal::User { id, .. } = &caller.principal else {
+                return Err(err(ErrorCode::NotFound, "stream not found"));
+            };
+            let command = Command::Participate {
+                key,
+                user: id.clone(),
+                action,
+                extra: None,
+                extra_max: None,
+                unseen: true,
+            };
+            Ok((command, Access::NONE))
+        }
         WriteOp::JoinBatch { users } => {
             app_only_join_batch(caller)?;
             let access = visible(ctx, caller)?;
@@ -289,7 +314,14 @@ pub fn authorize(
                             "joining needs write level join (10)",
                         )?;
                     }
-                    Command::Participate { key, user: id.clone(), action, extra, extra_max }
+                    Command::Participate {
+                        key,
+                        user: id.clone(),
+                        action,
+                        extra,
+                        extra_max,
+                        unseen: false,
+                    }
                 }
                 WriteOp::SetAccess { rows } => {
                     let existing =

@@ -51,6 +51,7 @@ fn log() -> Vec<Envelope> {
                     },
                     extra: None,
                     extra_max: None,
+                    unseen: false,
                 },
             });
         }

@@ -188,11 +188,14 @@ fn apply_one<R: StateRead>(ov: &mut Overlay<'_, R>, env: &Envelope) -> Result<Ou
             ov.push(Write::Stream(s));
             Ok(Outcome::Posted { message: Box::new(message), duplicate: false })
         }
-        Command::Participate { key, user, action, extra, extra_max } => {
+        Command::Participate { key, user, action, extra, extra_max, unseen } => {
             let Some(s) = ov.stream(key)? else { return Ok(rejected(Rejection::NotFound)) };
             let joins = matches!(action, ParticipantAction::Join | ParticipantAction::Subscribe);
             if joins && s.is_closed() {
                 return Ok(rejected(Rejection::Closed));
+            }
+            if *unseen && !changes_membership(ov, key, user, *action)? {
+                return Ok(rejected(Rejection::NotFound));
             }
             participate(ov, s, env, user, *action, extra.as_ref(), *extra_max)
         }
@@ -254,6 +257,22 @@ fn mark_posted<R: StateRead>(
         ov.push(Write::Participant { key: key.clone(), prev, record: p });
     }
     Ok(())
+}
+
+/// Whether a leave or unsubscribe would change the user's record (they participate, or are
+/// subscribed).
+fn changes_membership<R: StateRead>(
+    ov: &mut Overlay<'_, R>,
+    key: &StreamKey,
+    user: &UserId,
+    action: ParticipantAction,
+) -> Result<bool, R::Error> {
+    let Some(p) = ov.participant(key, user)? else { return Ok(false) };
+    Ok(match action {
+        ParticipantAction::Leave => p.state == ParticipantState::Participating,
+        ParticipantAction::Unsubscribe => p.subscribed,
+        ParticipantAction::Join | ParticipantAction::Subscribe => false,
+    })
 }
 
 fn merge_extra(into: &mut Value, extra: Option<&Value>) {

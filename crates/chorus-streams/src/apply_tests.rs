@@ -47,6 +47,7 @@ fn join(name: &str, user: &str, action: ParticipantAction) -> Command {
         action,
         extra: None,
         extra_max: None,
+        unseen: false,
     }
 }
 
@@ -333,6 +334,7 @@ fn merged_extra_stays_within_its_limit() {
         action: ParticipantAction::Join,
         extra: Some(json!({ k: "x".repeat(bytes) })),
         extra_max: Some(1000),
+        unseen: false,
     };
     let out = run(&mut s, &[env(2, "bob", with("a", 600))]);
     assert_eq!(code(&out[0]), None);
@@ -344,4 +346,27 @@ fn merged_extra_stays_within_its_limit() {
     assert_eq!(code(&out[0]), None);
     let out = run(&mut s, &[env(5, "bob", join("r", "bob", ParticipantAction::Leave))]);
     assert_eq!(code(&out[0]), None);
+}
+
+/// A leave from someone who cannot see the stream goes ahead when it changes their record and
+/// is `not_found` otherwise, so it tells nobody else that the stream exists.
+#[test]
+fn unseen_leave_only_for_participants() {
+    let mut s = MemState::default();
+    run(&mut s, &[env(1, "alice", create("r"))]);
+    run(&mut s, &[env(2, "bob", join("r", "bob", ParticipantAction::Subscribe))]);
+    assert_eq!(s.streams[&key("r")].participant_count, 1);
+    let unseen = |user: &str, action| match join("r", user, action) {
+        Command::Participate { key, user, action, .. } => {
+            Command::Participate { key, user, action, extra: None, extra_max: None, unseen: true }
+        }
+        other => other,
+    };
+    let out = run(&mut s, &[env(3, "carol", unseen("carol", ParticipantAction::Leave))]);
+    assert_eq!(code(&out[0]), Some(ErrorCode::NotFound));
+    let out = run(&mut s, &[env(4, "bob", unseen("bob", ParticipantAction::Leave))]);
+    assert_eq!(code(&out[0]), None);
+    assert_eq!(s.streams[&key("r")].participant_count, 0);
+    let out = run(&mut s, &[env(5, "bob", unseen("bob", ParticipantAction::Leave))]);
+    assert_eq!(code(&out[0]), Some(ErrorCode::NotFound), "nothing left to change");
 }

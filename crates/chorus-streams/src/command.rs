@@ -84,6 +84,11 @@ pub enum Command {
         /// carry none and are not checked.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         extra_max: Option<u32>,
+        /// The caller cannot see the stream (a leave or unsubscribe only): it goes ahead for a
+        /// participant it changes, and is `not_found` for anyone else, so the answer tells
+        /// nobody else that the stream exists.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unseen: bool,
     },
     /// Replaces the row set of a stream or of a `<type>*` rule pseudo-stream.
     SetAccess { key: StreamKey, rows: Vec<AccessRow> },

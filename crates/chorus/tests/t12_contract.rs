@@ -234,3 +234,39 @@ async fn whole_stream_patch_retries_with_any_body_and_merged_extra() {
     let extra = &v["participants"][0]["extra"];
     assert_eq!((s, extra.as_object().map(|m| m.len())), (200, Some(1)), "{v}");
 }
+
+/// "joining/leaving still ok" (Qbix): a participant whose read level was taken below `see`
+/// (a ban) can still leave, so they stop being counted; anyone else who cannot see the stream
+/// gets `not_found`, as for every other op.
+#[tokio::test]
+async fn a_banned_participant_can_still_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let room = stream_path("alice", "Chat/room/ban");
+    let create =
+        json!({"type": "Chat/room", "name": "Chat/room/ban", "readLevel": 35, "writeLevel": 20});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+    assert_eq!(s, 201, "{v}");
+    let bob = Api::new(&server, server.token("bob", &[]));
+    let (s, v) = bob.call("POST", &format!("{room}/subscribe"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = alice.call("PATCH", &room, Some(json!({"readLevel": 0, "writeLevel": 0}))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = bob.call("GET", &room, None).await;
+    assert_eq!(s, 404, "{v}");
+
+    let carol = Api::new(&server, server.token("carol", &[]));
+    let (s, v) = carol.call("POST", &format!("{room}/leave"), None).await;
+    assert_eq!((s, code(&v)), (404, Some("not_found")), "never a participant: {v}");
+    let (s, v) = bob.call("POST", &format!("{room}/leave"), None).await;
+    assert_eq!(
+        (s, v["state"].as_str(), &v["subscribed"]),
+        (200, Some("left"), &json!(false)),
+        "{v}"
+    );
+    let (s, v) = alice.call("GET", &room, None).await;
+    assert_eq!((s, &v["participantCount"]), (200, &json!(0)), "{v}");
+    let (s, v) = bob.call("POST", &format!("{room}/leave"), None).await;
+    assert_eq!((s, code(&v)), (404, Some("not_found")), "nothing left to leave: {v}");
+}
