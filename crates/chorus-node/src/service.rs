@@ -472,6 +472,13 @@ impl StreamService for Node {
         key: &StreamKey,
         q: ParticipantQuery,
     ) -> Result<ParticipantPage, ServiceError> {
+        // A cursor is a `next` this route gave out, so always a userId: anything else is a
+        // client bug, better told than answered with the first page.
+        if let Some(after) = &q.after
+            && chorus_types::UserId::new(after).is_err()
+        {
+            return Err(err(ErrorCode::InvalidArgument, "after must be a userId (a page's next)"));
+        }
         self.read_barrier(key).await?;
         let ctx = self.context(key).await?;
         let access = visible(&ctx, caller)?;
