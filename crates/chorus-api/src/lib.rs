@@ -111,17 +111,17 @@ pub struct UpdateStream {
     #[serde(skip_serializing)]
     pub name: Option<String>,
     #[serde(rename = "type", skip_serializing)]
-    pub stream_type: Option<Value>,
+    pub stream_type: Option<serde::de::IgnoredAny>,
     #[serde(skip_serializing)]
-    pub message_count: Option<Value>,
+    pub message_count: Option<serde::de::IgnoredAny>,
     #[serde(skip_serializing)]
-    pub participant_count: Option<Value>,
+    pub participant_count: Option<serde::de::IgnoredAny>,
     #[serde(skip_serializing)]
-    pub inserted_time: Option<Value>,
+    pub inserted_time: Option<serde::de::IgnoredAny>,
     #[serde(skip_serializing)]
-    pub updated_time: Option<Value>,
+    pub updated_time: Option<serde::de::IgnoredAny>,
     #[serde(skip_serializing)]
-    pub closed_time: Option<Value>,
+    pub closed_time: Option<serde::de::IgnoredAny>,
 }
 
 impl UpdateStream {

@@ -52,7 +52,14 @@ impl<S: Send + Sync> FromRequestParts<S> for StreamPath {
 }
 
 pub(crate) fn stream_key_from_path(publisher: &str, name: &str) -> Result<StreamKey, ApiError> {
-    // A URL cannot carry an empty path segment, so the app-wide publisher is spelled `~`.
+    // A URL cannot carry an empty path segment, so the app-wide publisher is spelled `~`; an
+    // empty one (`/v1/streams//x`) is most likely a client's unset variable, so it is refused
+    // rather than read as the app.
+    if publisher.is_empty() {
+        return Err(ApiError::invalid(
+            "the publisher path segment is empty (the app's publisher is spelled ~)",
+        ));
+    }
     let publisher_id =
         if publisher == "~" { PublisherId::app() } else { PublisherId::new(publisher)? };
     Ok(StreamKey::new(publisher_id, StreamName::new(name)?))
@@ -202,6 +209,7 @@ mod tests {
         assert!(key.publisher_id.is_app());
         assert_eq!(key.name.as_str(), "Chat/room/");
         assert!(stream_key_from_path("bad publisher", "x").is_err());
+        assert!(stream_key_from_path("", "x").is_err());
     }
 
     #[test]

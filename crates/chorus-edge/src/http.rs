@@ -95,8 +95,8 @@ async fn fetch(State(edge): Edge, caller: Auth, key: Key) -> Response {
 }
 
 async fn update(State(edge): Edge, caller: Auth, key: Key, body: Body<UpdateStream>) -> Response {
-    let request =
-        key.and_then(|StreamPath(key)| body.map(|JsonBody(req)| Request::Update(key, req)));
+    let request = key
+        .and_then(|StreamPath(key)| body.map(|JsonBody(req)| Request::Update(key, Box::new(req))));
     respond(&edge, OpName::Update, caller, request).await
 }
 

@@ -95,7 +95,7 @@ pub(crate) enum Request {
     Create(CreateStream),
     BatchGet(Vec<StreamKey>),
     Fetch(StreamKey),
-    Update(StreamKey, UpdateStream),
+    Update(StreamKey, Box<UpdateStream>),
     Close(StreamKey),
     Post(StreamKey, NewPost),
     Messages(StreamKey, HistoryQuery),
@@ -195,7 +195,7 @@ pub(crate) async fn dispatch(
         Request::Fetch(key) => Reply::ok(stream_json(&service.fetch(caller, &key).await?)),
         Request::Update(key, req) => {
             req.check_read_only(&key)?;
-            Reply::ok(stream_json(&service.update(caller, &key, req).await?))
+            Reply::ok(stream_json(&service.update(caller, &key, *req).await?))
         }
         Request::Close(key) => Reply::ok(stream_json(&service.close(caller, &key).await?)),
         Request::Post(key, req) => {

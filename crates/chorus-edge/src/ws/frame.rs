@@ -181,7 +181,7 @@ fn command(op: OpName, mut fields: Map<String, Value>) -> Result<Command, ApiErr
         }
         OpName::Update => {
             let key = take_stream(&mut fields)?;
-            call(Request::Update(key, args::<UpdateStream>(fields)?))
+            call(Request::Update(key, Box::new(args::<UpdateStream>(fields)?)))
         }
         OpName::Close => {
             let key = take_stream(&mut fields)?;
