@@ -55,7 +55,8 @@ pub struct GrpcConn {
     pool: Arc<PeerPool>,
     /// The commit index last sent to this peer. An append without entries that moves it is a
     /// commit notification, not a heartbeat: openraft replicates to a peer one call at a time,
-    /// so lingering it would hold up the group's next entries behind it.
+    /// so one that waits for its reply leaves at once (lingering would hold up the group's next
+    /// entries); most are answered without waiting ([`GrpcConn::commit_notice`]).
     last_commit: Option<openraft::LogId<NodeId>>,
     /// The last log id the peer confirmed holding in a reply on this connection; `None` after
     /// any other answer. See [`GrpcConn::commit_notice`].

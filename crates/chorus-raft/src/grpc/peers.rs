@@ -7,7 +7,8 @@
 //! Replies come back in call order.
 //!
 //! A batch that holds only heartbeats (appends without entries that carry no new commit index)
-//! lingers up to [`LINGER`] for company; anything carrying entries, a new commit index or a
+//! or commit notices already answered to openraft ([`PeerConn::notify`]) lingers up to
+//! [`LINGER`] for company; anything carrying entries, a commit index someone waits for, or a
 //! vote leaves at once. Idle groups' heartbeats thus
 //! share round trips without delaying a single write. openraft's read barrier
 //! (`ensure_linearizable`) is itself a round of heartbeats, so a group whose reader waits is
