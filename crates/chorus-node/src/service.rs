@@ -251,6 +251,14 @@ impl StreamService for Node {
                 "names ending in '*' are access-rule pseudo-streams",
             ));
         }
+        // A URL path segment `.` or `..` is resolved away by browsers, curl and most HTTP
+        // clients before it is sent, so such a stream could be created but not reached.
+        if matches!(name.as_str(), "." | "..") {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                "a stream may not be named '.' or '..' (clients resolve those path segments away)",
+            ));
+        }
         if name.is_template()
             && name.as_str() != StreamName::template_for(&req.stream_type).as_str()
         {

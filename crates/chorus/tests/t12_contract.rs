@@ -270,3 +270,19 @@ async fn a_banned_participant_can_still_leave() {
     let (s, v) = bob.call("POST", &format!("{room}/leave"), None).await;
     assert_eq!((s, code(&v)), (404, Some("not_found")), "nothing left to leave: {v}");
 }
+
+/// A stream named `.` or `..` could be created but never reached by clients that resolve
+/// path segments (curl, browsers): refused at create.
+#[tokio::test]
+async fn dot_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    for name in [".", ".."] {
+        let create = json!({"type": "Chat/room", "name": name});
+        let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+        assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "{name}: {v}");
+    }
+    let (s, v) = alice.call("GET", "/v1/streams//x", None).await;
+    assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "empty publisher: {v}");
+}
