@@ -1,20 +1,41 @@
-//! Serving the router with a graceful shutdown that also closes WebSocket sessions.
+//! Serving the router with a graceful shutdown that also closes WebSocket sessions, and with a
+//! bound on slow clients.
 //!
-//! axum's graceful shutdown waits for HTTP connections, but an upgraded WebSocket is no longer
-//! one of them. So [`serve`] hands every session a stop signal (a request extension) that
-//! flips with the shutdown signal; sessions then close with 1001 "going away", and `serve`
-//! waits for them to let go before it returns.
+//! A graceful shutdown waits for HTTP connections, but an upgraded WebSocket is no longer one
+//! of them. So [`serve`] hands every session a stop signal (a request extension) that flips
+//! with the shutdown signal; sessions then close with 1001 "going away", and `serve` waits for
+//! them to let go before it returns.
+//!
+//! The accept loop is hyper's own rather than `axum::serve`, which sets no timer and so no
+//! header-read timeout: a client could hold a connection (and its file descriptor) forever by
+//! sending its request headers a byte at a time (slowloris), or by opening a connection and
+//! never sending a request. An HTTP/1 connection must now deliver each request's headers within
+//! [`HEADER_READ_TIMEOUT`], which also closes keep-alive connections idle that long; HTTP/2
+//! connections are pinged and closed when the ping goes unanswered.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{Extension, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// How long [`serve`] waits for WebSocket sessions to close after the HTTP side has stopped.
 const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an HTTP/1 client may take to send a request's headers, counted from when the
+/// connection is ready for the next request (so it also bounds idle keep-alive connections).
+/// Browsers and SDKs send a request at once; 20 s leaves room for slow mobile links.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 keep-alive: a ping every interval, the connection closed when one goes unanswered.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
+/// How long [`serve`] waits for in-flight HTTP requests after it stops accepting.
+const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The stop signal of WebSocket sessions: `true` once the server is shutting down.
 #[derive(Clone)]
@@ -36,7 +57,7 @@ pub async fn serve(
         tracing::info!("edge shutting down");
         signal_sender.send_replace(true);
     };
-    let served = axum::serve(listener, router).with_graceful_shutdown(signal).await;
+    let served = accept_loop(listener, router, signal).await;
     // Also when serving failed before the signal: sessions must not outlive `serve`.
     stop_sender.send_replace(true);
     // Every session holds a receiver; all are gone once the last session has closed.
@@ -47,4 +68,59 @@ pub async fn serve(
         );
     }
     served
+}
+
+/// Accepts connections until `signal` resolves, then lets in-flight requests finish (at most
+/// [`HTTP_DRAIN_TIMEOUT`]).
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let mut signal = std::pin::pin!(signal);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut signal => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: the listener itself is fine, and
+                // connections that close free what the next accept needs.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (builder, watcher, router) = (Arc::clone(&builder), graceful.watcher(), router.clone());
+        tokio::spawn(async move {
+            // hyper reads the first bytes to tell HTTP/1 from HTTP/2 before any of its timers
+            // run, so a connection that never sends a byte is bounded here.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let service = TowerToHyperService::new(router);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
+                tracing::debug!(error = %error, "http connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(HTTP_DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("http requests still in flight after the drain timeout");
+    }
+    Ok(())
 }

@@ -286,3 +286,35 @@ async fn dot_names_are_refused() {
     let (s, v) = alice.call("GET", "/v1/streams//x", None).await;
     assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "empty publisher: {v}");
 }
+
+/// A client that never finishes its request headers (slowloris), or opens a connection and
+/// sends nothing, is closed after the header-read timeout (20 s) instead of holding the
+/// connection forever; other clients are served meanwhile.
+#[tokio::test]
+async fn slow_header_clients_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut partial = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    partial.write_all(b"GET /healthz HTTP/1.1\r\nHost: chorus\r\n").await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let app = Api::new(&server, server.api_key.clone());
+    let (s, v) = app.call("GET", "/v1/streams/~/Chat%2Froom%2Fnone", None).await;
+    assert_eq!(s, 404, "another client is served meanwhile: {v}");
+    let started = std::time::Instant::now();
+    for conn in [&mut partial, &mut silent] {
+        let mut buf = [0u8; 1024];
+        // hyper answers 408 or just closes: either way the read ends, with EOF after it.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the connection is still open after 60 s");
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_secs(10), "closed too early");
+}
