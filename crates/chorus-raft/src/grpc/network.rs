@@ -260,3 +260,45 @@ impl RaftNetwork<TypeConfig> for GrpcConn {
         decode(self.target, &reply)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use openraft::{CommittedLeaderId, LogId, Vote};
+
+    use super::*;
+
+    fn log_id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn notice(prev: u64, commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: Some(log_id(prev)),
+            leader_commit: Some(log_id(commit)),
+            entries: Vec::new(),
+        }
+    }
+
+    /// Only a commit notice at the log id the peer confirmed on this connection is answered
+    /// without waiting: never a connection's first call (the read barrier's heartbeats), nor
+    /// a probe elsewhere, nor anything that moves no commit index or carries entries.
+    #[tokio::test]
+    async fn only_confirmed_commit_notices_skip_the_wait() {
+        let pool = PeerPool::new(1, HashMap::from([(2, "127.0.0.1:9".to_owned())]), 4);
+        let mut net = GrpcNetwork::new(0, pool);
+        let mut conn = net.new_client(2, &BasicNode { addr: "127.0.0.1:9".into() }).await;
+        assert!(!conn.commit_notice(&notice(5, 5), true), "nothing confirmed yet");
+        conn.acked = Some(log_id(5));
+        assert!(conn.commit_notice(&notice(5, 5), true));
+        assert!(!conn.commit_notice(&notice(5, 5), false), "a heartbeat travels as usual");
+        assert!(!conn.commit_notice(&notice(4, 5), true), "a probe at another log id");
+        let mut with_entries = notice(5, 5);
+        with_entries
+            .entries
+            .push(openraft::Entry { log_id: log_id(6), payload: openraft::EntryPayload::Blank });
+        assert!(!conn.commit_notice(&with_entries, true), "entries wait for their reply");
+    }
+}
