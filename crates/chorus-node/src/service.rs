@@ -292,6 +292,7 @@ impl StreamService for Node {
             template.as_ref().map(|(s, r)| (s, r.as_slice())),
         );
         let key = stream.key();
+        not_own_parent(&key, Some(&stream.inherit_access))?;
         let span = tracing::Span::current();
         span.record("shard", self.shard_of(&key).0);
         span.record("stream", tracing::field::display(&key));
@@ -338,6 +339,7 @@ impl StreamService for Node {
             inherit_access: req.inherit_access,
         };
         self.inner.config.limits.check_fields(changes.as_fields())?;
+        not_own_parent(key, changes.inherit_access.as_deref())?;
         let op = WriteOp::Update { changes, if_message_count: req.if_message_count };
         self.write_stream(caller, key, op).await
     }
@@ -698,6 +700,17 @@ impl SourceReader for Node {
 
 /// `Streams/…` types (messages and ephemerals alike) are the server's record of changes:
 /// only the app may send them, users cannot forge them.
+/// A stream inheriting from itself would only ever see its own rows again: a client's mistake.
+fn not_own_parent(
+    key: &StreamKey,
+    parents: Option<&[chorus_types::InheritEntry]>,
+) -> Result<(), ServiceError> {
+    if parents.unwrap_or_default().iter().any(|p| p.key() == *key) {
+        return Err(err(ErrorCode::InvalidArgument, "inheritAccess names the stream itself"));
+    }
+    Ok(())
+}
+
 fn server_type_for_app_only(
     ty: &chorus_types::StreamType,
     caller: &Caller,

@@ -144,11 +144,25 @@ impl Limits {
                     self.inherit_entries
                 )));
             }
-            for p in parents {
+            for (i, p) in parents.iter().enumerate() {
                 if let Some(caps) = p.caps {
                     for c in caps {
                         level("inheritAccess caps", c)?;
                     }
+                }
+                // A parent is a stream: a rule pseudo-stream is not one (its rows already apply
+                // to every stream of its type), and a parent named twice is a client's mistake.
+                if p.name.is_type_rule() {
+                    return Err(ApiError::invalid(format!(
+                        "inheritAccess[{i}]: {} is an access rule, not a stream",
+                        p.name.as_str()
+                    )));
+                }
+                if parents[..i].iter().any(|q| q.publisher_id == p.publisher_id && q.name == p.name)
+                {
+                    return Err(ApiError::invalid(format!(
+                        "inheritAccess[{i}]: the same parent is named earlier"
+                    )));
                 }
             }
         }

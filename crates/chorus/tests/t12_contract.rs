@@ -318,3 +318,29 @@ async fn slow_header_clients_are_cut_off() {
     }
     assert!(started.elapsed() >= std::time::Duration::from_secs(10), "closed too early");
 }
+
+/// `inheritAccess` names streams: an access rule, the same parent twice, or the stream itself
+/// is a client's mistake and refused.
+#[tokio::test]
+async fn inherit_access_names_other_streams_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let parent = json!({"publisherId": "alice", "name": "Chat/room/p"});
+    let create = |name: &str, inherit: Value| json!({"type": "Chat/room", "name": name, "inheritAccess": inherit});
+    let bad = [
+        ("Chat/room/a", json!([parent, parent])),
+        ("Chat/room/b", json!([{"publisherId": "alice", "name": "Chat/room*"}])),
+        ("Chat/room/c", json!([{"publisherId": "alice", "name": "Chat/room/c"}])),
+    ];
+    for (name, inherit) in bad {
+        let (s, v) = alice.call("POST", "/v1/streams", Some(create(name, inherit))).await;
+        assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "{name}: {v}");
+    }
+    let (s, v) =
+        alice.call("POST", "/v1/streams", Some(create("Chat/room/d", json!([parent])))).await;
+    assert_eq!(s, 201, "{v}");
+    let itself = json!({"inheritAccess": [{"publisherId": "alice", "name": "Chat/room/d"}]});
+    let (s, v) = alice.call("PATCH", &stream_path("alice", "Chat/room/d"), Some(itself)).await;
+    assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "{v}");
+}
