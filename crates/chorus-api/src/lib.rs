@@ -129,21 +129,19 @@ impl UpdateStream {
     /// client would be editing the wrong object. The stream's `publisherId` is `""` for the
     /// app's streams, which the path spells `~`.
     pub fn check_read_only(&self, key: &StreamKey) -> Result<(), ApiError> {
-        if let Some(p) = &self.publisher_id
-            && p != key.publisher_id.as_str()
-        {
-            return Err(ApiError::invalid(format!(
-                "publisherId {p:?} is not the publisher of the stream being updated \
-                 (publisherId, name and type cannot change)"
-            )));
-        }
-        if let Some(n) = &self.name
-            && n != key.name.as_str()
-        {
-            return Err(ApiError::invalid(format!(
-                "name {n:?} is not the name of the stream being updated \
-                 (publisherId, name and type cannot change)"
-            )));
+        let sent = [
+            ("publisherId", &self.publisher_id, key.publisher_id.as_str()),
+            ("name", &self.name, key.name.as_str()),
+        ];
+        for (field, value, actual) in sent {
+            if let Some(v) = value
+                && v != actual
+            {
+                return Err(ApiError::invalid(format!(
+                    "{field} {v:?} is not the stream being updated's \
+                     (publisherId, name and type cannot change)"
+                )));
+            }
         }
         Ok(())
     }

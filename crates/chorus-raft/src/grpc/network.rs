@@ -164,6 +164,7 @@ impl GrpcConn {
             return false;
         }
         if rpc.prev_log_id != self.acked {
+            // A probe at another log id, or nothing confirmed on this connection yet.
             return false;
         }
         let Ok(peer) = self.peer.as_ref() else { return false };
