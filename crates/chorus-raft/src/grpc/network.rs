@@ -152,7 +152,7 @@ impl GrpcConn {
     /// what it confirmed on this connection before, and openraft reads the reply of a
     /// replication heartbeat for its metrics clock only, so "success" is known without asking.
     /// The notice itself still goes (the follower applies up to the new commit index) with the
-    /// next batch of appends to that peer, or after the linger.
+    /// next batch of the control lane to that peer, or after the linger.
     ///
     /// Not taken for: a connection's first call (nothing confirmed yet: the read barrier's
     /// heartbeats are each sent on a new connection, so they always wait for their quorum),

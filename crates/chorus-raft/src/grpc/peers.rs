@@ -112,11 +112,13 @@ impl PeerConn {
         })
     }
 
-    /// Queues a call whose reply nobody awaits: it leaves with the next batch of the appends'
-    /// lane, or after [`LINGER`]. False when the connection is closed.
+    /// Queues a call whose reply nobody awaits: it leaves with the next batch of the control
+    /// lane, or after [`LINGER`]. Not the appends' lane: there it could wait behind appends
+    /// held up by the peer's disk, and a follower must learn commits even then. False when
+    /// the connection is closed.
     pub fn notify(&self, call: pb::RaftCall) -> bool {
         let (reply, _) = oneshot::channel();
-        self.entries.send(Queued { call, urgent: false, reply }).is_ok()
+        self.control.send(Queued { call, urgent: false, reply }).is_ok()
     }
 
     /// A direct unary client on the same connection.
