@@ -373,16 +373,23 @@ async fn a_new_meta_leader_finishes_a_rebalance_the_old_one_started() {
     let (ok, text) =
         admin_cli(&cluster.members[0].peer, &["add-node", "--id", "4", "--addr", &new_addr]).await;
     assert!(ok, "add-node failed: {text}");
-    // The first move waits for node 4 to catch up, which it cannot: it does not run.
+    // The first move waits for node 4 to catch up, which it cannot: it does not run. (A node
+    // holding nothing must never be made a voter: the group would survive one failure fewer.)
     let deadline = Instant::now() + Duration::from_secs(30);
     let meta_leader = loop {
-        let (_, moving, leader) = meta_view(&cluster, 0).await;
+        let (meta, moving, leader) = meta_view(&cluster, 0).await;
         if moving == 1 && leader != 0 {
             break leader;
         }
-        assert!(Instant::now() < deadline, "no move recorded as under way");
+        assert!(
+            Instant::now() < deadline,
+            "no move recorded as under way: moving {moving}, leader {leader}, nodes {meta:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    for (group, (voters, _)) in actual_voters(&cluster).await {
+        assert!(!voters.contains(&4), "group {group} took node 4, which never ran, as a voter");
+    }
     let victim = cluster.index_of(meta_leader);
     let others: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
     writers.route_via(urls(&cluster, &others, &[]));

@@ -7,6 +7,7 @@ use chorus_storage::reads;
 use chorus_types::{PublisherId, StreamKey, StreamName};
 use tonic::{Request, Response, Status};
 
+use super::learner::add_caught_up_learner;
 use crate::meta::admin::Change;
 use crate::node::Node;
 
@@ -163,11 +164,9 @@ impl Admin for AdminService {
         let voters: std::collections::BTreeSet<u64> =
             raft.metrics().borrow().membership_config.membership().voter_ids().collect();
         if !voters.contains(&req.new) {
-            // Blocks until the learner has caught up (by log or snapshot), so the voter change
-            // below never leaves the group with a lagging voter in its quorum.
-            raft.add_learner(req.new, openraft::BasicNode { addr: req.new_addr.clone() }, true)
-                .await
-                .map_err(|e| Status::unavailable(format!("adding node {}: {e}", req.new)))?;
+            // Waits until the learner has caught up (by log or snapshot), so the voter change
+            // below never puts a node that lacks the log into the group's quorum.
+            add_caught_up_learner(&raft, req.new, &req.new_addr).await?;
         }
         let mut next = voters;
         next.remove(&req.old);
@@ -202,9 +201,7 @@ impl Admin for AdminService {
             .voter_ids()
             .any(|v| v == req.node);
         if !voter {
-            raft.add_learner(req.node, openraft::BasicNode { addr: req.addr }, true)
-                .await
-                .map_err(|e| Status::unavailable(format!("adding learner {}: {e}", req.node)))?;
+            add_caught_up_learner(&raft, req.node, &req.addr).await?;
             tracing::info!(group, node = req.node, "learner added");
         }
         Ok(Response::new(pb::AddLearnerReply {}))

@@ -6,6 +6,7 @@
 mod admin;
 mod call;
 mod call_mux;
+mod learner;
 mod mux;
 mod owner;
 mod relay;

@@ -34,6 +34,9 @@ const SESSION_BITS: u32 = chorus_api::SESSION_ID_BITS;
 
 /// How long [`Router::meta_record`] reuses a read of the meta record.
 const RECORD_TTL: Duration = Duration::from_secs(1);
+/// How often a call waiting for its shard's election looks again at whether this node still
+/// holds the shard.
+const HOLDER_RECHECK: Duration = Duration::from_millis(250);
 
 /// A read of the meta record and when it was made (`None` inside: there was no record).
 type CachedRecord = Mutex<Option<(Instant, Option<Arc<MetaState>>)>>;
@@ -220,20 +223,23 @@ impl Router {
             .node
             .raft(shard)
             .ok_or_else(|| err(ErrorCode::Internal, "no replica of the shard on this node"))?;
-        if let Some(holder) = self.holder_elsewhere(shard, raft).await {
-            return Ok(Target::Holder(holder));
-        }
         let mut rx = raft.metrics();
         loop {
+            // Asked again while waiting: a node restarted after its replica was moved away
+            // starts from its own stale copy of the record, and would otherwise wait out the
+            // whole deadline for an election it cannot win.
+            if let Some(holder) = self.holder_elsewhere(shard, raft).await {
+                return Ok(Target::Holder(holder));
+            }
             if let Some(leader) = rx.borrow_and_update().current_leader {
                 return Ok(if leader == self.me { Target::Local } else { Target::Remote(leader) });
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(err(ErrorCode::Unavailable, "shard group stopped")),
-                Err(_) => {
-                    return Err(err(ErrorCode::Unavailable, "the stream's shard has no leader"));
-                }
+            if Instant::now() >= deadline {
+                return Err(err(ErrorCode::Unavailable, "the stream's shard has no leader"));
+            }
+            let recheck = deadline.min(Instant::now() + HOLDER_RECHECK);
+            if let Ok(Err(_)) = tokio::time::timeout_at(recheck, rx.changed()).await {
+                return Err(err(ErrorCode::Unavailable, "shard group stopped"));
             }
         }
     }
