@@ -5,7 +5,7 @@
 //! *before* it reads the stream's `messageCount`, so every message after that count reaches it
 //! either from storage or from here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -31,6 +31,9 @@ pub struct Hub {
     /// Map size at which `subscribe` next drops the channels nobody listens to any more
     /// (quiet streams would otherwise keep theirs until their next message).
     sweep_at: AtomicU64,
+    /// Parent → the streams listened here that inherit access from it (as last authorized),
+    /// so a change of a parent's access reaches its children's listens too.
+    children: Mutex<HashMap<StreamKey, HashSet<StreamKey>>>,
 }
 
 /// Smallest map size at which sweeping starts.
@@ -49,6 +52,11 @@ impl Hub {
             // Amortised: the threshold doubles with what remains, so sweeps stay rare.
             streams.retain(|_, tx| tx.receiver_count() > 0);
             self.sweep_at.store((streams.len() as u64 * 2).max(SWEEP_FLOOR), Ordering::Relaxed);
+            let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            children.retain(|_, kids| {
+                kids.retain(|kid| streams.contains_key(kid));
+                !kids.is_empty()
+            });
         }
         streams
             .entry(key.clone())
@@ -66,6 +74,34 @@ impl Hub {
         Some(tx.clone())
     }
 
+    /// Records that `child`, listened here, inherits access from `parents` (called whenever
+    /// its listeners are authorized, so a changed `inheritAccess` is picked up by the re-check
+    /// its own change triggers). A parent it no longer names only costs a spare re-check.
+    pub fn note_parents(&self, child: &StreamKey, parents: impl Iterator<Item = StreamKey>) {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        for parent in parents {
+            if !children.get(&parent).is_some_and(|kids| kids.contains(child)) {
+                children.entry(parent).or_default().insert(child.clone());
+            }
+        }
+    }
+
+    /// The access notice for `key`'s listens and for those of the streams inheriting from it.
+    fn access_notice(&self, key: &StreamKey) {
+        if let Some(tx) = self.sender(key) {
+            let _ = tx.send(ListenEvent::AccessChanged);
+        }
+        let kids: Vec<StreamKey> = {
+            let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            children.get(key).map(|kids| kids.iter().cloned().collect()).unwrap_or_default()
+        };
+        for kid in kids {
+            if let Some(tx) = self.sender(&kid) {
+                let _ = tx.send(ListenEvent::AccessChanged);
+            }
+        }
+    }
+
     pub fn access_epoch(&self) -> u64 {
         self.access_epoch.load(Ordering::Acquire)
     }
@@ -81,7 +117,7 @@ impl Hub {
     /// app's rules) listened to here gets the access notice. Stream keys do not carry the type,
     /// so streams of other types of that publisher are checked too; rule changes are rare
     /// admin acts. Streams whose leader does not hold the rule's shard hear of it when their
-    /// listens next resume (see docs/protocol.md), as do changes of an inherited parent.
+    /// listens next resume (see docs/protocol.md), as do changes of a parent on such a shard.
     fn rule_changed(&self, rule: &StreamKey) {
         let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         for (key, tx) in streams.iter() {
@@ -126,8 +162,8 @@ impl ApplyObserver for Hub {
         for key in access_keys {
             if key.name.is_type_rule() {
                 self.rule_changed(key);
-            } else if let Some(tx) = self.sender(key) {
-                let _ = tx.send(ListenEvent::AccessChanged);
+            } else {
+                self.access_notice(key);
             }
         }
         let mut current: Option<(StreamKey, Option<broadcast::Sender<ListenEvent>>)> = None;

@@ -634,6 +634,7 @@ impl StreamService for Node {
         self.read_barrier(key).await?;
         let ctx = self.context(key).await?;
         may_listen(&ctx, caller)?;
+        self.inner.hub.note_parents(key, ctx.parents.iter().map(|(parent, _)| parent.key()));
         ctx.target
             .map(|t| t.stream.message_count)
             .ok_or_else(|| err(ErrorCode::NotFound, "stream not found"))
@@ -654,6 +655,7 @@ impl StreamService for Node {
         }
         self.read_barrier(key).await?;
         let ctx = self.context(key).await?;
+        self.inner.hub.note_parents(key, ctx.parents.iter().map(|(parent, _)| parent.key()));
         Ok(principals
             .into_iter()
             .map(|principal| may_listen(&ctx, &Caller { principal, session: None }).is_ok())

@@ -455,3 +455,50 @@ async fn revoking_a_type_rule_row_ends_open_listens() {
     let ev = ws_next(&mut bob).await;
     assert_eq!(ev["ev"], "resync", "bob's listen ends before the message: {ev}");
 }
+
+/// The same through `inheritAccess`: taking away the parent's row that let a user read the
+/// child ends the user's open listen of the child before anything posted after the change;
+/// a listener with a row of its own on the child keeps listening.
+#[tokio::test]
+async fn revoking_an_inherited_parent_row_ends_open_listens_of_the_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let parent = json!({"type": "Chat/org", "name": "Chat/org/1", "readLevel": 0});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(parent)).await;
+    assert_eq!(s, 201, "{v}");
+    let parent_access = format!("/v1/streams/alice/{}/access", enc("Chat/org/1"));
+    let bob_row = json!({"rows": [{"ofUserId": "bob", "readLevel": 35}]});
+    let (s, v) = alice.call("PUT", &parent_access, Some(bob_row)).await;
+    assert_eq!(s, 200, "{v}");
+    let child = json!({"type": "Chat/room", "name": "Chat/room/kid", "readLevel": 0,
+        "inheritAccess": [{"publisherId": "alice", "name": "Chat/org/1"}]});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(child)).await;
+    assert_eq!(s, 201, "{v}");
+    let child_path = format!("/v1/streams/alice/{}", enc("Chat/room/kid"));
+    let carol_row = json!({"rows": [{"ofUserId": "carol", "readLevel": 35}]});
+    let (s, v) = alice.call("PUT", &format!("{child_path}/access"), Some(carol_row)).await;
+    assert_eq!(s, 200, "{v}");
+
+    let listen = json!({"id": 1, "op": "listen", "stream": {"publisherId": "alice", "name": "Chat/room/kid"}});
+    let mut bob = ws_connect(&server, &server.token("bob", &[])).await;
+    ws_send(&mut bob, listen.clone()).await;
+    let ok = ws_reply(&mut bob, 1).await;
+    assert!(ok.get("ok").is_some(), "the parent lets bob read the child: {ok}");
+    let mut carol = ws_connect(&server, &server.token("carol", &[])).await;
+    ws_send(&mut carol, listen).await;
+    assert!(ws_reply(&mut carol, 1).await.get("ok").is_some());
+
+    let (s, v) = alice.call("PUT", &parent_access, Some(json!({"rows": []}))).await;
+    assert_eq!(s, 200, "{v}");
+    let post = json!({"type": "Chat/message", "content": "after"});
+    let (s, _) = alice.call("POST", &format!("{child_path}/messages"), Some(post)).await;
+    assert_eq!(s, 201);
+    let ev = ws_next(&mut bob).await;
+    assert_eq!(ev["ev"], "resync", "bob's listen ends before the message: {ev}");
+    let ev = ws_next(&mut carol).await;
+    assert_eq!(ev["message"]["content"], "after", "carol keeps her own row: {ev}");
+    let bob_api = Api::new(&server, server.token("bob", &[]));
+    let (s, v) = bob_api.call("GET", &format!("{child_path}/messages"), None).await;
+    assert_eq!(s, 404, "{v}");
+}
