@@ -3,6 +3,7 @@
 //! ([`service::PeerService`] routing to a [`service::GroupTable`]), plus node liveness
 //! ([`liveness`]) and the hibernation of idle groups it allows ([`hibernate`]).
 
+mod batch_mux;
 pub mod hibernate;
 pub mod liveness;
 pub mod network;

@@ -2,7 +2,7 @@
 //!
 //! Each peer has two batcher tasks, one for appends carrying entries and one for the rest (see
 //! [`PeerConn`]). Calls queued while earlier batches are in flight leave
-//! together in one `Peer.Batch` RPC, so the heartbeats of 64 idle shards cost one round trip,
+//! together in one batch (a frame on the lane's `Peer.Batches` stream), so the heartbeats of 64 idle shards cost one round trip,
 //! and a busy shard's appends share the round trip of whatever else is going to that peer.
 //! Replies come back in call order.
 //!
@@ -24,6 +24,7 @@ use chorus_proto::pb::peer_client::PeerClient;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
+use super::batch_mux::BatchMux;
 use super::liveness::Liveness;
 
 /// Most calls in one batch.
@@ -226,6 +227,7 @@ async fn batcher(
     entries_lane: bool,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mux = Arc::new(BatchMux::new(client));
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let mut urgent = batch[0].urgent;
@@ -251,19 +253,19 @@ async fn batcher(
                 Err(_) => break,
             }
         }
-        let mut client = client.clone();
+        let mux = Arc::clone(&mux);
         let addr = addr.clone();
         tokio::spawn(async move {
             let (calls, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|q| (q.call, q.reply)).unzip();
             crate::metrics::count_batch();
             let sent = Instant::now();
-            let result = client.batch(pb::RaftBatch { from: me, calls }).await;
+            let result = mux.call(pb::RaftBatch { from: me, calls }).await;
             drop(permit);
             crate::metrics::observe_batch(entries_lane, sent.elapsed().as_secs_f64());
             match result {
                 Ok(resp) => {
-                    let mut got = resp.into_inner().replies.into_iter();
+                    let mut got = resp.replies.into_iter();
                     for reply in replies {
                         let r = got.next().ok_or_else(|| PeerError::Failed {
                             addr: addr.clone(),

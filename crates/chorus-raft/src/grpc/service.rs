@@ -92,21 +92,60 @@ async fn handle(groups: &GroupTable, call: pb::RaftCall) -> pb::RaftReply {
     }
 }
 
+/// Runs every call of `batch` (concurrently: each waits on its own group).
+async fn run_batch(
+    groups: &GroupTable,
+    liveness: Option<&Liveness>,
+    batch: pb::RaftBatch,
+) -> pb::RaftBatchReply {
+    if let Some(l) = liveness {
+        l.heard(batch.from);
+    }
+    let replies =
+        futures_util::future::join_all(batch.calls.into_iter().map(|c| handle(groups, c))).await;
+    pb::RaftBatchReply { replies }
+}
+
+type ReplyFrames = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<pb::RaftBatchReplyFrame, Status>> + Send>,
+>;
+
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn batch(
         &self,
         request: Request<pb::RaftBatch>,
     ) -> Result<Response<pb::RaftBatchReply>, Status> {
-        let batch = request.into_inner();
-        if let Some(l) = &self.liveness {
-            l.heard(batch.from);
-        }
-        let groups = &self.groups;
-        let replies =
-            futures_util::future::join_all(batch.calls.into_iter().map(|c| handle(groups, c)))
-                .await;
-        Ok(Response::new(pb::RaftBatchReply { replies }))
+        let reply = run_batch(&self.groups, self.liveness.as_deref(), request.into_inner()).await;
+        Ok(Response::new(reply))
+    }
+
+    type BatchesStream = ReplyFrames;
+
+    /// Each frame runs as its own task, as a unary call would: an append waiting on this
+    /// node's disk must not hold up the batches behind it (the sender keeps a few in flight).
+    async fn batches(
+        &self,
+        request: Request<tonic::Streaming<pb::RaftBatchFrame>>,
+    ) -> Result<Response<Self::BatchesStream>, Status> {
+        let mut frames = request.into_inner();
+        // Replies wait here only while the connection is slower than the batches finish.
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let groups = Arc::clone(&self.groups);
+        let liveness = self.liveness.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(frame)) = frames.message().await {
+                let Some(batch) = frame.batch else { continue };
+                let (tx, groups, liveness) = (tx.clone(), Arc::clone(&groups), liveness.clone());
+                tokio::spawn(async move {
+                    let reply = run_batch(&groups, liveness.as_deref(), batch).await;
+                    let frame = pb::RaftBatchReplyFrame { id: frame.id, reply: Some(reply) };
+                    // The sender gone: it has failed this batch already.
+                    let _ = tx.send(Ok(frame)).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn install_snapshot(
