@@ -83,10 +83,45 @@ fn chars_at_most(field: &str, s: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Deepest nesting of arrays and objects accepted in a client's JSON value (`attributes`,
+/// `instructions`, `extra`, an ephemeral's payload); the value itself counts as level 1.
+///
+/// Stored values sit inside records and Raft entries a few levels deeper, and every reader
+/// (serde_json) stops at 128 levels: a value accepted near that limit was stored fine, then
+/// could not be read back — its stream's history answered 500 and a node holding it in its
+/// log could not start. 32 is far beyond any real document and far below that limit.
+pub const MAX_DEPTH: usize = 32;
+
+/// How deeply `v` nests arrays and objects (a scalar is 0, `{}` is 1).
+fn depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
+}
+
+fn depth_at_most(field: &str, v: &Value) -> Result<(), ApiError> {
+    if depth(v) > MAX_DEPTH {
+        return Err(ApiError::invalid(format!(
+            "{field} nests arrays and objects more than {MAX_DEPTH} levels deep"
+        )));
+    }
+    Ok(())
+}
+
 fn json_object_at_most(field: &str, v: &Value, max: usize) -> Result<(), ApiError> {
     if !v.is_object() {
         return Err(ApiError::invalid(format!("{field} must be a JSON object")));
     }
+    depth_at_most(field, v)?;
     let len = serde_json::to_vec(v).map(|b| b.len()).unwrap_or(usize::MAX);
     if len > max {
         return Err(ApiError::too_large(format!("{field} is larger than {max} bytes serialized")));
@@ -181,6 +216,7 @@ impl Limits {
             if !i.is_object() {
                 return Err(ApiError::invalid("instructions must be a JSON object"));
             }
+            depth_at_most("instructions", i)?;
             size += serde_json::to_vec(i).map(|b| b.len()).unwrap_or(usize::MAX);
         }
         if size > self.message_bytes {
@@ -200,6 +236,7 @@ impl Limits {
     }
 
     pub fn check_payload(&self, payload: &Value) -> Result<(), ApiError> {
+        depth_at_most("payload", payload)?;
         let len = serde_json::to_vec(payload).map(|b| b.len()).unwrap_or(usize::MAX);
         if len > self.message_bytes {
             return Err(ApiError::too_large(format!(
@@ -217,6 +254,39 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn values_nested_deeper_than_the_limit_are_refused() {
+        let nested = |levels: usize| {
+            let mut v = json!({});
+            for _ in 1..levels {
+                v = json!({"a": v});
+            }
+            v
+        };
+        let l = Limits { message_bytes: 1 << 20, attributes_bytes: 1 << 20, ..Limits::default() };
+        let code = |r: Result<(), ApiError>| r.err().map(|e| e.code);
+        assert_eq!(depth(&json!(1)), 0);
+        assert_eq!(depth(&json!({"a": [1, {"b": []}]})), 4);
+        assert_eq!(depth(&nested(MAX_DEPTH)), MAX_DEPTH);
+        assert_eq!(code(l.check_message("", Some(&nested(MAX_DEPTH)))), None);
+        for too_deep in [nested(MAX_DEPTH + 1), nested(121)] {
+            assert_eq!(
+                code(l.check_message("", Some(&too_deep))),
+                Some(ErrorCode::InvalidArgument)
+            );
+            let f = FieldsRef { attributes: Some(&too_deep), ..Default::default() };
+            assert_eq!(code(l.check_fields(f)), Some(ErrorCode::InvalidArgument));
+            assert_eq!(code(l.check_extra(Some(&too_deep))), Some(ErrorCode::InvalidArgument));
+            assert_eq!(code(l.check_payload(&too_deep)), Some(ErrorCode::InvalidArgument));
+        }
+        // Arrays count as objects do.
+        let mut arrays = json!([]);
+        for _ in 0..MAX_DEPTH {
+            arrays = json!([arrays]);
+        }
+        assert_eq!(code(l.check_payload(&arrays)), Some(ErrorCode::InvalidArgument));
+    }
 
     #[test]
     fn limits() {

@@ -125,3 +125,60 @@ async fn recovery_after_snapshots_and_log_purge() {
         alice.call("POST", &path, Some(json!({"type": "Chat/message", "content": "after"}))).await;
     assert_eq!((s, v["ordinal"].as_u64()), (201, Some(402)));
 }
+
+/// A value nested too deeply to read back once stored must be refused, not acknowledged:
+/// stored inside a Raft entry, a value accepted near serde_json's 128-level limit left the
+/// node unable to start and its stream's history answering 500. Values nested 32 levels
+/// (`MAX_DEPTH`) are accepted everywhere, survive a restart and read back; one level more is
+/// `invalid_argument` on every route that takes a client's JSON value.
+#[tokio::test]
+async fn deeply_nested_values_are_refused_and_the_deepest_accepted_survive_a_restart() {
+    fn nested(levels: usize) -> serde_json::Value {
+        let mut v = json!({"leaf": true});
+        for _ in 1..levels {
+            v = json!({"a": v});
+        }
+        v
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let room = format!("/v1/streams/alice/{}", enc("Chat/room/deep"));
+    let create = json!({"type": "Chat/room", "name": "Chat/room/deep", "readLevel": 40,
+        "writeLevel": 40, "attributes": nested(32)});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+    assert_eq!(s, 201, "{v}");
+    let post = |depth: usize| json!({"type": "Chat/message", "instructions": nested(depth)});
+    let (s, v) = alice.call("POST", &format!("{room}/messages"), Some(post(32))).await;
+    assert_eq!(s, 201, "{v}");
+    let bob = Api::new(&server, server.token("bob", &[]));
+    let (s, v) =
+        bob.call("POST", &format!("{room}/join"), Some(json!({"extra": nested(32)}))).await;
+    assert_eq!(s, 200, "{v}");
+
+    let refused = [
+        ("POST", "/v1/streams".to_owned(), json!({"type": "Chat/room", "attributes": nested(33)})),
+        ("PATCH", room.clone(), json!({"attributes": nested(121)})),
+        ("POST", format!("{room}/messages"), post(33)),
+        ("POST", format!("{room}/messages"), post(121)),
+        ("POST", format!("{room}/join"), json!({"extra": nested(126)})),
+    ];
+    for (method, path, body) in refused {
+        let (s, v) = alice.call(method, &path, Some(body)).await;
+        assert_eq!(s, 400, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_argument", "{v}");
+    }
+    server.kill();
+
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let (s, v) = alice.call("GET", &format!("{room}/messages"), None).await;
+    assert_eq!(s, 200, "{v}");
+    let messages = v["messages"].as_array().unwrap();
+    let types: Vec<&str> = messages.iter().map(|m| m["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Streams/created", "Chat/message", "Streams/joined"], "{v}");
+    assert_eq!(messages[1]["instructions"], nested(32));
+    let (s, v) = alice.call("GET", &room, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["attributes"], nested(32));
+}
