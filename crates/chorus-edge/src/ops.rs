@@ -6,9 +6,9 @@ use axum::http::StatusCode;
 use chorus_api::wire::{message_json, message_text, participant_json, stream_json};
 use chorus_api::{
     Caller, CreateStream, HistoryQuery, JoinBatch, NewEphemeral, NewPost, ParticipantBody,
-    ParticipantOp, ParticipantQuery, ServiceError, StreamService, UpdateStream,
+    ParticipantOp, ParticipantQuery, Principal, ServiceError, StreamService, UpdateStream,
 };
-use chorus_types::{AccessRow, StreamKey};
+use chorus_types::{AccessRow, PublisherId, StreamKey};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::instrument;
@@ -124,6 +124,20 @@ impl Request {
             Request::SetAccess(..) => OpName::SetAccess,
             Request::Ephemeral(..) => OpName::Ephemeral,
         }
+    }
+
+    /// The stream this request acts on, for ordering a session's requests: the named stream,
+    /// or the one a create names (`None` for a generated name and for `batch-get`).
+    pub(crate) fn order_key(&self, caller: &Caller) -> Option<StreamKey> {
+        if let Request::Create(req) = self {
+            let publisher = match (&caller.principal, &req.publisher_id) {
+                (_, Some(p)) => p.clone(),
+                (Principal::App, None) => PublisherId::app(),
+                (Principal::User { id, .. }, None) => PublisherId::from(id.clone()),
+            };
+            return req.name.clone().map(|name| StreamKey::new(publisher, name));
+        }
+        self.stream().cloned()
     }
 
     fn stream(&self) -> Option<&StreamKey> {

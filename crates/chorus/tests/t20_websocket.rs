@@ -502,3 +502,62 @@ async fn revoking_an_inherited_parent_row_ends_open_listens_of_the_child() {
     let (s, v) = bob_api.call("GET", &format!("{child_path}/messages"), None).await;
     assert_eq!(s, 404, "{v}");
 }
+
+/// "Requests that act on the same stream take effect in the order the session sent them":
+/// a create, pipelined posts and alternating join/leave, all sent before any reply is read,
+/// land in send order — the posts' ordinals follow their order, the stream exists for the
+/// first post, and the last of the joins and leaves decides the state.
+#[tokio::test]
+async fn pipelined_requests_on_one_stream_take_effect_in_send_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut a = ws_connect(&server, &server.token("alice", &[])).await;
+    let mut b = ws_connect(&server, &server.token("bob", &[])).await;
+    let stream = json!({"publisherId": "alice", "name": "Chat/room/piped"});
+    ws_send(&mut a, json!({"id": 0, "op": "create", "type": "Chat/room", "name": "Chat/room/piped", "readLevel": 40, "writeLevel": 40})).await;
+    const POSTS: u64 = 40;
+    for i in 1..=POSTS {
+        let post = json!({"id": i, "op": "post", "stream": stream, "type": "Chat/message", "content": i.to_string()});
+        ws_send(&mut a, post).await;
+    }
+    let mut ordinals = std::collections::BTreeMap::new();
+    while ordinals.len() < POSTS as usize {
+        let v = ws_next(&mut a).await;
+        if let Some(re) = v["re"].as_u64().filter(|re| *re >= 1) {
+            assert!(v.get("ok").is_some(), "post {re} refused: {v}");
+            ordinals.insert(re, v["ok"]["ordinal"].as_u64().unwrap());
+        }
+    }
+    // Ordinal 1 is `Streams/created`: post i got ordinal i + 1.
+    for (i, ordinal) in ordinals {
+        assert_eq!(ordinal, i + 1, "post {i} out of send order");
+    }
+    // Bob ends on a leave, then on a join.
+    for (round, last) in [(0u64, "leave"), (1, "join")] {
+        let ops = ["join", "leave", "join", "leave", "join", "leave", "join", "leave"];
+        let ops: Vec<&str> = if last == "join" {
+            ops[1..].iter().chain(["join"].iter()).copied().collect()
+        } else {
+            ops.to_vec()
+        };
+        for (i, op) in ops.iter().enumerate() {
+            ws_send(&mut b, json!({"id": round * 100 + i as u64, "op": op, "stream": stream}))
+                .await;
+        }
+        let last_id = round * 100 + ops.len() as u64 - 1;
+        let mut answered = 0;
+        while answered < ops.len() {
+            let v = ws_next(&mut b).await;
+            if v.get("re").is_some() {
+                answered += 1;
+                assert!(v.get("ok").is_some() || v["re"] != json!(last_id), "{v}");
+            }
+        }
+        let alice = Api::new(&server, server.token("alice", &[]));
+        let (s, v) =
+            alice.call("GET", &format!("/v1/streams/alice/{}", enc("Chat/room/piped")), None).await;
+        assert_eq!(s, 200, "{v}");
+        let expected = u64::from(last == "join");
+        assert_eq!(v["participantCount"], expected, "after a pipelined run ending on {last}: {v}");
+    }
+}

@@ -11,6 +11,7 @@ mod client_io;
 pub(crate) mod frame;
 mod handshake;
 pub(crate) mod listen;
+mod order;
 pub(crate) mod outbound;
 pub(crate) mod session;
 mod strict_json;

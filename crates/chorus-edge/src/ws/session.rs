@@ -38,6 +38,7 @@ use crate::ws::frame::{
     Command, Frame, FrameError, error_frame, ok_frame, ok_frame_text, parse_frame,
 };
 use crate::ws::listen::{FeedListen, ListenRegistry, stop_forwarder};
+use crate::ws::order::StreamOrder;
 use crate::ws::outbound::{Outbound, write_loop};
 
 /// Requests of one session running at once. The reader stops reading while this many are in
@@ -85,6 +86,8 @@ struct Session {
     fanout: Arc<Fanout>,
     out: Outbound,
     listens: Arc<ListenRegistry>,
+    /// Requests on one stream take effect in the order sent.
+    order: StreamOrder,
 }
 
 /// Why the reader loop ended.
@@ -119,6 +122,7 @@ pub(crate) async fn run(socket: TcpStream, prefix: Bytes, setup: SessionSetup) {
         fanout: setup.fanout,
         out,
         listens: Arc::new(ListenRegistry::default()),
+        order: StreamOrder::default(),
     });
     let mut requests = JoinSet::new();
     let in_flight = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));
@@ -255,9 +259,17 @@ async fn start_request(
         // Answered above, without a task.
         Command::Ping => {}
         Command::Call(request) => {
+            let turn = request.order_key(&session.caller).map(|key| session.order.queue(key));
             requests.spawn(async move {
                 let _permit = permit;
-                call(&session, id, request).await;
+                match turn {
+                    Some(mut turn) => {
+                        StreamOrder::wait(&mut turn).await;
+                        call(&session, id, request).await;
+                        session.order.finish(turn);
+                    }
+                    None => call(&session, id, request).await,
+                }
             });
         }
         Command::Listen { key, since } => {

@@ -1,0 +1,110 @@
+//! A session's requests that act on the same stream take effect in the order it sent them.
+//!
+//! A session runs many requests at once, and two of them racing to the same stream's owner
+//! could land either way round: a pipelined `join` then `leave` could leave the user joined,
+//! and two quick posts could take each other's ordinals. So each request on a stream waits
+//! for the one the session sent before it on that stream to finish; requests on different
+//! streams still run side by side. The queue position is taken when the frame is read, before
+//! any task runs, since tasks start in no particular order.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chorus_types::StreamKey;
+use tokio::sync::oneshot;
+
+/// The last request queued per stream: its ticket, and what its successor waits on.
+#[derive(Default)]
+pub(crate) struct StreamOrder {
+    tails: Mutex<HashMap<StreamKey, (u64, oneshot::Receiver<()>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// A request's place in its stream's queue.
+pub(crate) struct Turn {
+    key: StreamKey,
+    ticket: u64,
+    previous: Option<oneshot::Receiver<()>>,
+    /// Dropped when the request is done (or its task is dropped), which lets the next go.
+    _done: oneshot::Sender<()>,
+}
+
+impl StreamOrder {
+    /// Takes the next place in `key`'s queue.
+    pub(crate) fn queue(&self, key: StreamKey) -> Turn {
+        let ticket = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (done, next_waits) = oneshot::channel();
+        let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = tails.insert(key.clone(), (ticket, next_waits)).map(|(_, rx)| rx);
+        Turn { key, ticket, previous, _done: done }
+    }
+
+    /// Waits until every request queued before `turn` on its stream is done.
+    pub(crate) async fn wait(turn: &mut Turn) {
+        if let Some(previous) = turn.previous.take() {
+            // An error only means the previous request's task is gone: it is done as well.
+            let _ = previous.await;
+        }
+    }
+
+    /// Ends `turn`: forgets the stream when nothing was queued after it.
+    pub(crate) fn finish(&self, turn: Turn) {
+        let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
+        if tails.get(&turn.key).is_some_and(|(ticket, _)| *ticket == turn.ticket) {
+            tails.remove(&turn.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use chorus_types::{PublisherId, StreamName};
+
+    use super::*;
+
+    fn key(name: &str) -> StreamKey {
+        StreamKey::new(PublisherId::new("alice").unwrap(), StreamName::new(name).unwrap())
+    }
+
+    #[tokio::test]
+    async fn requests_on_one_stream_run_in_queue_order_and_others_do_not_wait() {
+        let order = Arc::new(StreamOrder::default());
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // Queued in order 0..8, started in reverse: they must still run 0..8.
+        let turns: Vec<Turn> = (0..8).map(|_| order.queue(key("Chat/a"))).collect();
+        for (i, mut turn) in turns.into_iter().enumerate().rev() {
+            let (order, log) = (Arc::clone(&order), Arc::clone(&log));
+            tasks.push(tokio::spawn(async move {
+                StreamOrder::wait(&mut turn).await;
+                tokio::task::yield_now().await;
+                log.lock().unwrap().push(i);
+                order.finish(turn);
+            }));
+        }
+        // Another stream's request does not wait for them.
+        let mut other = order.queue(key("Chat/b"));
+        StreamOrder::wait(&mut other).await;
+        order.finish(other);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*log.lock().unwrap(), (0..8).collect::<Vec<_>>());
+        assert!(order.tails.lock().unwrap().is_empty(), "finished streams are forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_lets_the_next_one_go() {
+        let order = StreamOrder::default();
+        let first = order.queue(key("Chat/a"));
+        let mut second = order.queue(key("Chat/a"));
+        drop(first);
+        StreamOrder::wait(&mut second).await;
+        order.finish(second);
+        assert!(order.tails.lock().unwrap().is_empty());
+    }
+}
