@@ -36,6 +36,11 @@ pub(crate) enum AuthError {
     InvalidRoles,
     #[error("X-Chorus-As-User must be a userId: 1-64 characters of [A-Za-z0-9_.@:-]")]
     InvalidAsUser,
+    /// Two credentials: a proxy in front may have checked the other one.
+    #[error("a request carries one Authorization header")]
+    DuplicateAuthorization,
+    #[error("a request carries at most one X-Chorus-As-User header")]
+    DuplicateAsUser,
 }
 
 impl From<AuthError> for ApiError {
@@ -43,7 +48,7 @@ impl From<AuthError> for ApiError {
         // A bad As-User value comes from an authenticated caller: its argument is wrong, not
         // its credentials.
         let code = match error {
-            AuthError::InvalidAsUser => ErrorCode::InvalidArgument,
+            AuthError::InvalidAsUser | AuthError::DuplicateAsUser => ErrorCode::InvalidArgument,
             _ => ErrorCode::Unauthenticated,
         };
         ApiError::new(code, error.to_string())
@@ -146,9 +151,13 @@ impl Authenticator {
 
 /// The token of an `Authorization: Bearer <token>` header; `Ok(None)` when there is no header.
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
-    let Some(value) = headers.get(AUTHORIZATION) else {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        return Err(AuthError::DuplicateAuthorization);
+    }
     let text = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
     let (scheme, token) = text.trim().split_once(' ').ok_or(AuthError::MalformedHeader)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -159,6 +168,17 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthErro
         return Err(AuthError::MalformedHeader);
     }
     Ok(Some(token))
+}
+
+/// The `X-Chorus-As-User` header's value, refusing it named twice (RFC 9110 leaves a repeated
+/// singleton field to whoever reads it, and a proxy may read the other copy).
+pub(crate) fn as_user_header(headers: &HeaderMap) -> Result<Option<&[u8]>, AuthError> {
+    let mut values = headers.get_all(AS_USER_HEADER).iter();
+    let first = values.next().map(|value| value.as_bytes());
+    if values.next().is_some() {
+        return Err(AuthError::DuplicateAsUser);
+    }
+    Ok(first)
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of the API key

@@ -16,7 +16,7 @@ use chorus_api::Caller;
 use chorus_types::{ApiError, PublisherId, StreamKey, StreamName};
 use serde::de::DeserializeOwned;
 
-use crate::auth::{AS_USER_HEADER, bearer_token};
+use crate::auth::{as_user_header, bearer_token};
 use crate::error::ErrorReply;
 use crate::state::EdgeState;
 
@@ -31,7 +31,7 @@ impl FromRequestParts<Arc<EdgeState>> for Authenticated {
         state: &Arc<EdgeState>,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer_token(&parts.headers).map_err(ApiError::from)?;
-        let as_user = parts.headers.get(AS_USER_HEADER).map(|value| value.as_bytes());
+        let as_user = as_user_header(&parts.headers).map_err(ApiError::from)?;
         let principal = state.auth.authenticate(token, as_user).map_err(ApiError::from)?;
         Ok(Authenticated(Caller { principal, session: None }))
     }

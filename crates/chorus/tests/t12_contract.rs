@@ -344,3 +344,47 @@ async fn inherit_access_names_other_streams_once() {
     let (s, v) = alice.call("PATCH", &stream_path("alice", "Chat/room/d"), Some(itself)).await;
     assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "{v}");
 }
+
+/// One bearer credential per request: two `Authorization` headers are refused (401) whatever
+/// their order, as are two `X-Chorus-As-User` headers (400) — a proxy in front may have read
+/// the other copy, so picking one would run the request as someone else.
+#[tokio::test]
+async fn repeated_credential_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let create = json!({"type": "Chat/room", "name": "Chat/room/creds"});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+    assert_eq!(s, 201, "{v}");
+    let url = server.url(&stream_path("alice", "Chat/room/creds"));
+    let user = format!("Bearer {}", server.token("mallory", &[]));
+    let app = format!("Bearer {}", server.api_key);
+    let client = reqwest::Client::new();
+    for (first, second) in [(&user, &app), (&app, &user), (&app, &app)] {
+        let resp = client
+            .get(&url)
+            .header("Authorization", first.as_str())
+            .header("Authorization", second.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(code(&v), Some("unauthenticated"), "{v}");
+    }
+    let resp = client
+        .get(&url)
+        .header("Authorization", app.as_str())
+        .header("X-Chorus-As-User", "alice")
+        .header("X-Chorus-As-User", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(code(&v), Some("invalid_argument"), "{v}");
+    // One of each still works.
+    let resp =
+        client.get(&url).header("Authorization", app).header("X-Chorus-As-User", "alice").send();
+    assert_eq!(resp.await.unwrap().status(), 200);
+}

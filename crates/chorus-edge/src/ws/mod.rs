@@ -28,7 +28,7 @@ use chorus_types::ApiError;
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::auth::{AS_USER_HEADER, AuthError, bearer_token};
+use crate::auth::{AuthError, as_user_header, bearer_token};
 use crate::error::ErrorReply;
 use crate::server::SessionStop;
 use crate::state::EdgeState;
@@ -108,6 +108,6 @@ fn authenticate(
         None => Query::<TokenQuery>::try_from_uri(uri).ok().and_then(|Query(query)| query.token),
     };
     let token = header_token.or(query_token.as_deref());
-    let as_user = headers.get(AS_USER_HEADER).map(|value| value.as_bytes());
+    let as_user = as_user_header(headers)?;
     edge.auth.authenticate_until(token, as_user)
 }
