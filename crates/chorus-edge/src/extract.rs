@@ -109,9 +109,24 @@ where
 /// Every body is parsed as JSON whatever its `Content-Type` says: `curl -d` sends
 /// `application/x-www-form-urlencoded`, and refusing a valid JSON body over a header helps
 /// nobody. A body that is not JSON still fails, naming the problem.
+///
+/// A body must arrive within [`BODY_TIMEOUT`] of its headers: without a limit a client that
+/// sends headers and then a byte now and then (slowloris through the body) holds the
+/// connection for good. hyper closes a connection whose body was not read to the end, so the
+/// 400 is the last thing on it.
 async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ErrorReply> {
-    Bytes::from_request(request, state).await.map_err(body_rejection)
+    match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, state)).await {
+        Ok(read) => read.map_err(body_rejection),
+        Err(_) => Err(ApiError::invalid(format!(
+            "the request body did not arrive within {} s",
+            BODY_TIMEOUT.as_secs()
+        ))
+        .into()),
+    }
 }
+
+/// See [`read_body`]; the same as the header-read timeout (docs/timeouts.md).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn body_rejection(rejection: BytesRejection) -> ErrorReply {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -287,9 +287,9 @@ async fn dot_names_are_refused() {
     assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "empty publisher: {v}");
 }
 
-/// A client that never finishes its request headers (slowloris), or opens a connection and
-/// sends nothing, is closed after the header-read timeout (20 s) instead of holding the
-/// connection forever; other clients are served meanwhile.
+/// A client that never finishes its request headers (slowloris), opens a connection and sends
+/// nothing, or never finishes its body, is closed after 20 s instead of holding the
+/// connection forever (the body one with a 400); other clients are served meanwhile.
 #[tokio::test]
 async fn slow_header_clients_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -298,25 +298,39 @@ async fn slow_header_clients_are_cut_off() {
     let mut partial = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
     partial.write_all(b"GET /healthz HTTP/1.1\r\nHost: chorus\r\n").await.unwrap();
     let mut silent = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    // Headers complete, then one byte of a 100-byte body and nothing more.
+    let mut slow_body = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/streams HTTP/1.1\r\nHost: chorus\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        server.api_key
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
     let app = Api::new(&server, server.api_key.clone());
     let (s, v) = app.call("GET", "/v1/streams/~/Chat%2Froom%2Fnone", None).await;
     assert_eq!(s, 404, "another client is served meanwhile: {v}");
     let started = std::time::Instant::now();
-    for conn in [&mut partial, &mut silent] {
+    let mut answers = Vec::new();
+    for conn in [&mut partial, &mut silent, &mut slow_body] {
         let mut buf = [0u8; 1024];
+        let mut answer = Vec::new();
         // hyper answers 408 or just closes: either way the read ends, with EOF after it.
         let ended = tokio::time::timeout(std::time::Duration::from_secs(60), async {
             loop {
                 match conn.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
                 }
             }
         })
         .await;
         assert!(ended.is_ok(), "the connection is still open after 60 s");
+        answers.push(String::from_utf8_lossy(&answer).into_owned());
     }
     assert!(started.elapsed() >= std::time::Duration::from_secs(10), "closed too early");
+    // The body that never came is answered, with the error shape, and the connection closed.
+    assert!(answers[2].starts_with("HTTP/1.1 400"), "{}", answers[2]);
+    assert!(answers[2].contains("invalid_argument"), "{}", answers[2]);
 }
 
 /// `inheritAccess` names streams: an access rule, the same parent twice, or the stream itself
