@@ -84,22 +84,10 @@ struct ListenArgs {
     since: Option<u64>,
 }
 
-/// The id of a frame the strict parser refused (a key named twice) that is still plain JSON
-/// with one unambiguous top-level `id`, so the client's request gets its answer rather than
-/// `"re": null` and a timeout.
-fn readable_id(text: &str) -> Option<Value> {
-    let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(text) else { return None };
-    let id = fields.get("id").filter(|id| id.is_number() || id.is_string())?;
-    // With `id` itself named twice, which one the client meant is unknowable; `"id"` written
-    // more than once anywhere (a nested key, a value) is treated so too, to stay on the safe
-    // side.
-    (text.matches("\"id\"").count() == 1).then(|| id.clone())
-}
-
 pub(crate) fn parse_frame(text: &str) -> Result<Frame, FrameError> {
     let value: Value = super::strict_json::from_str(text).map_err(|error| {
         let message = format!("frame is not valid JSON: {error}");
-        match readable_id(text) {
+        match super::frame_id::readable_id(text) {
             Some(id) => error_for(id, OpName::Unknown, ApiError::invalid(message)),
             None => FrameError::unreadable(message),
         }

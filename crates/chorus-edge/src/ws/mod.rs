@@ -9,6 +9,7 @@
 
 mod client_io;
 pub(crate) mod frame;
+mod frame_id;
 mod handshake;
 pub(crate) mod listen;
 mod order;
