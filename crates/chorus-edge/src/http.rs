@@ -85,7 +85,7 @@ async fn create(State(edge): Edge, caller: Auth, body: Body<CreateStream>) -> Re
 }
 
 async fn batch_get(State(edge): Edge, caller: Auth, body: Body<BatchGetBody>) -> Response {
-    let request = body.map(|JsonBody(req)| Request::BatchGet(req.streams));
+    let request = body.map(|JsonBody(req)| Request::BatchGet(req.keys()));
     respond(&edge, OpName::BatchGet, caller, request).await
 }
 

@@ -8,6 +8,7 @@ use chorus_api::{
     Caller, CreateStream, HistoryQuery, JoinBatch, NewEphemeral, NewPost, ParticipantBody,
     ParticipantOp, ParticipantQuery, Principal, ServiceError, StreamService, UpdateStream,
 };
+use chorus_types::object_only::ObjectOnly;
 use chorus_types::{AccessRow, PublisherId, StreamKey};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -79,7 +80,13 @@ impl OpName {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BatchGetBody {
-    pub(crate) streams: Vec<StreamKey>,
+    streams: Vec<ObjectOnly<StreamKey>>,
+}
+
+impl BatchGetBody {
+    pub(crate) fn keys(self) -> Vec<StreamKey> {
+        self.streams.into_iter().map(|ObjectOnly(key)| key).collect()
+    }
 }
 
 /// `PUT …/access` body and WebSocket `setAccess` arguments.

@@ -18,6 +18,7 @@
 pub mod error;
 pub mod ids;
 pub mod levels;
+pub mod object_only;
 pub mod records;
 pub mod shard;
 pub mod time;

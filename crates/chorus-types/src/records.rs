@@ -232,7 +232,7 @@ impl Serialize for AccessRow {
 impl<'de> Deserialize<'de> for AccessRow {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
-        let w = AccessRowWire::deserialize(d)?;
+        let w: AccessRowWire = crate::object_only::object_only(d)?;
         let subject = match (w.of_user_id, w.of_role) {
             (Some(_), Some(_)) => {
                 return Err(D::Error::custom("an access row has ofUserId or ofRole, not both"));

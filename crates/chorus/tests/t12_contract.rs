@@ -402,3 +402,37 @@ async fn repeated_credential_headers_are_refused() {
         client.get(&url).header("Authorization", app).header("X-Chorus-As-User", "alice").send();
     assert_eq!(resp.await.unwrap().status(), 200);
 }
+
+/// "A body is a JSON object: an array (which serde would read field by field) is 400" holds
+/// for the objects inside a body too: a stream reference or an access row written as an array
+/// is refused, not read by field position (only `inheritAccess` entries take the documented
+/// tuple forms).
+#[tokio::test]
+async fn nested_objects_are_not_read_from_arrays() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let create = json!({"type": "Chat/room", "name": "Chat/room/tuples"});
+    let (s, v) = alice.call("POST", "/v1/streams", Some(create)).await;
+    assert_eq!(s, 201, "{v}");
+    let access = format!("{}/access", stream_path("alice", "Chat/room/tuples"));
+    let refused = [
+        (
+            "POST",
+            "/v1/streams/batch-get".to_owned(),
+            json!({"streams": [["alice", "Chat/room/tuples"]]}),
+        ),
+        ("PUT", access.clone(), json!({"rows": [["bob", null, 10, 20, 0]]})),
+        ("PUT", access.clone(), json!({"rows": [["bob"]]})),
+    ];
+    for (method, path, body) in refused {
+        let (s, v) = alice.call(method, &path, Some(body)).await;
+        assert_eq!((s, code(&v)), (400, Some("invalid_argument")), "{method} {path}: {v}");
+    }
+    let (s, v) = alice.call("GET", &access, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["rows"], json!([]), "nothing was stored: {v}");
+    let batch = json!({"streams": [{"publisherId": "alice", "name": "Chat/room/tuples"}]});
+    let (s, v) = alice.call("POST", "/v1/streams/batch-get", Some(batch)).await;
+    assert_eq!(s, 200, "{v}");
+}

@@ -157,7 +157,7 @@ fn command(op: OpName, mut fields: Map<String, Value>) -> Result<Command, ApiErr
             lift_stream(&mut fields)?;
             call(Request::Create(args::<CreateStream>(fields)?))
         }
-        OpName::BatchGet => call(Request::BatchGet(args::<BatchGetBody>(fields)?.streams)),
+        OpName::BatchGet => call(Request::BatchGet(args::<BatchGetBody>(fields)?.keys())),
         OpName::Ping => {
             args::<NoArgs>(fields)?;
             Ok(Command::Ping)
