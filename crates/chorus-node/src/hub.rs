@@ -34,6 +34,8 @@ pub struct Hub {
     /// Parent → the streams listened here that inherit access from it (as last authorized),
     /// so a change of a parent's access reaches its children's listens too.
     children: Mutex<HashMap<StreamKey, HashSet<StreamKey>>>,
+    /// Size of `children` at which `note_parents` next drops the children nobody listens to.
+    children_sweep_at: AtomicU64,
 }
 
 /// Smallest map size at which sweeping starts.
@@ -54,7 +56,7 @@ impl Hub {
             self.sweep_at.store((streams.len() as u64 * 2).max(SWEEP_FLOOR), Ordering::Relaxed);
             let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
             children.retain(|_, kids| {
-                kids.retain(|kid| streams.contains_key(kid));
+                kids.retain(|kid| kid == key || streams.contains_key(kid));
                 !kids.is_empty()
             });
         }
@@ -78,11 +80,31 @@ impl Hub {
     /// its listeners are authorized, so a changed `inheritAccess` is picked up by the re-check
     /// its own change triggers). A parent it no longer names only costs a spare re-check.
     pub fn note_parents(&self, child: &StreamKey, parents: impl Iterator<Item = StreamKey>) {
+        let mut parents = parents.peekable();
+        if parents.peek().is_none() {
+            return;
+        }
+        // Lock order: `streams`, then `children` (as in `subscribe`).
+        let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         for parent in parents {
             if !children.get(&parent).is_some_and(|kids| kids.contains(child)) {
                 children.entry(parent).or_default().insert(child.clone());
             }
+        }
+        // Amortised like the streams' sweep, on its own size: children of streams nobody
+        // listens to any more go, or the map would grow with every child ever listened to.
+        let len = children.len() as u64;
+        if len >= self.children_sweep_at.load(Ordering::Relaxed).max(SWEEP_FLOOR) {
+            let listened = |kid: &StreamKey| {
+                kid == child || streams.get(kid).is_some_and(|tx| tx.receiver_count() > 0)
+            };
+            children.retain(|_, kids| {
+                kids.retain(|kid| listened(kid));
+                !kids.is_empty()
+            });
+            let next = (children.len() as u64 * 2).max(SWEEP_FLOOR);
+            self.children_sweep_at.store(next, Ordering::Relaxed);
         }
     }
 
@@ -95,9 +117,28 @@ impl Hub {
             let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
             children.get(key).map(|kids| kids.iter().cloned().collect()).unwrap_or_default()
         };
+        let mut gone = Vec::new();
         for kid in kids {
-            if let Some(tx) = self.sender(&kid) {
-                let _ = tx.send(ListenEvent::AccessChanged);
+            match self.sender(&kid) {
+                Some(tx) => {
+                    let _ = tx.send(ListenEvent::AccessChanged);
+                }
+                None => gone.push(kid),
+            }
+        }
+        // Children nobody listens to any more are forgotten here too: the sweep in
+        // `subscribe` runs only once the map of listened streams is large.
+        if !gone.is_empty() {
+            // Lock order as in `subscribe`; a child listened to again meanwhile stays.
+            let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(kids) = children.get_mut(key) {
+                for kid in gone.iter().filter(|kid| !streams.contains_key(*kid)) {
+                    kids.remove(kid);
+                }
+                if kids.is_empty() {
+                    children.remove(key);
+                }
             }
         }
     }

@@ -631,13 +631,7 @@ impl StreamService for Node {
         caller: &Caller,
         key: &StreamKey,
     ) -> Result<u64, ServiceError> {
-        self.read_barrier(key).await?;
-        let ctx = self.context(key).await?;
-        may_listen(&ctx, caller)?;
-        self.inner.hub.note_parents(key, ctx.parents.iter().map(|(parent, _)| parent.key()));
-        ctx.target
-            .map(|t| t.stream.message_count)
-            .ok_or_else(|| err(ErrorCode::NotFound, "stream not found"))
+        self.authorized_listen(caller, key).await.map(|(count, _)| count)
     }
 
     #[instrument(
@@ -668,9 +662,11 @@ impl StreamService for Node {
         key: &StreamKey,
         since: Option<u64>,
     ) -> Result<Listening, ServiceError> {
-        self.authorize_listen(caller, key).await?;
+        let (_, parents) = self.authorized_listen(caller, key).await?;
         // Subscribe first, then read the count: every later message reaches the listen.
         let live = self.inner.hub.subscribe(key);
+        // Noted once subscribed: the hub forgets the parents of streams nobody listens to.
+        self.inner.hub.note_parents(key, parents.into_iter());
         let shard = self.shard_of(key);
         let k = key.clone();
         let current = self
@@ -697,6 +693,23 @@ impl SourceReader for Node {
         key: &StreamKey,
     ) -> Result<SourceRows, ServiceError> {
         self.read_access_source(caller, key).await
+    }
+}
+
+impl Node {
+    /// Whether `caller` may listen to `key`: the stream's message count and the parents it
+    /// inherits access from (so their access changes reach the listen).
+    async fn authorized_listen(
+        &self,
+        caller: &Caller,
+        key: &StreamKey,
+    ) -> Result<(u64, Vec<StreamKey>), ServiceError> {
+        self.read_barrier(key).await?;
+        let ctx = self.context(key).await?;
+        may_listen(&ctx, caller)?;
+        let parents = ctx.parents.iter().map(|(parent, _)| parent.key()).collect();
+        let count = ctx.target.map(|t| t.stream.message_count);
+        Ok((count.ok_or_else(|| err(ErrorCode::NotFound, "stream not found"))?, parents))
     }
 }
 

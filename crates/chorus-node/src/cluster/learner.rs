@@ -18,26 +18,38 @@ pub async fn add_caught_up_learner(
     id: u64,
     addr: &str,
 ) -> Result<(), Status> {
-    raft.add_learner(id, openraft::BasicNode { addr: addr.to_owned() }, false)
+    let added = raft
+        .add_learner(id, openraft::BasicNode { addr: addr.to_owned() }, false)
         .await
         .map_err(|e| Status::unavailable(format!("adding learner {id}: {e}")))?;
     let mut metrics = raft.metrics();
-    let target = metrics.borrow().last_log_index.unwrap_or(0);
+    // Fixed once the change shows: a moving target might never be reached under writes.
+    let mut target = None;
     loop {
         {
             let m = metrics.borrow_and_update();
-            let Some(replication) = m.replication.as_ref() else {
-                return Err(Status::unavailable(format!(
-                    "this node stopped leading while learner {id} caught up"
-                )));
-            };
-            if m.membership_config.membership().get_node(&id).is_none() {
-                return Err(Status::aborted(format!("learner {id} was removed while catching up")));
-            }
-            // Missing from `replication`: its metrics were not reported yet.
-            let matched = replication.get(&id).and_then(Option::as_ref).map_or(0, |l| l.index);
-            if matched >= target {
-                return Ok(());
+            // openraft answers the change before it publishes the metrics that show it: wait
+            // for those, or the learner would look removed and the target too low.
+            let published =
+                m.membership_config.log_id().is_some_and(|l| l.index >= added.log_id.index);
+            if published {
+                let target = *target
+                    .get_or_insert_with(|| added.log_id.index.max(m.last_log_index.unwrap_or(0)));
+                let Some(replication) = m.replication.as_ref() else {
+                    return Err(Status::unavailable(format!(
+                        "this node stopped leading while learner {id} caught up"
+                    )));
+                };
+                if m.membership_config.membership().get_node(&id).is_none() {
+                    return Err(Status::aborted(format!(
+                        "learner {id} was removed while catching up"
+                    )));
+                }
+                // Missing from `replication`: its metrics were not reported yet.
+                let matched = replication.get(&id).and_then(Option::as_ref).map_or(0, |l| l.index);
+                if matched >= target {
+                    return Ok(());
+                }
             }
         }
         metrics.changed().await.map_err(|_| {

@@ -138,8 +138,14 @@ impl Peer for PeerService {
                 let Some(batch) = frame.batch else { continue };
                 let (tx, groups, liveness) = (tx.clone(), Arc::clone(&groups), liveness.clone());
                 tokio::spawn(async move {
-                    let reply = run_batch(&groups, liveness.as_deref(), batch).await;
-                    let frame = pb::RaftBatchReplyFrame { id: frame.id, reply: Some(reply) };
+                    let work = tokio::spawn(async move {
+                        run_batch(&groups, liveness.as_deref(), batch).await
+                    });
+                    // Every frame is answered: a batch whose task died (a panic) gets a reply
+                    // without a body, which fails it at the sender. Without one its sender
+                    // would wait as long as the stream lives, holding one of the lane's slots.
+                    let reply = work.await.ok();
+                    let frame = pb::RaftBatchReplyFrame { id: frame.id, reply };
                     // The sender gone: it has failed this batch already.
                     let _ = tx.send(Ok(frame)).await;
                 });
