@@ -22,6 +22,12 @@ pub(crate) async fn refuse_stray_input(request: Request, next: Next) -> Response
 }
 
 fn stray_input(request: &Request) -> Option<ApiError> {
+    if has_malformed_escape(request.uri().path()) {
+        // Decoders keep such a `%` literally, so `%zz` and `%25zz` would name the same stream.
+        return Some(ApiError::invalid(
+            "malformed percent-escape in the path: `%` must be followed by two hex digits",
+        ));
+    }
     let method = request.method();
     if let Some(query) = request.uri().query()
         && !takes_query(method, request.uri().path())
@@ -40,6 +46,15 @@ fn stray_input(request: &Request) -> Option<ApiError> {
         return Some(ApiError::invalid(format!("{method} takes no request body")));
     }
     None
+}
+
+fn has_malformed_escape(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.iter().enumerate().any(|(i, c)| {
+        *c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
 }
 
 /// `GET` (and `HEAD`, which axum serves with the `GET` handler) of
@@ -90,6 +105,17 @@ mod tests {
         assert!(stray_input(&post).is_some());
         let create = request(Method::POST, "/v1/streams?", "{}");
         assert!(stray_input(&create).is_none());
+    }
+
+    #[test]
+    fn malformed_percent_escapes_in_the_path() {
+        for bad in ["/v1/streams/alice/%zz", "/v1/streams/alice/a%", "/v1/streams/alice/a%2"] {
+            let e = stray_input(&request(Method::GET, bad, "")).unwrap();
+            assert!(e.message.contains("percent-escape"), "{bad}");
+        }
+        for good in ["/v1/streams/alice/Chat%2Froom", "/v1/streams/alice/%25zz"] {
+            assert!(stray_input(&request(Method::GET, good, "")).is_none(), "{good}");
+        }
     }
 
     #[test]
