@@ -131,6 +131,11 @@ impl Authenticator {
                     _ => AuthError::InvalidToken,
                 }
             })?;
+        // RFC 7515 §4.1.11: a token naming extensions its reader must understand (`crit`) is
+        // refused by a reader that understands none of them.
+        if data.header.crit.as_ref().is_some_and(|crit| !crit.is_empty()) {
+            return Err(AuthError::InvalidToken);
+        }
         let sub = data.claims.sub.ok_or(AuthError::MissingSub)?;
         let id = UserId::new(sub).map_err(|_| AuthError::InvalidSub)?;
         let roles = data.claims.roles.unwrap_or_default();
@@ -276,6 +281,15 @@ mod tests {
         assert_eq!(authenticator().authenticate(Some(&token), None), Err(AuthError::InvalidToken));
         let token = jwt(json!({"sub": "bob", "roles": [""]}));
         assert_eq!(authenticator().authenticate(Some(&token), None), Err(AuthError::InvalidRoles));
+    }
+
+    #[test]
+    fn jwt_naming_critical_extensions_is_refused() {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp-ext".into()]);
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let token = encode(&header, &json!({"sub": "alice"}), &key).unwrap();
+        assert_eq!(authenticator().authenticate(Some(&token), None), Err(AuthError::InvalidToken));
     }
 
     #[test]
