@@ -133,3 +133,170 @@ impl BatchMux {
         Ok(open)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::pin::Pin;
+
+    use chorus_proto::pb::peer_server::{Peer, PeerServer};
+    use tokio::net::TcpListener;
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+
+    /// Answers each batch with one reply per call naming the call's group; `streams: false`
+    /// plays an older node without `Batches`. A call for group 666 is never answered on the
+    /// stream, and one for group 999 ends the stream.
+    struct Echo {
+        streams: bool,
+    }
+
+    fn echo(batch: &pb::RaftBatch) -> pb::RaftBatchReply {
+        let replies = batch
+            .calls
+            .iter()
+            .map(|c| pb::RaftReply {
+                payload: c.group.to_string().into_bytes(),
+                error: String::new(),
+            })
+            .collect();
+        pb::RaftBatchReply { replies }
+    }
+
+    type Frames =
+        Pin<Box<dyn futures_util::Stream<Item = Result<pb::RaftBatchReplyFrame, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Peer for Echo {
+        async fn batch(
+            &self,
+            request: Request<pb::RaftBatch>,
+        ) -> Result<Response<pb::RaftBatchReply>, Status> {
+            Ok(Response::new(echo(request.get_ref())))
+        }
+
+        type BatchesStream = Frames;
+
+        async fn batches(
+            &self,
+            request: Request<tonic::Streaming<pb::RaftBatchFrame>>,
+        ) -> Result<Response<Frames>, Status> {
+            if !self.streams {
+                return Err(Status::unimplemented("an older node"));
+            }
+            let mut incoming = request.into_inner();
+            let (tx, rx) = mpsc::channel(16);
+            tokio::spawn(async move {
+                while let Ok(Some(frame)) = incoming.message().await {
+                    let Some(batch) = frame.batch else { continue };
+                    match batch.calls.first().map(|c| c.group) {
+                        Some(666) => {}
+                        Some(999) => {
+                            let _ = tx.send(Err(Status::internal("broken"))).await;
+                            return;
+                        }
+                        _ => {
+                            let reply =
+                                pb::RaftBatchReplyFrame { id: frame.id, reply: Some(echo(&batch)) };
+                            let _ = tx.send(Ok(reply)).await;
+                        }
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: Request<pb::SnapshotChunk>,
+        ) -> Result<Response<pb::RaftReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        async fn ping(
+            &self,
+            _: Request<pb::PingRequest>,
+        ) -> Result<Response<pb::PingReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+    }
+
+    async fn serve(streams: bool) -> PeerClient<Channel> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PeerServer::new(Echo { streams }))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        client(&addr.to_string())
+    }
+
+    fn client(addr: &str) -> PeerClient<Channel> {
+        PeerClient::new(Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy())
+    }
+
+    fn batch(groups: &[u32]) -> pb::RaftBatch {
+        let calls = groups
+            .iter()
+            .map(|g| pb::RaftCall {
+                group: *g,
+                kind: pb::RaftKind::Append.into(),
+                payload: Vec::new(),
+            })
+            .collect();
+        pb::RaftBatch { from: 1, calls }
+    }
+
+    fn groups(reply: &pb::RaftBatchReply) -> Vec<String> {
+        reply.replies.iter().map(|r| String::from_utf8(r.payload.clone()).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn batches_share_a_stream_and_a_break_fails_those_in_flight() {
+        let mux = Arc::new(BatchMux::new(serve(true).await));
+        let reply = mux.call(batch(&[1, 2])).await.unwrap();
+        assert_eq!(groups(&reply), ["1", "2"]);
+
+        let hanging = {
+            let mux = Arc::clone(&mux);
+            tokio::spawn(async move { mux.call(batch(&[666])).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let open = mux.open.lock().await.clone();
+            let waiting = open.map_or(0, |o| lock(&o.waiting).as_ref().map_or(0, HashMap::len));
+            if waiting == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the unanswered batch was never sent");
+            tokio::task::yield_now().await;
+        }
+        let broke = mux.call(batch(&[999])).await;
+        assert_eq!(broke.unwrap_err().code(), tonic::Code::Unknown);
+        let hung = hanging.await.unwrap();
+        assert_eq!(hung.unwrap_err().code(), tonic::Code::Unknown, "in flight when it broke");
+
+        // The next batch opens a new stream.
+        assert_eq!(groups(&mux.call(batch(&[3])).await.unwrap()), ["3"]);
+    }
+
+    #[tokio::test]
+    async fn a_peer_without_the_stream_gets_unary_batches() {
+        let mux = BatchMux::new(serve(false).await);
+        assert_eq!(groups(&mux.call(batch(&[7])).await.unwrap()), ["7"]);
+        assert!(lock(&mux.unary_until).is_some(), "unary for a while, not a stream per batch");
+        assert_eq!(groups(&mux.call(batch(&[8])).await.unwrap()), ["8"]);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_peer_is_unavailable() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        let failed = BatchMux::new(client(&addr)).call(batch(&[1])).await;
+        assert_eq!(failed.unwrap_err().code(), tonic::Code::Unavailable);
+    }
+}
