@@ -37,7 +37,7 @@ pub(crate) enum AuthError {
     #[error("X-Chorus-As-User must be a userId: 1-64 characters of [A-Za-z0-9_.@:-]")]
     InvalidAsUser,
     /// Two credentials: a proxy in front may have checked the other one.
-    #[error("a request carries one Authorization header")]
+    #[error("a request carries one credential: one Authorization header, or one `token=`")]
     DuplicateAuthorization,
     #[error("a request carries at most one X-Chorus-As-User header")]
     DuplicateAsUser,

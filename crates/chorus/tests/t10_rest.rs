@@ -515,4 +515,6 @@ async fn cors_www_authenticate_and_a_strict_upgrade_query() {
     assert_eq!(body["error"]["code"], "invalid_argument", "{body}");
     assert_eq!(upgrade(format!("token={token}")).await.status(), 101);
     assert_eq!(upgrade("token=garbage&bogus=1".into()).await.status(), 401);
+    // Two tokens: which one is meant is unknowable, even when both are good.
+    assert_eq!(upgrade(format!("token={token}&token={token}")).await.status(), 401);
 }

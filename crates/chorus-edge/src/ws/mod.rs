@@ -104,6 +104,16 @@ fn authenticate(
     uri: &Uri,
 ) -> Result<(chorus_api::Principal, Option<std::time::SystemTime>), AuthError> {
     let header_token = bearer_token(headers)?;
+    let tokens_in_query = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| pair.split('=').next() == Some("token"))
+        .count();
+    // With both the header and one `?token=`, the header is used (docs/protocol.md).
+    if tokens_in_query > 1 {
+        return Err(AuthError::DuplicateAuthorization);
+    }
     let query_token = match header_token {
         Some(_) => None,
         None => Query::<TokenQuery>::try_from_uri(uri).ok().and_then(|Query(query)| query.token),
