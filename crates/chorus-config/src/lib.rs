@@ -135,7 +135,11 @@ pub struct Config {
     /// Shard count, fixed at first start. Default 64, 1–4096.
     pub shards: u16,
     pub log_format: LogFormat,
-    /// `RUST_LOG`-style filter. Default `info,openraft=warn`.
+    /// `RUST_LOG`-style filter. Default `info,openraft=error,openraft::replication=off`:
+    /// openraft warns about every vote that crossed another and logs each failed replication
+    /// call to a peer that is starting or down as an ERROR, so a healthy cluster's start
+    /// printed dozens of them. Replication health is in the metrics
+    /// (`chorus_raft_shard_apply_lag`, `chorus_raft_peer_*`); openraft's other errors stay.
     pub log_filter: String,
     pub limits: Limits,
     pub raft: RaftTiming,
@@ -158,7 +162,7 @@ impl Default for Config {
             node_id: 1,
             shards: 64,
             log_format: LogFormat::Text,
-            log_filter: "info,openraft=warn".into(),
+            log_filter: "info,openraft=error,openraft::replication=off".into(),
             limits: Limits::default(),
             raft: RaftTiming::default(),
             actors: Actors::default(),
