@@ -5,6 +5,7 @@
 //! under the handler's operation.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -110,23 +111,39 @@ where
 /// `application/x-www-form-urlencoded`, and refusing a valid JSON body over a header helps
 /// nobody. A body that is not JSON still fails, naming the problem.
 ///
-/// A body must arrive within [`BODY_TIMEOUT`] of its headers: without a limit a client that
+/// A body must arrive within [`body_deadline`] of its headers: without a limit a client that
 /// sends headers and then a byte now and then (slowloris through the body) holds the
 /// connection for good. hyper closes a connection whose body was not read to the end, so the
 /// 400 is the last thing on it.
 async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ErrorReply> {
-    match tokio::time::timeout(BODY_TIMEOUT, Bytes::from_request(request, state)).await {
+    let deadline = body_deadline(request.headers());
+    match tokio::time::timeout(deadline, Bytes::from_request(request, state)).await {
         Ok(read) => read.map_err(body_rejection),
         Err(_) => Err(ApiError::invalid(format!(
             "the request body did not arrive within {} s",
-            BODY_TIMEOUT.as_secs()
+            deadline.as_secs()
         ))
         .into()),
     }
 }
 
-/// See [`read_body`]; the same as the header-read timeout (docs/timeouts.md).
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// 20 s (the header-read timeout, docs/timeouts.md) plus a second per 16 KiB the body declares,
+/// so a slow but moving client can still send a large body (1 MiB: 84 s). A body without a
+/// length (chunked) is given the time of 1 MiB.
+fn body_deadline(headers: &axum::http::HeaderMap) -> Duration {
+    const BASE: Duration = Duration::from_secs(20);
+    const BYTES_PER_SECOND: u64 = 16 * 1024;
+    const UNKNOWN_LENGTH: u64 = 1024 * 1024;
+    // Bodies beyond the limit are refused on their length before this matters.
+    const LONGEST: u64 = 64 * 1024 * 1024;
+    let length = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(UNKNOWN_LENGTH)
+        .min(LONGEST);
+    BASE + Duration::from_secs(length / BYTES_PER_SECOND)
+}
 
 fn body_rejection(rejection: BytesRejection) -> ErrorReply {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -234,6 +251,16 @@ mod tests {
         assert_eq!(query.min, Some(2));
         let bad: axum::http::Uri = "/x?bogus=1".parse().unwrap();
         assert!(Query::<HistoryQuery>::try_from_uri(&bad).is_err());
+    }
+
+    #[test]
+    fn slower_bodies_get_longer_by_their_length() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(body_deadline(&headers), Duration::from_secs(84), "no length: as 1 MiB");
+        headers.insert(axum::http::header::CONTENT_LENGTH, "100".parse().unwrap());
+        assert_eq!(body_deadline(&headers), Duration::from_secs(20));
+        headers.insert(axum::http::header::CONTENT_LENGTH, "1048576".parse().unwrap());
+        assert_eq!(body_deadline(&headers), Duration::from_secs(84));
     }
 
     #[test]
