@@ -3,8 +3,8 @@
 //! DESIGN.md §3 "Tokens": `sub` is required, `exp` is enforced when present, `roles` is
 //! optional, other claims are ignored.
 
-use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, HeaderValue};
 use chorus_api::Principal;
 use chorus_types::records::validate_role;
 use chorus_types::{ApiError, ErrorCode, UserId};
@@ -156,13 +156,10 @@ impl Authenticator {
 
 /// The token of an `Authorization: Bearer <token>` header; `Ok(None)` when there is no header.
 pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
+    let Some(value) = single(headers, AUTHORIZATION.as_str(), AuthError::DuplicateAuthorization)?
+    else {
         return Ok(None);
     };
-    if values.next().is_some() {
-        return Err(AuthError::DuplicateAuthorization);
-    }
     let text = value.to_str().map_err(|_| AuthError::MalformedHeader)?;
     let (scheme, token) = text.trim().split_once(' ').ok_or(AuthError::MalformedHeader)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -178,10 +175,20 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthErro
 /// The `X-Chorus-As-User` header's value, refusing it named twice (RFC 9110 leaves a repeated
 /// singleton field to whoever reads it, and a proxy may read the other copy).
 pub(crate) fn as_user_header(headers: &HeaderMap) -> Result<Option<&[u8]>, AuthError> {
-    let mut values = headers.get_all(AS_USER_HEADER).iter();
-    let first = values.next().map(|value| value.as_bytes());
+    let value = single(headers, AS_USER_HEADER, AuthError::DuplicateAsUser)?;
+    Ok(value.map(HeaderValue::as_bytes))
+}
+
+/// The one value of header `name`, `twice` when the request names it more than once.
+fn single<'a>(
+    headers: &'a HeaderMap,
+    name: &str,
+    twice: AuthError,
+) -> Result<Option<&'a HeaderValue>, AuthError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
     if values.next().is_some() {
-        return Err(AuthError::DuplicateAsUser);
+        return Err(twice);
     }
     Ok(first)
 }

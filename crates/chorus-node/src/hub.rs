@@ -54,11 +54,6 @@ impl Hub {
             // Amortised: the threshold doubles with what remains, so sweeps stay rare.
             streams.retain(|_, tx| tx.receiver_count() > 0);
             self.sweep_at.store((streams.len() as u64 * 2).max(SWEEP_FLOOR), Ordering::Relaxed);
-            let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-            children.retain(|_, kids| {
-                kids.retain(|kid| kid == key || streams.contains_key(kid));
-                !kids.is_empty()
-            });
         }
         streams
             .entry(key.clone())
@@ -84,16 +79,14 @@ impl Hub {
         if parents.peek().is_none() {
             return;
         }
-        // Lock order: `streams`, then `children` (as in `subscribe`).
+        // Lock order: `streams`, then `children`; `access_notice` never holds both.
         let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
         for parent in parents {
-            if !children.get(&parent).is_some_and(|kids| kids.contains(child)) {
-                children.entry(parent).or_default().insert(child.clone());
-            }
+            children.entry(parent).or_default().insert(child.clone());
         }
-        // Amortised like the streams' sweep, on its own size: children of streams nobody
-        // listens to any more go, or the map would grow with every child ever listened to.
+        // The map grows only here, so it is swept only here, amortised like the streams'
+        // sweep: children of streams nobody listens to any more go.
         let len = children.len() as u64;
         if len >= self.children_sweep_at.load(Ordering::Relaxed).max(SWEEP_FLOOR) {
             let listened = |kid: &StreamKey| {
@@ -117,28 +110,9 @@ impl Hub {
             let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
             children.get(key).map(|kids| kids.iter().cloned().collect()).unwrap_or_default()
         };
-        let mut gone = Vec::new();
         for kid in kids {
-            match self.sender(&kid) {
-                Some(tx) => {
-                    let _ = tx.send(ListenEvent::AccessChanged);
-                }
-                None => gone.push(kid),
-            }
-        }
-        // Children nobody listens to any more are forgotten here too: the sweep in
-        // `subscribe` runs only once the map of listened streams is large.
-        if !gone.is_empty() {
-            // Lock order as in `subscribe`; a child listened to again meanwhile stays.
-            let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
-            let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(kids) = children.get_mut(key) {
-                for kid in gone.iter().filter(|kid| !streams.contains_key(*kid)) {
-                    kids.remove(kid);
-                }
-                if kids.is_empty() {
-                    children.remove(key);
-                }
+            if let Some(tx) = self.sender(&kid) {
+                let _ = tx.send(ListenEvent::AccessChanged);
             }
         }
     }
