@@ -38,6 +38,7 @@ pub mod cluster;
 mod ephemeral_limit;
 mod error;
 mod hub;
+mod in_flight;
 mod listen;
 pub mod meta;
 pub mod metrics;

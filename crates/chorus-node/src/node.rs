@@ -135,6 +135,13 @@ pub(crate) struct Inner {
     /// Reads an access source where its shard is led: the cluster router, set once it exists
     /// (weak: the router holds the node). Unset on a single node, where every shard is here.
     pub(crate) remote_sources: OnceLock<Weak<dyn SourceReader>>,
+    /// Set when the node begins to stop: calls from edges and other nodes are refused as not
+    /// run, so their callers send them elsewhere instead of getting errors from a node that is
+    /// winding down (see [`Node::begin_stopping`]).
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
+    /// Calls from edges and other nodes running now, so a stopping node can wait for their
+    /// replies before it closes the peer service.
+    pub(crate) peer_calls: crate::in_flight::InFlight,
 }
 
 impl Inner {
@@ -277,6 +284,8 @@ impl Node {
                 rebalancer,
                 sources: SourceCache::default(),
                 remote_sources: OnceLock::new(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                peer_calls: crate::in_flight::InFlight::default(),
             }),
         })
     }
@@ -428,8 +437,29 @@ impl Node {
         true
     }
 
+    /// From now on calls arriving over the peer service (from edges and other nodes) are
+    /// refused as *not run*, which their callers treat like an unreachable node: they try
+    /// another node, whose router waits for the shard's next leader. Calls already running
+    /// finish. Without it, a node stopping on SIGTERM answered `unavailable` ("shard proposer
+    /// stopped") and `timeout` for seconds while it still looked like the leader, where a
+    /// crashed one cost its clients a short pause.
+    pub fn begin_stopping(&self) {
+        self.inner.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits (up to `limit`) until no call from an edge or another node is running here, so
+    /// that closing the peer service cuts off no reply. `false` if some were still running.
+    pub async fn peer_calls_finished(&self, limit: std::time::Duration) -> bool {
+        tokio::time::timeout(limit, self.inner.peer_calls.idle()).await.is_ok()
+    }
+
     /// Stops the actors, then every shard group. In-flight writes finish or fail first.
     pub async fn shutdown(&self) {
+        self.begin_stopping();
         self.inner.actors.shutdown().await;
         if let Some(h) = &self.inner.hibernation {
             h.abort();

@@ -1,5 +1,6 @@
 //! `chorus admin`: cluster status from any node's `Admin` service.
 
+use crate::say;
 use anyhow::Context;
 use chorus_proto::pb;
 use chorus_proto::pb::admin_client::AdminClient;
@@ -33,7 +34,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| anyhow::anyhow!("add-node: {}", s.message()))?
                 .into_inner();
-            println!("node {id} added; replicas move to it in the background");
+            say!("node {id} added; replicas move to it in the background");
             print_meta_nodes(&reply.nodes);
         }
         // Handled before connecting: it talks to each voter.
@@ -44,7 +45,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| anyhow::anyhow!("remove-node: {}", s.message()))?
                 .into_inner();
-            println!("node {id} draining; it leaves the cluster once its replicas have moved");
+            say!("node {id} draining; it leaves the cluster once its replicas have moved");
             print_meta_nodes(&reply.nodes);
         }
     }
@@ -69,13 +70,13 @@ async fn init(peers: &[String]) -> anyhow::Result<()> {
             .await
             .map_err(|s| anyhow::anyhow!("init on node {id}: {}", s.message()))?
             .into_inner();
-        println!("node {id}: initialised {} groups", reply.initialised);
+        say!("node {id}: initialised {} groups", reply.initialised);
         total += reply.initialised;
     }
     if total == 0 {
-        println!("the cluster was already formed; nothing changed");
+        say!("the cluster was already formed; nothing changed");
     } else {
-        println!("cluster formed; `chorus admin status` shows the leaders as they are elected");
+        say!("cluster formed; `chorus admin status` shows the leaders as they are elected");
     }
     Ok(())
 }
@@ -111,7 +112,7 @@ async fn replace_node(ask: &str, old: u64, new: u64, new_addr: &str) -> anyhow::
         };
         for g in status.groups.iter().filter(|g| !g.voters.contains(&old)) {
             if reported.insert(g.group) {
-                println!("shard {}: voters {:?}", g.group, g.voters);
+                say!("shard {}: voters {:?}", g.group, g.voters);
                 last_progress = std::time::Instant::now();
             }
         }
@@ -124,26 +125,26 @@ async fn replace_node(ask: &str, old: u64, new: u64, new_addr: &str) -> anyhow::
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    println!("node {new} replaced node {old} in every shard");
+    say!("node {new} replaced node {old} in every shard");
     Ok(())
 }
 
 fn print_meta_nodes(nodes: &[pb::MetaNode]) {
     for n in nodes {
-        println!("  {:>3}  {:<24} {:<9} {} replicas", n.id, n.peer_addr, n.status, n.replicas);
+        say!("  {:>3}  {:<24} {:<9} {} replicas", n.id, n.peer_addr, n.status, n.replicas);
     }
 }
 
 fn print_meta(meta: &pb::MetaStatus) {
     let leader = if meta.leader == 0 { "unknown".to_owned() } else { meta.leader.to_string() };
-    println!("meta group: leader {leader}, voters {:?}", meta.voters);
-    println!("placement:");
+    say!("meta group: leader {leader}, voters {:?}", meta.voters);
+    say!("placement:");
     print_meta_nodes(&meta.nodes);
     for m in &meta.moving {
-        println!("moving: shard {} from node {} to node {}", m.shard, m.from, m.to);
+        say!("moving: shard {} from node {} to node {}", m.shard, m.from, m.to);
     }
     if meta.moving.is_empty() {
-        println!("moving: nothing");
+        say!("moving: nothing");
     }
 }
 
@@ -167,14 +168,14 @@ fn explain(node: &str, status: &tonic::Status) -> anyhow::Error {
 }
 
 fn print_status(s: &pb::StatusReply, per_shard: bool) {
-    println!("asked node {}", s.node_id);
+    say!("asked node {}", s.node_id);
     if let Some(meta) = &s.meta {
         print_meta(meta);
     }
-    println!("nodes:");
+    say!("nodes:");
     for n in &s.nodes {
         let led = s.groups.iter().filter(|g| g.leader == n.id).count();
-        println!("  {:>3}  {:<24} leads {led} shards", n.id, n.peer_addr);
+        say!("  {:>3}  {:<24} leads {led} shards", n.id, n.peer_addr);
     }
     // A group with no voters is not a replica on this node (a joined node holds only its
     // share of the shards).
@@ -185,20 +186,20 @@ fn print_status(s: &pb::StatusReply, per_shard: bool) {
         .flat_map(|g| g.matched.values().map(move |m| g.last_log_index.saturating_sub(*m)))
         .max()
         .unwrap_or(0);
-    println!(
+    say!(
         "shards: {} ({} without a leader); largest follower lag seen from this node: {max_lag}",
         s.groups.len(),
         leaderless
     );
     if !s.groups.is_empty() && s.groups.iter().all(|g| g.voters.is_empty()) {
-        println!(
+        say!(
             "this node holds no initialised shard: the cluster is not formed yet. Nodes started \
              with --peers form it once they all run; nodes started with --join wait for \
              `chorus admin init --peers ID=HOST:PORT,...`"
         );
     }
     if per_shard {
-        println!("shard  leader  term  last_log  applied  state      voters    lag");
+        say!("shard  leader  term  last_log  applied  state      voters    lag");
         for g in &s.groups {
             let voters: Vec<String> = g.voters.iter().map(u64::to_string).collect();
             let lag: Vec<String> = g
@@ -207,7 +208,7 @@ fn print_status(s: &pb::StatusReply, per_shard: bool) {
                 .filter(|(id, _)| **id != s.node_id)
                 .map(|(id, m)| format!("{id}:{}", g.last_log_index.saturating_sub(*m)))
                 .collect();
-            println!(
+            say!(
                 "{:>5}  {:>6}  {:>4}  {:>8}  {:>7}  {:<9}  {:<8}  {}",
                 g.group,
                 g.leader,

@@ -10,6 +10,7 @@
 //! a command cannot mend anything by waiting, so a refused upgrade (a bad token, a bad `--as`)
 //! ends it at once with the server's error, and an unreachable server is said to be one.
 
+use crate::say;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -95,7 +96,7 @@ pub async fn post(args: PostArgs) -> anyhow::Result<()> {
     };
     match settled.state {
         SyncState::Synced(message) => {
-            println!("{}", serde_json::to_string(&message)?);
+            say!("{}", serde_json::to_string(&message)?);
             Ok(())
         }
         SyncState::Error(error) => bail!("{error}"),
@@ -112,7 +113,7 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             next = feed.next() => match next {
-                Some(m) => println!("{}", line(&m?)),
+                Some(m) => say!("{}", line(&m?)),
                 None => return Ok(()),
             },
             changed = failures.changed() => {

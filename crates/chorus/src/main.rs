@@ -52,6 +52,26 @@ fn tune_allocator() {
     eprintln!("note: could not re-execute with allocator settings ({error}); using defaults");
 }
 
+/// `println!` for the output of the command-line commands (`admin`, `token`, `post`, `tail`):
+/// a reader that went away (`chorus admin status | head`) ends the command quietly, as it ends
+/// other command-line tools, where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::say_line(format_args!($($arg)*)) };
+}
+pub(crate) use say;
+
+pub(crate) fn say_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
     match run() {

@@ -1,6 +1,7 @@
 //! `chorus token`: prints a JWT signed with a data dir's dev secret, or with the cluster's
 //! secret given as `--jwt-secret` / `CHORUS_JWT_SECRET`.
 
+use crate::say;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -38,6 +39,6 @@ pub fn run(args: TokenArgs) -> anyhow::Result<()> {
     if let Some(role) = args.roles.iter().find(|r| r.is_empty()) {
         anyhow::bail!("--role {role:?}: a role is a non-empty string");
     }
-    println!("{}", mint(&secret, &args.user, &args.roles, args.ttl)?);
+    say!("{}", mint(&secret, &args.user, &args.roles, args.ttl)?);
     Ok(())
 }

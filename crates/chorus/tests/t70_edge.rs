@@ -376,3 +376,73 @@ async fn access_taken_away_ends_listens_on_an_edge() {
     let ev = ws_next(&mut carol).await;
     assert_eq!(ev["message"]["content"], "after the change", "{ev}");
 }
+
+/// A node stopping on SIGTERM while it leads a stream's shard (a rolling restart) refuses the
+/// calls it will not run, so the edge and the other nodes send them on to the shard's next
+/// leader: a client posting through the edge with `clientMsgId`s gets every post acknowledged
+/// on its first try (no `unavailable`, no `timeout`), and a session listening on the edge
+/// keeps a gap-free stream. It used to get seconds of 503 "shard proposer stopped" and 504s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_stopping_on_sigterm_costs_clients_of_the_edge_no_errors() {
+    let mut cluster = Cluster::start(3, 4, FAST_RAFT);
+    let edge = Edge::start(&cluster, &[]);
+    const NAME: &str = "Chat/room/rolling";
+    let shard = {
+        use chorus_types::{PublisherId, StreamKey, StreamName, shard::shard_of};
+        let key =
+            StreamKey::new(PublisherId::new(PUBLISHER).unwrap(), StreamName::new(NAME).unwrap());
+        u32::from(shard_of(&key, 4).0)
+    };
+    let api = edge_api(&edge);
+    create(&api, NAME).await;
+    let (target_tx, target) = watch::channel(0u64);
+    let follower = tokio::spawn(follow(vec![edge.addr.clone()], NAME.into(), target));
+
+    let leader = cluster.index_of(cluster.leader_of(0, shard).await);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let poster = tokio::spawn(async move {
+        let mut failures = Vec::new();
+        let mut k = 0u64;
+        // 20 posts before the stop, then on until 60 more after the node has exited.
+        let mut after_stop = 0;
+        while after_stop < 60 {
+            if *stop_rx.borrow_and_update() {
+                after_stop += 1;
+            }
+            let body = json!({"type": "Chat/message", "content": format!("r{k}"), "clientMsgId": format!("r{k}")});
+            match api.try_call("POST", &messages_path(NAME), Some(body)).await {
+                Ok((200 | 201, _)) => {}
+                other => failures.push(format!("post r{k}: {other:?}")),
+            }
+            k += 1;
+        }
+        (k, failures)
+    });
+    // Let some posts through, then stop the leader while posts keep coming.
+    while message_count(&edge_api(&edge), NAME).await < 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopped =
+        tokio::task::block_in_place(|| cluster.terminate(leader, Duration::from_secs(30)));
+    assert!(stopped.is_some_and(|s| s.success()), "the node stops on SIGTERM: {stopped:?}");
+    stop_tx.send_replace(true);
+    let (posted, failures) = poster.await.unwrap();
+    assert!(failures.is_empty(), "posts that were not acknowledged first time: {failures:#?}");
+
+    let total = message_count(&edge_api(&edge), NAME).await;
+    // Ordinal 1 is the stream's `Streams/created`.
+    if total != posted + 1 {
+        let (_, v) = edge_api(&edge)
+            .call("GET", &format!("{}?min=1&limit=1000", messages_path(NAME)), None)
+            .await;
+        let listed: Vec<String> = v["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| format!("{} {} {}", m["ordinal"], m["type"], m["content"]))
+            .collect();
+        panic!("{posted} posts acknowledged, {total} stored: {listed:#?}");
+    }
+    target_tx.send_replace(total);
+    assert_eq!(follower.await.unwrap(), (1..=total).collect::<Vec<_>>());
+}

@@ -109,10 +109,11 @@ enum Step {
     Attached,
 }
 
-/// How long a listen waits for its stream's feed to open at the owner before it answers
-/// `unavailable`: longer than a node's own request timeout (10 s by default), so that the
-/// upstream can move on to another node first.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a listen may take, from its frame to its `ok`, before it answers `unavailable`:
+/// longer than a node's own request timeout (10 s by default) plus the edge's margin, so that
+/// the upstream can move on to another node first. One budget for the whole listen (waiting
+/// for the feed, the authorisation, attaching), so no step adds its own wait to the others'.
+pub(crate) const LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How [`FeedUse::join`] went.
 pub(crate) enum Joined {
@@ -154,8 +155,8 @@ impl FeedUse {
         ok: String,
         still_current: impl Fn() -> bool,
         authorised_at: u64,
+        deadline: tokio::time::Instant,
     ) -> Joined {
-        let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
         let mut ok = Some(ok);
         loop {
             if let Err(error) = self.live_by(deadline).await {
@@ -199,8 +200,14 @@ impl FeedUse {
     /// [`access_generation`](Self::access_generation) after this and only then authorises:
     /// every access change after the upstream opened reaches the feed as a notice, and every
     /// one before is in the authorisation.
-    pub(crate) async fn opened(&self) -> Result<(), ApiError> {
-        self.live_by(tokio::time::Instant::now() + OPEN_TIMEOUT).await
+    pub(crate) async fn opened(&self, deadline: tokio::time::Instant) -> Result<(), ApiError> {
+        self.live_by(deadline).await
+    }
+
+    /// Whether the owner refused the feed's upstream listen (rather than not answering yet):
+    /// then the caller's own authorisation says why.
+    pub(crate) fn refused(&self) -> bool {
+        self.feed.failed()
     }
 
     async fn live_by(&self, deadline: tokio::time::Instant) -> Result<(), ApiError> {

@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::instrument;
 
-use crate::fanout::{Fanout, Joined, Listener};
+use crate::fanout::{Fanout, Joined, LISTEN_TIMEOUT, Listener};
 use crate::metrics::{GaugeGuard, SESSIONS, Transport, record_request, record_timed_request};
 use crate::ops::{OpName, ReplyBody, Request, dispatch};
 use crate::ws::client_io::ClientIo;
@@ -331,12 +331,24 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
     let mut feed = session.fanout.acquire(&key);
     let who = Listener { caller: &session.caller, session: session.id, out: &session.out };
     let still_current = || session.listens.is_current(&key, epoch);
+    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
     let outcome: Result<u64, ServiceError> = loop {
         // A stream that does not exist (or that the caller cannot see) fails to open: the
-        // caller's own authorisation then says why (`not_found`), not the feed.
-        let opened = feed.opened().await;
+        // caller's own authorisation then says why (`not_found`), not the feed. An owner that
+        // did not answer in time would not answer the authorisation either.
+        let opened = feed.opened(deadline).await;
+        if let Err(error) = &opened
+            && !feed.refused()
+        {
+            break Err(error.clone().into());
+        }
         let generation = feed.access_generation();
-        let count = match (session.service.authorize_listen(&session.caller, &key).await, opened) {
+        let authorize = session.service.authorize_listen(&session.caller, &key);
+        let authorized = tokio::time::timeout_at(deadline, authorize).await.unwrap_or_else(|_| {
+            Err(ApiError::new(ErrorCode::Unavailable, "the stream's owner did not answer in time")
+                .into())
+        });
+        let count = match (authorized, opened) {
             (Ok(count), Ok(())) => count,
             (Err(error), _) => break Err(error),
             (Ok(_), Err(error)) => break Err(error.into()),
@@ -348,7 +360,7 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
             Some(_) => (count, false),
         };
         let ok = ok_frame(&id, json!({"recovered": recovered, "messageCount": count}));
-        match feed.join(&who, ok, still_current, generation).await {
+        match feed.join(&who, ok, still_current, generation, deadline).await {
             Joined::Yes => break Ok(last),
             Joined::AccessChanged => continue,
             Joined::SessionGone => return,

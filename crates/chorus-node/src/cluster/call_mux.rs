@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use super::owner::NOT_RUN_HEADER;
 use super::router::is_connect_failure;
 
 /// How long a node found without `Calls` is called with unary calls before trying again.
@@ -35,9 +36,9 @@ const FAILED_BACKOFF: Duration = Duration::from_millis(250);
 const REQUEST_QUEUE: usize = 4096;
 
 /// Calls waiting for their reply, by id; `None` once the stream broke.
-type Waiting = Mutex<Option<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
+type Waiting = Mutex<Option<HashMap<u64, oneshot::Sender<pb::CallFrame>>>>;
 
-fn lock(waiting: &Waiting) -> MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<Vec<u8>>>>> {
+fn lock(waiting: &Waiting) -> MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<pb::CallFrame>>>> {
     // Every update is one insert, remove or take: a panicked holder leaves it consistent.
     waiting.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -70,7 +71,7 @@ impl CallMux {
             while let Ok(Some(frame)) = replies.message().await {
                 let waiter = lock(&w).as_mut().and_then(|m| m.remove(&frame.id));
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(frame.body);
+                    let _ = waiter.send(frame);
                 }
             }
             // Dropping the waiters tells every call still waiting that its outcome is unknown;
@@ -98,14 +99,20 @@ impl CallMux {
         };
         // A call given up on (deadline, caller gone) leaves no waiter behind.
         let _forget = Forget { waiting: &self.waiting, id };
-        if let Err(e) = self.requests.try_send(pb::CallFrame { id, body, deadline_ms }) {
+        if let Err(e) =
+            self.requests.try_send(pb::CallFrame { id, body, deadline_ms, refused: false })
+        {
             let why = match e {
                 mpsc::error::TrySendError::Full(_) => "too many calls waiting for the node",
                 mpsc::error::TrySendError::Closed(_) => "the call stream to the node broke",
             };
             return Err(SendError::NotRun(why.into()));
         }
-        rx.await.map_err(|_| SendError::Unknown("the connection to the node broke".into()))
+        match rx.await {
+            Ok(frame) if frame.refused => Err(SendError::NotRun(STOPPING_NODE.into())),
+            Ok(frame) => Ok(frame.body),
+            Err(_) => Err(SendError::Unknown("the connection to the node broke".into())),
+        }
     }
 }
 
@@ -225,8 +232,11 @@ async fn unary(
     }
 }
 
+/// Why a call was refused by a node that is stopping (it ran nothing).
+const STOPPING_NODE: &str = "the node is stopping";
+
 fn classify(status: &tonic::Status) -> SendError {
-    if is_connect_failure(status) {
+    if is_connect_failure(status) || status.metadata().get(NOT_RUN_HEADER).is_some() {
         SendError::NotRun(status.to_string())
     } else {
         SendError::Unknown(status.to_string())

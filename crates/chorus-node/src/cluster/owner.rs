@@ -114,6 +114,23 @@ async fn run_frame(node: &Node, router: &Router, body: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Why a stopping node runs no more calls.
+pub(super) const STOPPING: &str = "the node is stopping";
+
+/// Metadata a unary `Owner.Call` refusal carries: the call was not run (see
+/// [`Node::begin_stopping`](crate::Node::begin_stopping)).
+pub(super) const NOT_RUN_HEADER: &str = "chorus-not-run";
+
+fn refused_status() -> Status {
+    let mut status = Status::unavailable(STOPPING);
+    status.metadata_mut().insert(NOT_RUN_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    status
+}
+
+fn refused_frame(id: u64) -> pb::CallFrame {
+    pb::CallFrame { id, refused: true, ..pb::CallFrame::default() }
+}
+
 fn failure_reply(code: ErrorCode, message: &str) -> Vec<u8> {
     reply_body(&OwnerReply::from(crate::error::err(code, message)))
 }
@@ -137,6 +154,10 @@ impl Owner for OwnerService {
         &self,
         request: Request<pb::OwnerRequest>,
     ) -> Result<Response<pb::OwnerResponse>, Status> {
+        let _running = self.node.inner.peer_calls.start();
+        if self.node.is_stopping() {
+            return Err(refused_status());
+        }
         let env: CallEnvelope = serde_json::from_slice(&request.into_inner().call)
             .map_err(|e| Status::invalid_argument(format!("bad owner call: {e}")))?;
         let reply = run(&self.node, &self.router, env).await;
@@ -161,6 +182,12 @@ impl Owner for OwnerService {
                 let Ok(permit) = Arc::clone(&running).acquire_owned().await else { break };
                 let (node, router, tx) = (node.clone(), Arc::clone(&router), tx.clone());
                 tokio::spawn(async move {
+                    let _running = node.inner.peer_calls.start();
+                    if node.is_stopping() {
+                        let _ = tx.send(Ok(refused_frame(frame.id))).await;
+                        drop(permit);
+                        return;
+                    }
                     let expired = frame.deadline_ms > 0
                         && received.elapsed() >= Duration::from_millis(frame.deadline_ms);
                     let body = if expired {
@@ -182,7 +209,8 @@ impl Owner for OwnerService {
                                 )
                             })
                     };
-                    let _ = tx.send(Ok(pb::CallFrame { id: frame.id, body, deadline_ms: 0 })).await;
+                    let reply = pb::CallFrame { id: frame.id, body, ..pb::CallFrame::default() };
+                    let _ = tx.send(Ok(reply)).await;
                     drop(permit);
                 });
             }

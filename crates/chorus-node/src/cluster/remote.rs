@@ -184,6 +184,9 @@ impl RemoteService {
         let deadline = Instant::now() + self.timeout;
         let mut pause = Duration::from_millis(20);
         let mut attempt = 0;
+        // Whether some node took a call and did not answer in time (rather than none being
+        // reachable): the error then says so.
+        let mut unanswered = false;
         loop {
             let (i, node) = self.node(start, attempt);
             match node.calls.send(&node.client, body.clone(), Some(deadline), bulk).await {
@@ -195,17 +198,22 @@ impl RemoteService {
                 }
                 Err(failure) => {
                     tracing::debug!(node = %node.addr, %failure, "owner call failed");
-                    if matches!(failure, SendError::Unknown(_)) && !retry_unknown {
-                        return unknown_outcome("lost the connection to the cluster");
+                    if let SendError::Unknown(why) = &failure {
+                        if !retry_unknown {
+                            return unknown_outcome(&format!("node {}: {why}", node.addr));
+                        }
+                        unanswered = true;
                     }
                 }
             }
             attempt += 1;
             if Instant::now() >= deadline {
-                return OwnerReply::from(err(
-                    ErrorCode::Unavailable,
-                    "no node of the cluster could be reached",
-                ));
+                let why = if unanswered {
+                    "no node of the cluster answered in time"
+                } else {
+                    "no node of the cluster could be reached"
+                };
+                return OwnerReply::from(err(ErrorCode::Unavailable, why));
             }
             self.pause(attempt, &mut pause).await;
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use chorus_api::StreamService;
 use chorus_proto::pb;
+use chorus_types::ErrorCode;
 use futures_core::Stream;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -21,7 +22,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tonic::{Status, Streaming};
 
 use super::Router;
-use super::owner::{ListenCall, ListenItem};
+use super::owner::{ListenCall, ListenItem, STOPPING};
 use crate::node::Node;
 
 /// Events waiting for the edge to read them, over all its subscriptions on this node.
@@ -108,7 +109,10 @@ async fn send(tx: &Events, id: u64, item: &ListenItem) -> bool {
 /// One subscription: open the listen, then pass its events on, tagged with `id`.
 async fn forward(node: Node, router: Arc<Router>, id: u64, call: ListenCall, tx: Events) {
     let caller = call.caller.into();
-    let opened = if call.route {
+    let opened = if node.is_stopping() {
+        // `unavailable` makes the caller open the listen on another node.
+        Err(crate::error::err(ErrorCode::Unavailable, STOPPING))
+    } else if call.route {
         router.listen(&caller, &call.key, call.since).await
     } else {
         node.listen(&caller, &call.key, call.since).await
