@@ -36,7 +36,17 @@ pub struct Hub {
     children: Mutex<HashMap<StreamKey, HashSet<StreamKey>>>,
     /// Size of `children` at which `note_parents` next drops the children nobody listens to.
     children_sweep_at: AtomicU64,
+    /// Access notices relayed from the leaders of shards this node holds no replica of
+    /// ([`Hub::remote_access_notice`]). Part of every shard's access epoch, so each one drops
+    /// every copy of an access source read from another node.
+    remote_notices: AtomicU64,
+    /// Passes the streams whose access changed on a shard to the nodes that hold no replica
+    /// of it (set by the cluster router; unset on a single node and in tests).
+    access_relay: std::sync::OnceLock<AccessRelay>,
 }
+
+/// See [`Hub::set_access_relay`].
+pub type AccessRelay = Box<dyn Fn(ShardId, &[StreamKey]) + Send + Sync>;
 
 /// Smallest map size at which sweeping starts.
 const SWEEP_FLOOR: u64 = 1024;
@@ -121,18 +131,47 @@ impl Hub {
         self.access_epoch.load(Ordering::Acquire)
     }
 
-    /// The access epoch of one shard (0 for a group that is not a shard, e.g. the meta group).
+    /// The access epoch of one shard (0 for a group that is not a shard, e.g. the meta group),
+    /// which also moves with every relayed notice.
     pub fn shard_access_epoch(&self, shard: ShardId) -> u64 {
-        self.shard_access_epochs
+        let own = self
+            .shard_access_epochs
             .get(usize::from(shard.0))
-            .map_or(0, |epoch| epoch.load(Ordering::Acquire))
+            .map_or(0, |epoch| epoch.load(Ordering::Acquire));
+        own + self.remote_notices.load(Ordering::Acquire)
+    }
+
+    /// Called with the streams whose access changed in every batch applied here that changed
+    /// any. Set once.
+    pub fn set_access_relay(&self, relay: AccessRelay) {
+        if self.access_relay.set(relay).is_err() {
+            tracing::debug!("access relay already set");
+        }
+    }
+
+    /// The access of `keys` changed on a shard this node holds no replica of (its leader
+    /// relays it; past 3 nodes a node holds only its share of the shards). Every copy of an
+    /// access source read from another node is dropped, stream actors assemble their
+    /// contexts again, and the listens of these streams, of the streams inheriting from them
+    /// and (for a `<type>*` rule) of their publisher's streams are checked again before their
+    /// next message, as for a change applied here.
+    pub fn remote_access_notice(&self, keys: &[StreamKey]) {
+        self.remote_notices.fetch_add(1, Ordering::AcqRel);
+        self.access_epoch.fetch_add(1, Ordering::AcqRel);
+        for key in keys {
+            if key.name.is_type_rule() {
+                self.rule_changed(key);
+            } else {
+                self.access_notice(key);
+            }
+        }
     }
 
     /// A `<type>*` rule changed: every stream of its publisher (of every publisher, for the
     /// app's rules) listened to here gets the access notice. Stream keys do not carry the type,
     /// so streams of other types of that publisher are checked too; rule changes are rare
-    /// admin acts. Streams whose leader does not hold the rule's shard hear of it when their
-    /// listens next resume (see docs/protocol.md), as do changes of a parent on such a shard.
+    /// admin acts. Nodes that hold no replica of the rule's shard hear of it from its leader
+    /// ([`Hub::remote_access_notice`]), as they do of changes of a parent on such a shard.
     fn rule_changed(&self, rule: &StreamKey) {
         let streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
         for (key, tx) in streams.iter() {
@@ -171,6 +210,11 @@ impl ApplyObserver for Hub {
         }
         if access != AccessChange::Nothing {
             self.access_epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        if !access_keys.is_empty()
+            && let Some(relay) = self.access_relay.get()
+        {
+            relay(shard, access_keys);
         }
         // Before this batch's messages: whatever it posted after an access change must not
         // reach a listener the change shut out.

@@ -49,6 +49,14 @@ pub static ACCESS_SOURCE_READS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Access notices this node, leading a shard, delivered to nodes holding no replica of it.
+pub static ACCESS_NOTICES_RELAYED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "chorus_node_access_notices_relayed_total",
+        "access changes relayed to nodes that hold no replica of the changed stream's shard",
+    )
+});
+
 pub static BATCH_COMMANDS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
         "chorus_node_batch_commands",
@@ -121,6 +129,7 @@ pub fn register() {
         LazyLock::force(metric);
     }
     LazyLock::force(&ACCESS_SOURCE_READS);
+    LazyLock::force(&ACCESS_NOTICES_RELAYED);
     chorus_raft::metrics::register();
     for metric in [&BATCH_COMMANDS, &COMMIT_SECONDS, &POST_SECONDS] {
         LazyLock::force(metric);

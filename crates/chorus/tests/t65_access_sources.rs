@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use chorus_types::shard::shard_of;
 use chorus_types::{PublisherId, StreamKey, StreamName};
-use common::cluster::{Cluster, ShardView, admin_cli};
-use common::enc;
+use common::cluster::{Cluster, ShardView, admin_cli, user_token};
+use common::{Ws, enc, ws_connect_addr, ws_reply, ws_send};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 const FAST_RAFT: &str = "[raft]\nheartbeat_ms = 50\nelection_min_ms = 300\nelection_max_ms = 600\n";
@@ -122,6 +123,39 @@ async fn put_rows(cluster: &Cluster, path: &str, rows: Value) {
     assert_eq!(s, 200, "{path}: {v}");
 }
 
+/// A WebSocket session of `user` on the node at `api` listening to alice's `stream`.
+async fn listen(api: &str, user: &str, stream: &str) -> Ws {
+    let mut ws = ws_connect_addr(api, &user_token(user)).await;
+    let frame =
+        json!({"id": 1, "op": "listen", "stream": {"publisherId": "alice", "name": stream}});
+    ws_send(&mut ws, frame).await;
+    let reply = ws_reply(&mut ws, 1).await;
+    assert!(reply.get("ok").is_some(), "{user} listens: {reply}");
+    ws
+}
+
+/// Posts to `path` (as the app) until the listen on `ws` ends with a `resync`, which must
+/// come within the expiry; returns how long it took. Messages before it are fine (the
+/// notice travels from another node); after it, none may come.
+async fn listen_ends(cluster: &Cluster, ws: &mut Ws, path: &str) -> Duration {
+    let start = Instant::now();
+    let app = cluster.api(0, None);
+    loop {
+        let body = json!({"type": "Chat/message", "content": "after the revoke"});
+        let (s, v) = app.call("POST", &format!("{path}/messages"), Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+        let until = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(Some(frame)) = tokio::time::timeout_at(until, ws.next()).await {
+            let text = frame.expect("websocket").into_text().expect("text").to_string();
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            if v["ev"] == "resync" {
+                return start.elapsed();
+            }
+        }
+        assert!(start.elapsed() < TAKES_EFFECT_WITHIN, "the open listen was not ended");
+    }
+}
+
 /// Property: on 4 nodes, where stream S's leader holds no replica of the shards of S's
 /// `<type>*` rule, its template and its inheritAccess parent, S still starts from its template
 /// and grants exactly what those rows say through every node — and granting or revoking a
@@ -211,18 +245,37 @@ async fn access_sources_on_shards_the_leader_does_not_hold() {
     eprintln!("rule grant took effect everywhere in {took:?}");
     access_everywhere(&cluster, "dave", &path, false).await.unwrap();
 
+    // carol and bob listen to S on `leader`, which holds neither the parent nor the rule.
+    let leader_api = cluster.members[cluster.index_of(leader)].api.clone();
+    let mut carol = listen(&leader_api, "carol", &stream).await;
+    let mut bob = listen(&leader_api, "bob", &stream).await;
+
     // Revoking carol's row on the parent, and then the rule: denied everywhere within the
-    // expiry, while the others keep their access.
+    // expiry, while the others keep their access; and the open listen of whoever lost it
+    // ends with a `resync` (the parent's and the rule's leaders relay the change to
+    // `leader`), while the other's goes on.
     put_rows(&cluster, &parent_path, json!([])).await;
     let took =
         eventually("the parent's revoke", || access_everywhere(&cluster, "carol", &path, false))
             .await;
     eprintln!("parent revoke took effect everywhere in {took:?}");
     access_everywhere(&cluster, "bob", &path, true).await.unwrap();
+    let took = listen_ends(&cluster, &mut carol, &path).await;
+    eprintln!("carol's open listen ended {took:?} after the parent's revoke took effect");
     put_rows(&cluster, &rule_path, json!([])).await;
     let took =
         eventually("the rule's revoke", || access_everywhere(&cluster, "bob", &path, false)).await;
     eprintln!("rule revoke took effect everywhere in {took:?}");
+    let took = listen_ends(&cluster, &mut bob, &path).await;
+    eprintln!("bob's open listen ended {took:?} after the rule's revoke took effect");
+    assert!(
+        cluster.metric(0, "chorus_node_access_notices_relayed_total").await
+            + cluster.metric(1, "chorus_node_access_notices_relayed_total").await
+            + cluster.metric(2, "chorus_node_access_notices_relayed_total").await
+            + cluster.metric(3, "chorus_node_access_notices_relayed_total").await
+            >= 2.0,
+        "the changes were relayed"
+    );
     access_everywhere(&cluster, "tina", &path, true).await.unwrap();
 
     // It was `leader` that read them from the nodes leading those shards.

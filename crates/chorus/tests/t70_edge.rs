@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{API_KEY, Cluster};
+use common::cluster::{API_KEY, Cluster, user_token};
 use common::edge::Edge;
 use common::{Api, enc, ws_connect_addr, ws_next, ws_reply, ws_send};
 use futures_util::StreamExt;
@@ -331,16 +331,6 @@ async fn edge_restart_and_leader_kill_during_fanout_leave_gap_free_histories() {
     }
     // Every session of the killed edge resumed (with `since`, `recovered: true`).
     assert!(resumes.load(Ordering::Relaxed) >= 20, "{resumes:?}");
-}
-
-fn user_token(user: &str) -> String {
-    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": user, "exp": exp + 3600}),
-        &jsonwebtoken::EncodingKey::from_secret(common::cluster::JWT_SECRET.as_bytes()),
-    )
-    .unwrap()
 }
 
 /// Through a real edge and the owner's subscription stream: removing a listener's access row

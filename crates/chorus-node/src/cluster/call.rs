@@ -80,23 +80,70 @@ impl From<WireView> for StreamView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum OwnerCall {
-    Create { req: CreateStream },
-    Fetch { key: StreamKey },
-    BatchGet { keys: Vec<StreamKey> },
-    Update { key: StreamKey, req: UpdateStream },
-    Close { key: StreamKey },
-    Post { key: StreamKey, req: NewPost },
-    Messages { key: StreamKey, query: HistoryQuery },
-    Participate { key: StreamKey, op: ParticipantOp, body: ParticipantBody },
-    Participants { key: StreamKey, query: ParticipantQuery },
-    Access { key: StreamKey },
-    SetAccess { key: StreamKey, rows: Vec<AccessRow> },
-    Ephemeral { key: StreamKey, req: NewEphemeral },
-    AuthorizeListen { key: StreamKey },
-    AuthorizeListeners { key: StreamKey, principals: Vec<WireCaller> },
+    Create {
+        req: CreateStream,
+    },
+    Fetch {
+        key: StreamKey,
+    },
+    BatchGet {
+        keys: Vec<StreamKey>,
+    },
+    Update {
+        key: StreamKey,
+        req: UpdateStream,
+    },
+    Close {
+        key: StreamKey,
+    },
+    Post {
+        key: StreamKey,
+        req: NewPost,
+    },
+    Messages {
+        key: StreamKey,
+        query: HistoryQuery,
+    },
+    Participate {
+        key: StreamKey,
+        op: ParticipantOp,
+        body: ParticipantBody,
+    },
+    Participants {
+        key: StreamKey,
+        query: ParticipantQuery,
+    },
+    Access {
+        key: StreamKey,
+    },
+    SetAccess {
+        key: StreamKey,
+        rows: Vec<AccessRow>,
+    },
+    Ephemeral {
+        key: StreamKey,
+        req: NewEphemeral,
+    },
+    AuthorizeListen {
+        key: StreamKey,
+    },
+    AuthorizeListeners {
+        key: StreamKey,
+        principals: Vec<WireCaller>,
+    },
     Readiness,
-    JoinBatch { key: StreamKey, req: JoinBatch },
-    AccessSource { key: StreamKey },
+    JoinBatch {
+        key: StreamKey,
+        req: JoinBatch,
+    },
+    AccessSource {
+        key: StreamKey,
+    },
+    /// From a shard's leader to a node holding no replica of the shard: the access of these
+    /// streams changed there (nodes only, as the app; see `Hub::remote_access_notice`).
+    AccessNotice {
+        keys: Vec<StreamKey>,
+    },
 }
 
 impl OwnerCall {
@@ -130,7 +177,10 @@ impl OwnerCall {
             | OwnerCall::AuthorizeListeners { key, .. }
             | OwnerCall::JoinBatch { key, .. }
             | OwnerCall::AccessSource { key } => Some(key),
-            OwnerCall::Create { .. } | OwnerCall::BatchGet { .. } | OwnerCall::Readiness => None,
+            OwnerCall::Create { .. }
+            | OwnerCall::BatchGet { .. }
+            | OwnerCall::Readiness
+            | OwnerCall::AccessNotice { .. } => None,
         }
     }
 
@@ -153,6 +203,7 @@ impl OwnerCall {
             | OwnerCall::AuthorizeListen { .. }
             | OwnerCall::AuthorizeListeners { .. }
             | OwnerCall::AccessSource { .. }
+            | OwnerCall::AccessNotice { .. }
             | OwnerCall::Readiness => true,
             // Joining a participant twice leaves one participant (the retry reports
             // `joined: 0` for the users the first attempt joined; the state is the same).
@@ -375,5 +426,10 @@ pub async fn execute<S: StreamService + SourceReader + ?Sized>(
         OwnerCall::AccessSource { key } => {
             reply(node.access_source(caller, &key).await, OwnerReply::Source)
         }
+        // Taken by the node it is sent to before anything is routed (`owner::run`).
+        OwnerCall::AccessNotice { .. } => OwnerReply::from(crate::error::err(
+            chorus_types::ErrorCode::InvalidArgument,
+            "an access notice is for the node it is sent to",
+        )),
     }
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 
 use super::Router;
-use super::call::{CallEnvelope, OwnerReply, WireCaller, execute};
+use super::call::{CallEnvelope, OwnerCall, OwnerReply, WireCaller, execute};
 use crate::node::Node;
 
 /// The body of `Owner.Listen`.
@@ -97,7 +97,15 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::OwnerEvent, Status>> + S
 
 /// Runs one call: here (`route: false`, this node leads the shard) or routed to the leader.
 async fn run(node: &Node, router: &Router, env: CallEnvelope) -> OwnerReply {
-    let caller = env.caller.into();
+    let caller: chorus_api::Caller = env.caller.into();
+    if let OwnerCall::AccessNotice { keys } = &env.call {
+        if caller.principal != chorus_api::Principal::App {
+            let e = crate::error::err(ErrorCode::Forbidden, "access notices come from nodes");
+            return OwnerReply::from(e);
+        }
+        node.inner.hub.remote_access_notice(keys);
+        return OwnerReply::Done;
+    }
     if env.route {
         execute(router, &caller, env.call).await
     } else {

@@ -37,6 +37,9 @@ const RECORD_TTL: Duration = Duration::from_secs(1);
 /// How often a call waiting for its shard's election looks again at whether this node still
 /// holds the shard.
 const HOLDER_RECHECK: Duration = Duration::from_millis(250);
+/// Tries, and the wait for each, of relaying an access notice to a node.
+const NOTICE_ATTEMPTS: u32 = 3;
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A read of the meta record and when it was made (`None` inside: there was no record).
 type CachedRecord = Mutex<Option<(Instant, Option<Arc<MetaState>>)>>;
@@ -102,9 +105,19 @@ impl Router {
         let peers =
             node.cluster().map(|c| c.peers.clone().into_iter().collect()).unwrap_or_default();
         let timeout = node.inner.config.actors.request_timeout;
+        let runtime = tokio::runtime::Handle::try_current().ok();
         Arc::new_cyclic(|this: &Weak<Router>| {
             let reader: Weak<dyn SourceReader> = this.clone();
             node.set_source_reader(reader);
+            if let Some(runtime) = runtime {
+                // The applier thread reports access changes: the notices go out on the runtime.
+                let relay = this.clone();
+                node.inner.hub.set_access_relay(Box::new(move |shard, keys| {
+                    if let Some(router) = relay.upgrade() {
+                        router.relay_access(&runtime, shard, keys);
+                    }
+                }));
+            }
             Router {
                 me: node.node_id(),
                 node,
@@ -211,6 +224,54 @@ impl Router {
             }
         })
         .await
+    }
+
+    /// After an access change applied on a shard this node leads, tells every node of the
+    /// cluster that holds no replica of the shard (past 3 nodes a node holds only its share), so that
+    /// its listens of these streams, and of streams inheriting from them or under a changed
+    /// `<type>*` rule, are checked again there too (`Hub::remote_access_notice`). Best effort
+    /// with a few retries: a node that misses it still re-reads such sources every
+    /// `SOURCE_TTL` for posts and checks its listens again when they resume.
+    fn relay_access(
+        self: Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        shard: ShardId,
+        keys: &[StreamKey],
+    ) {
+        if !self.node.inner.serves_locally(shard) {
+            return;
+        }
+        let keys = keys.to_vec();
+        runtime.spawn(async move {
+            let Some(state) = self.meta_record().await else { return };
+            let Some(holders) = state.placement.get(usize::from(shard.0)) else { return };
+            let others = state.nodes.keys().filter(|id| **id != self.me && !holders.contains(id));
+            for &id in others {
+                let (router, keys) = (Arc::clone(&self), keys.clone());
+                tokio::spawn(async move { router.send_access_notice(id, keys).await });
+            }
+        });
+    }
+
+    async fn send_access_notice(&self, id: u64, keys: Vec<StreamKey>) {
+        for attempt in 1..=NOTICE_ATTEMPTS {
+            let call = OwnerCall::AccessNotice { keys: keys.clone() };
+            let deadline = Instant::now() + NOTICE_TIMEOUT;
+            match self.forward(id, &Caller::app(), call, false, deadline).await {
+                Ok(reply) if reply.error().is_none() => {
+                    crate::metrics::ACCESS_NOTICES_RELAYED.inc();
+                    return;
+                }
+                Ok(reply) => {
+                    tracing::debug!(node = id, error = ?reply.error(), "access notice refused");
+                    return;
+                }
+                Err(_) if attempt < NOTICE_ATTEMPTS => {
+                    tokio::time::sleep(NOTICE_TIMEOUT).await;
+                }
+                Err(_) => tracing::debug!(node = id, "access notice not delivered"),
+            }
+        }
     }
 
     /// The node that leads `shard` now, waiting (until `deadline`) through an election.
