@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use chorus_api::{Delivered, ListenEvent, Relayed, wire};
 use chorus_storage::{AccessChange, ApplyObserver};
+use chorus_types::shard::shard_of;
 use chorus_types::{MessageRecord, ShardId, StreamKey};
 use tokio::sync::broadcast;
 
@@ -36,10 +37,6 @@ pub struct Hub {
     children: Mutex<HashMap<StreamKey, HashSet<StreamKey>>>,
     /// Size of `children` at which `note_parents` next drops the children nobody listens to.
     children_sweep_at: AtomicU64,
-    /// Access notices relayed from the leaders of shards this node holds no replica of
-    /// ([`Hub::remote_access_notice`]). Part of every shard's access epoch, so each one drops
-    /// every copy of an access source read from another node.
-    remote_notices: AtomicU64,
     /// Passes the streams whose access changed on a shard to the nodes that hold no replica
     /// of it (set by the cluster router; unset on a single node and in tests).
     access_relay: std::sync::OnceLock<AccessRelay>,
@@ -131,14 +128,11 @@ impl Hub {
         self.access_epoch.load(Ordering::Acquire)
     }
 
-    /// The access epoch of one shard (0 for a group that is not a shard, e.g. the meta group),
-    /// which also moves with every relayed notice.
+    /// The access epoch of one shard (0 for a group that is not a shard, e.g. the meta group).
     pub fn shard_access_epoch(&self, shard: ShardId) -> u64 {
-        let own = self
-            .shard_access_epochs
+        self.shard_access_epochs
             .get(usize::from(shard.0))
-            .map_or(0, |epoch| epoch.load(Ordering::Acquire));
-        own + self.remote_notices.load(Ordering::Acquire)
+            .map_or(0, |epoch| epoch.load(Ordering::Acquire))
     }
 
     /// Called with the streams whose access changed in every batch applied here that changed
@@ -150,13 +144,22 @@ impl Hub {
     }
 
     /// The access of `keys` changed on a shard this node holds no replica of (its leader
-    /// relays it; past 3 nodes a node holds only its share of the shards). Every copy of an
-    /// access source read from another node is dropped, stream actors assemble their
+    /// relays it; past 3 nodes a node holds only its share of the shards). The copies of
+    /// access sources on the shards of `keys` read from other nodes are dropped (their shards'
+    /// epochs move, as a change applied here moves them), stream actors assemble their
     /// contexts again, and the listens of these streams, of the streams inheriting from them
     /// and (for a `<type>*` rule) of their publisher's streams are checked again before their
     /// next message, as for a change applied here.
     pub fn remote_access_notice(&self, keys: &[StreamKey]) {
-        self.remote_notices.fetch_add(1, Ordering::AcqRel);
+        let shards = self.shard_access_epochs.len();
+        for key in keys {
+            let shard = u16::try_from(shards).map(|n| shard_of(key, n));
+            if let Some(epoch) =
+                shard.ok().and_then(|s| self.shard_access_epochs.get(usize::from(s.0)))
+            {
+                epoch.fetch_add(1, Ordering::AcqRel);
+            }
+        }
         self.access_epoch.fetch_add(1, Ordering::AcqRel);
         for key in keys {
             if key.name.is_type_rule() {

@@ -103,36 +103,28 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     chorus_edge::serve(api, router, shutdown_signal()).await?;
     // Calls from edges and other nodes are refused (not run) from here on, so their callers
     // go to another node at once, as they would after a crash, instead of getting errors from
-    // a node that still looks like the leader while it winds down.
+    // a node that still looks like the leader while it winds down. The calls already running
+    // finish first, with the actors, proposers and Raft groups still at work.
     node.begin_stopping();
     let _ = stop_tx.send(true);
-    node.shutdown().await;
-    // Every shard group has stopped, so the followers elect new leaders. The streams edges and
-    // other nodes hold on the peer service (`Owner.Calls`, `Owner.Subscribe`, Raft batches)
-    // never end by themselves: once the calls still running have answered, close them, so
-    // edges move their listens to the new leaders now rather than after a drain timeout.
     if !node.peer_calls_finished(PEER_DRAIN).await {
         tracing::warn!("calls from edges or nodes still running after the drain timeout");
     }
-    // The last replies are queued on their streams; let the connections write them.
+    node.shutdown().await;
+    // Every shard group has stopped, so the followers elect new leaders. The streams edges and
+    // other nodes hold on the peer service (`Owner.Calls`, `Owner.Subscribe`, Raft batches)
+    // never end by themselves; they close when the process exits, right after this pause,
+    // which lets the connections write the last replies queued on them (the refusals sent
+    // while the node stopped), so edges move their listens to the new leaders at once.
     tokio::time::sleep(PEER_FLUSH).await;
-    let mut peers = peers;
-    match tokio::time::timeout(PEER_FLUSH, &mut peers).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "peer service ended with an error"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "peer service task failed"),
-        Err(_) => {
-            tracing::info!("closing the peer connections still open");
-            peers.abort();
-        }
-    }
+    drop(peers);
     Ok(())
 }
 
 /// Longest wait for the calls from edges and nodes still running when the node stops.
 const PEER_DRAIN: Duration = Duration::from_secs(3);
-/// Time the peer connections get to write the last replies before they are closed.
-const PEER_FLUSH: Duration = Duration::from_millis(100);
+/// Time the peer connections get to write the last replies before the process exits.
+const PEER_FLUSH: Duration = Duration::from_millis(200);
 
 #[cfg(test)]
 mod tests {

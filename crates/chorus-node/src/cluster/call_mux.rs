@@ -258,7 +258,8 @@ mod tests {
     type Events<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
     /// An `Owner` that echoes call bodies. On `Calls`, `hang` is never answered and `break`
-    /// ends the stream with an error; with `streams: false` it does not serve `Calls`.
+    /// ends the stream with an error; `refuse` is refused as a stopping node refuses (on
+    /// `Calls` and unary); with `streams: false` it does not serve `Calls`.
     struct Echo {
         streams: bool,
     }
@@ -269,7 +270,13 @@ mod tests {
             &self,
             request: Request<pb::OwnerRequest>,
         ) -> Result<Response<pb::OwnerResponse>, Status> {
-            Ok(Response::new(pb::OwnerResponse { reply: request.into_inner().call }))
+            let call = request.into_inner().call;
+            if call == b"refuse" {
+                let mut status = Status::unavailable("stopping");
+                status.metadata_mut().insert(NOT_RUN_HEADER, "1".parse().unwrap());
+                return Err(status);
+            }
+            Ok(Response::new(pb::OwnerResponse { reply: call }))
         }
 
         type ListenStream = Events<pb::OwnerEvent>;
@@ -308,6 +315,10 @@ mod tests {
                         b"break" => {
                             let _ = tx.send(Err(Status::internal("broken"))).await;
                             return;
+                        }
+                        b"refuse" => {
+                            let reply = pb::CallFrame { id: frame.id, refused: true, ..frame };
+                            let _ = tx.send(Ok(reply)).await;
                         }
                         _ => {
                             let reply = pb::CallFrame { id: frame.id, ..frame };
@@ -398,5 +409,17 @@ mod tests {
         // `hang` would never be answered on the stream; a bulk call goes unary and is.
         let bulk = CallStream::default().send(&new, b"hang".to_vec(), soon(), true).await;
         assert_eq!(bulk.unwrap(), b"hang");
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_did_not_run_on_the_stream_or_unary() {
+        let client = serve(true).await;
+        let stream = CallStream::default();
+        let refused = stream.send(&client, b"refuse".to_vec(), soon(), false).await;
+        assert!(matches!(refused, Err(SendError::NotRun(_))), "{refused:?}");
+        // The stream is still good for the next call.
+        assert_eq!(stream.send(&client, b"b".to_vec(), soon(), false).await.unwrap(), b"b");
+        let unary = CallStream::default().send(&client, b"refuse".to_vec(), soon(), true).await;
+        assert!(matches!(unary, Err(SendError::NotRun(_))), "{unary:?}");
     }
 }

@@ -135,8 +135,11 @@ fn refused_status() -> Status {
     status
 }
 
+/// Callers read `refused`; the body is for callers from before it existed (a rolling
+/// upgrade), which then see a retryable `unavailable` instead of an undecodable reply.
 fn refused_frame(id: u64) -> pb::CallFrame {
-    pb::CallFrame { id, refused: true, ..pb::CallFrame::default() }
+    let body = failure_reply(ErrorCode::Unavailable, "the node is stopping; not run");
+    pb::CallFrame { id, body, refused: true, ..pb::CallFrame::default() }
 }
 
 fn failure_reply(code: ErrorCode, message: &str) -> Vec<u8> {
@@ -162,6 +165,11 @@ impl Owner for OwnerService {
         &self,
         request: Request<pb::OwnerRequest>,
     ) -> Result<Response<pb::OwnerResponse>, Status> {
+        if self.node.is_stopping() {
+            return Err(refused_status());
+        }
+        // Counted, then checked again: a call counted before the node began to stop runs, and
+        // the node waits for it; one that is not, is refused.
         let _running = self.node.inner.peer_calls.start();
         if self.node.is_stopping() {
             return Err(refused_status());
@@ -190,8 +198,9 @@ impl Owner for OwnerService {
                 let Ok(permit) = Arc::clone(&running).acquire_owned().await else { break };
                 let (node, router, tx) = (node.clone(), Arc::clone(&router), tx.clone());
                 tokio::spawn(async move {
-                    let _running = node.inner.peer_calls.start();
-                    if node.is_stopping() {
+                    let running = (!node.is_stopping()).then(|| node.inner.peer_calls.start());
+                    if running.is_none() || node.is_stopping() {
+                        drop(running);
                         let _ = tx.send(Ok(refused_frame(frame.id))).await;
                         drop(permit);
                         return;
@@ -235,7 +244,9 @@ impl Owner for OwnerService {
         let call: ListenCall = serde_json::from_slice(&request.into_inner().call)
             .map_err(|e| Status::invalid_argument(format!("bad listen call: {e}")))?;
         let caller = call.caller.into();
-        let opened = if call.route {
+        let opened = if self.node.is_stopping() {
+            Err(crate::error::err(ErrorCode::Unavailable, STOPPING))
+        } else if call.route {
             self.router.listen(&caller, &call.key, call.since).await
         } else {
             self.node.listen(&caller, &call.key, call.since).await

@@ -200,9 +200,10 @@ impl RemoteService {
                     tracing::debug!(node = %node.addr, %failure, "owner call failed");
                     if let SendError::Unknown(why) = &failure {
                         if !retry_unknown {
-                            return unknown_outcome(&format!("node {}: {why}", node.addr));
+                            return unknown_outcome(why);
                         }
-                        unanswered = true;
+                        // Still waiting when the time was up (not a broken connection).
+                        unanswered |= Instant::now() >= deadline;
                     }
                 }
             }

@@ -110,7 +110,8 @@ impl Router {
             let reader: Weak<dyn SourceReader> = this.clone();
             node.set_source_reader(reader);
             if let Some(runtime) = runtime {
-                // The applier thread reports access changes: the notices go out on the runtime.
+                // Access changes are reported from the state machine's apply; the notices go out as
+                // tasks of their own on the runtime.
                 let relay = this.clone();
                 node.inner.hub.set_access_relay(Box::new(move |shard, keys| {
                     if let Some(router) = relay.upgrade() {
