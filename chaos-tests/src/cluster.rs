@@ -48,6 +48,9 @@ pub struct Cluster {
     binary: PathBuf,
     dir: PathBuf,
     shards: u16,
+    /// `kill node` faults stop the node with SIGTERM, as a rolling restart does, instead of
+    /// SIGKILL (`--sigterm`).
+    pub sigterm: bool,
 }
 
 /// A port for a child process to listen on, bound again each time the child restarts.
@@ -72,6 +75,9 @@ fn free_port() -> Result<u16> {
     }
     anyhow::bail!("no free port in {LOW}..{}", LOW + SPAN)
 }
+
+/// Longest a node stopping on SIGTERM is waited for.
+const STOP_WAIT: Duration = Duration::from_secs(30);
 
 impl Cluster {
     pub async fn start(binary: &Path, dir: &Path, shards: u16, edges: usize) -> Result<Cluster> {
@@ -117,6 +123,7 @@ impl Cluster {
             binary: binary.to_owned(),
             dir: dir.to_owned(),
             shards,
+            sigterm: false,
         };
         for i in 0..NODES {
             cluster.spawn(i).await?;
@@ -235,9 +242,25 @@ impl Cluster {
         Ok(())
     }
 
-    /// SIGKILL: no shutdown, no flush.
+    /// SIGKILL: no shutdown, no flush. With `sigterm`, SIGTERM and a wait for the node to
+    /// exit (SIGKILL after `STOP_WAIT`).
     pub async fn kill(&mut self, i: usize) -> Result<()> {
         self.resume(i)?;
+        if self.sigterm && self.is_up(i) {
+            self.signal(i, "-TERM")?;
+            if let Some(mut c) = self.nodes[i].child.take() {
+                match tokio::time::timeout(STOP_WAIT, c.wait()).await {
+                    Ok(status) => {
+                        status?;
+                    }
+                    Err(_) => {
+                        eprintln!("node {} still running {STOP_WAIT:?} after SIGTERM", i + 1);
+                        c.kill().await?;
+                    }
+                }
+            }
+            return Ok(());
+        }
         if let Some(mut c) = self.nodes[i].child.take() {
             c.kill().await?;
         }

@@ -52,6 +52,9 @@ pub struct Args {
     /// cannot prove the checker deterministically.)
     #[arg(long)]
     pub wipe_all: bool,
+    /// `kill node` faults stop the node with SIGTERM (a rolling restart) instead of SIGKILL.
+    #[arg(long)]
+    pub sigterm: bool,
     /// Succeed only when the checker finds a violation (for the checker's own test).
     #[arg(long)]
     pub expect_violation: bool,

@@ -47,6 +47,7 @@ pub async fn run(args: &Args, seed: u64, chorus: &Path) -> Result<usize> {
     let dir = tempfile::Builder::new().prefix("chorus-chaos-").tempdir()?;
     println!("run directory: {}", dir.path().display());
     let mut cluster = Cluster::start(chorus, dir.path(), args.shards, args.edges).await?;
+    cluster.sigterm = args.sigterm;
 
     let stop = Arc::new(AtomicBool::new(false));
     let env = Env {
