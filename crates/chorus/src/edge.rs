@@ -44,7 +44,11 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
             ..EdgeConfig::default()
         },
     );
-    println!("chorus edge serving http://{} (nodes {})", listener.local_addr()?, nodes.join(","));
+    crate::announce!(
+        "chorus edge serving http://{} (nodes {})",
+        listener.local_addr()?,
+        nodes.join(",")
+    );
     chorus_edge::serve(listener, router, shutdown_signal()).await?;
     Ok(())
 }

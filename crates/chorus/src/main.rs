@@ -72,6 +72,16 @@ pub(crate) fn say_line(line: std::fmt::Arguments<'_>) {
     }
 }
 
+/// A server's start-up lines: a closed standard output (`chorus node … | head -1`) must not
+/// stop or panic a server, so a failed write is ignored.
+macro_rules! announce {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use announce;
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
     match run() {

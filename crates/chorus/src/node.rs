@@ -87,7 +87,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             ..EdgeConfig::default()
         },
     );
-    println!(
+    crate::announce!(
         "chorus node {} serving http://{} (peers on {}), {} shards",
         args.id,
         api.local_addr()?,
