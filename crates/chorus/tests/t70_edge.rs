@@ -436,3 +436,48 @@ async fn a_leader_stopping_on_sigterm_costs_clients_of_the_edge_no_errors() {
     target_tx.send_replace(total);
     assert_eq!(follower.await.unwrap(), (1..=total).collect::<Vec<_>>());
 }
+
+/// A stream's leader that stops answering without closing its connections (paused here, as a
+/// stalled VM or a one-way partition would leave it) holds no read through an edge for the
+/// whole request timeout: the edge sends a copy through another node, which routes it to the
+/// leader the others elected meanwhile. Posts, which must not run twice, are not copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_through_an_edge_are_not_held_by_a_paused_leader() {
+    let cluster = Cluster::start(3, 4, FAST_RAFT);
+    let edge = Edge::start(&cluster, &[]);
+    const NAME: &str = "Chat/room/paused";
+    let shard = {
+        use chorus_types::{PublisherId, StreamKey, StreamName, shard::shard_of};
+        let key =
+            StreamKey::new(PublisherId::new(PUBLISHER).unwrap(), StreamName::new(NAME).unwrap());
+        u32::from(shard_of(&key, 4).0)
+    };
+    let api = edge_api(&edge);
+    create(&api, NAME).await;
+    post(&api, NAME, "before").await;
+    // The edge learns the leader (its topology poll), so the read goes there first.
+    let leader = cluster.index_of(cluster.leader_of(0, shard).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    cluster.signal(leader, "-STOP");
+    let path = format!("/v1/streams/{PUBLISHER}/{}", enc(NAME));
+    let started = Instant::now();
+    let fetched = api.try_call("GET", &path, None).await;
+    let fetch_took = started.elapsed();
+    let history = api.try_call("GET", &format!("{}?min=1", messages_path(NAME)), None).await;
+    let took = started.elapsed();
+    cluster.signal(leader, "-CONT");
+    eprintln!("fetch answered after {fetch_took:?}, history after {took:?}");
+    // Held, not failed, is what a paused leader did to reads: without the copy the fetch was
+    // answered only when the node's request timeout (10 s) freed it, 9.5 s here. With it, a
+    // read waits for the copy (1.5 s) and the new leader; half the timeout leaves room for a
+    // loaded machine.
+    assert!(fetch_took < Duration::from_secs(5), "the fetch was held {fetch_took:?}");
+    assert!(took < Duration::from_secs(10), "the two reads were held {took:?}");
+    let (s, v) = fetched.expect("fetch answered");
+    assert_eq!(s, 200, "fetch with the leader paused: {v}");
+    assert_eq!(v["messageCount"], 2, "{v}");
+    let (s, v) = history.expect("history answered");
+    assert_eq!(s, 200, "history with the leader paused: {v}");
+    assert_eq!(v["messages"][1]["content"], "before", "{v}");
+}

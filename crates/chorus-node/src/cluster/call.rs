@@ -184,6 +184,23 @@ impl OwnerCall {
         }
     }
 
+    /// Reads: they change nothing, so a copy may be sent through another node while the
+    /// first is still unanswered.
+    pub(crate) fn is_read(&self) -> bool {
+        matches!(
+            self,
+            OwnerCall::Fetch { .. }
+                | OwnerCall::BatchGet { .. }
+                | OwnerCall::Messages { .. }
+                | OwnerCall::Participants { .. }
+                | OwnerCall::Access { .. }
+                | OwnerCall::AuthorizeListen { .. }
+                | OwnerCall::AuthorizeListeners { .. }
+                | OwnerCall::Readiness
+                | OwnerCall::AccessSource { .. }
+        )
+    }
+
     /// Whether running it twice has the effect of running it once, so the router may retry it
     /// when it cannot tell whether the first attempt took effect. A post is safe only with a
     /// `clientMsgId` (the leader's dedupe table answers the retry with the first ordinal).

@@ -154,6 +154,14 @@ impl Cluster {
         None
     }
 
+    /// Sends `sig` (`"-STOP"`, `"-CONT"`, …) to member `i`.
+    #[allow(dead_code)]
+    pub fn signal(&self, i: usize, sig: &str) {
+        let pid = self.members[i].child.as_ref().expect("member running").id();
+        let sent = Command::new("kill").args([sig, &pid.to_string()]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    }
+
     pub fn is_up(&self, i: usize) -> bool {
         self.members[i].child.is_some()
     }
