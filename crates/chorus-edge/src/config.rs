@@ -8,6 +8,7 @@ pub const DEFAULT_SESSION_QUEUE_LEN: usize = 1024;
 
 /// Default `feed_ring_len`: recent messages kept per followed stream.
 pub const DEFAULT_FEED_RING_LEN: usize = 1024;
+pub const DEFAULT_LISTEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Configuration of the client-facing HTTP and WebSocket layer.
 #[derive(Clone)]
@@ -32,6 +33,10 @@ pub struct EdgeConfig {
     /// origins; empty sends no CORS headers. Default any (tokens are bearer headers, not
     /// cookies, so no page gains what its user's token does not allow).
     pub cors_origins: Vec<String>,
+    /// How long a WebSocket `listen` may take from its frame to its `ok` before it answers
+    /// `unavailable` (default 15 s): longer than the edge's budget for one call to the nodes,
+    /// so that the stream's feed can move on to another node first.
+    pub listen_timeout: std::time::Duration,
 }
 
 impl Default for EdgeConfig {
@@ -42,6 +47,7 @@ impl Default for EdgeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             session_queue_len: DEFAULT_SESSION_QUEUE_LEN,
             feed_ring_len: DEFAULT_FEED_RING_LEN,
+            listen_timeout: DEFAULT_LISTEN_TIMEOUT,
             cors_origins: vec!["*".into()],
         }
     }

@@ -50,7 +50,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 pub use chorus_api::StreamService;
-pub use config::EdgeConfig;
+pub use config::{DEFAULT_LISTEN_TIMEOUT, EdgeConfig};
 pub use server::serve;
 
 use crate::state::EdgeState;

@@ -28,7 +28,7 @@ pub(crate) struct EdgeState {
 impl EdgeState {
     pub(crate) fn new(service: Arc<dyn StreamService>, config: &EdgeConfig) -> Self {
         EdgeState {
-            fanout: Fanout::new(Arc::clone(&service), config.feed_ring_len),
+            fanout: Fanout::new(Arc::clone(&service), config.feed_ring_len, config.listen_timeout),
             service,
             auth: Authenticator::new(&config.jwt_secret, &config.api_key),
             max_body_bytes: config.max_body_bytes,

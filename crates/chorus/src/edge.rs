@@ -16,6 +16,8 @@ use crate::{logging, process_metrics, secrets};
 /// How much longer than a node's own request timeout an edge waits for an answer, so that
 /// the node's reply (even its `timeout`) arrives before the edge gives up.
 const TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
+/// How much longer than one call's budget a listen through the edge may take.
+const LISTEN_MARGIN: Duration = Duration::from_secs(3);
 
 pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.as_deref())?;
@@ -41,6 +43,9 @@ pub async fn run(args: EdgeArgs) -> anyhow::Result<()> {
             api_key: args.api_key.clone(),
             session_queue_len: args.session_queue,
             cors_origins: config.cors_origins.clone(),
+            // Longer than one call's budget, so the stream's feed can move to another node
+            // before a waiting listen gives up.
+            listen_timeout: (timeout + LISTEN_MARGIN).max(chorus_edge::DEFAULT_LISTEN_TIMEOUT),
             ..EdgeConfig::default()
         },
     );

@@ -42,11 +42,17 @@ pub(crate) struct Fanout {
     service: Arc<dyn StreamService>,
     feeds: Mutex<HashMap<StreamKey, (Arc<Feed>, AbortHandle)>>,
     ring_len: usize,
+    /// See `EdgeConfig::listen_timeout`.
+    pub(crate) listen_timeout: Duration,
 }
 
 impl Fanout {
-    pub(crate) fn new(service: Arc<dyn StreamService>, ring_len: usize) -> Arc<Fanout> {
-        Arc::new(Fanout { service, feeds: Mutex::default(), ring_len })
+    pub(crate) fn new(
+        service: Arc<dyn StreamService>,
+        ring_len: usize,
+        listen_timeout: Duration,
+    ) -> Arc<Fanout> {
+        Arc::new(Fanout { service, feeds: Mutex::default(), ring_len, listen_timeout })
     }
 
     fn feeds(&self) -> MutexGuard<'_, HashMap<StreamKey, (Arc<Feed>, AbortHandle)>> {
@@ -108,12 +114,6 @@ enum Step {
     Push(Vec<Entry>),
     Attached,
 }
-
-/// How long a listen may take, from its frame to its `ok`, before it answers `unavailable`:
-/// longer than a node's own request timeout (10 s by default) plus the edge's margin, so that
-/// the upstream can move on to another node first. One budget for the whole listen (waiting
-/// for the feed, the authorisation, attaching), so no step adds its own wait to the others'.
-pub(crate) const LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How [`FeedUse::join`] went.
 pub(crate) enum Joined {

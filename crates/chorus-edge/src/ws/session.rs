@@ -30,7 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::instrument;
 
-use crate::fanout::{Fanout, Joined, LISTEN_TIMEOUT, Listener};
+use crate::fanout::{Fanout, Joined, Listener};
 use crate::metrics::{GaugeGuard, SESSIONS, Transport, record_request, record_timed_request};
 use crate::ops::{OpName, ReplyBody, Request, dispatch};
 use crate::ws::client_io::ClientIo;
@@ -331,7 +331,9 @@ async fn listen(session: &Session, id: Value, key: StreamKey, since: Option<u64>
     let mut feed = session.fanout.acquire(&key);
     let who = Listener { caller: &session.caller, session: session.id, out: &session.out };
     let still_current = || session.listens.is_current(&key, epoch);
-    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+    // One budget for the whole listen (waiting for the feed, the authorisation, attaching),
+    // so no step adds its own wait to the others'.
+    let deadline = tokio::time::Instant::now() + session.fanout.listen_timeout;
     let outcome: Result<u64, ServiceError> = loop {
         // A stream that does not exist (or that the caller cannot see) fails to open: the
         // caller's own authorisation then says why (`not_found`), not the feed. An owner that
