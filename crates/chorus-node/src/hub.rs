@@ -151,12 +151,11 @@ impl Hub {
     /// and (for a `<type>*` rule) of their publisher's streams are checked again before their
     /// next message, as for a change applied here.
     pub fn remote_access_notice(&self, keys: &[StreamKey]) {
-        let shards = self.shard_access_epochs.len();
+        // `new` made one epoch per shard from a u16 count.
+        let shards = u16::try_from(self.shard_access_epochs.len()).unwrap_or(u16::MAX);
         for key in keys {
-            let shard = u16::try_from(shards).map(|n| shard_of(key, n));
-            if let Some(epoch) =
-                shard.ok().and_then(|s| self.shard_access_epochs.get(usize::from(s.0)))
-            {
+            let shard = shard_of(key, shards);
+            if let Some(epoch) = self.shard_access_epochs.get(usize::from(shard.0)) {
                 epoch.fetch_add(1, Ordering::AcqRel);
             }
         }

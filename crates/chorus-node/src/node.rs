@@ -451,6 +451,17 @@ impl Node {
         self.inner.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Admits a call from an edge or another node: counted as running (the stopping node
+    /// waits for it), or `None` once the node has begun to stop (refuse it: not run). Counted,
+    /// then checked, so a call is never both uncounted and run.
+    pub(crate) fn admit_peer_call(&self) -> Option<crate::in_flight::Running<'_>> {
+        if self.is_stopping() {
+            return None;
+        }
+        let running = self.inner.peer_calls.start();
+        (!self.is_stopping()).then_some(running)
+    }
+
     /// Waits (up to `limit`) until no call from an edge or another node is running here, so
     /// that closing the peer service cuts off no reply. `false` if some were still running.
     pub async fn peer_calls_finished(&self, limit: std::time::Duration) -> bool {

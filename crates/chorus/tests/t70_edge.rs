@@ -26,6 +26,13 @@ fn stream(name: &str) -> Value {
     json!({"publisherId": PUBLISHER, "name": name})
 }
 
+/// The shard (of the tests' 4) that `PUBLISHER`'s stream `name` lives on.
+fn shard_of_name(name: &str) -> u32 {
+    use chorus_types::{PublisherId, StreamKey, StreamName, shard::shard_of};
+    let key = StreamKey::new(PublisherId::new(PUBLISHER).unwrap(), StreamName::new(name).unwrap());
+    u32::from(shard_of(&key, 4).0)
+}
+
 fn messages_path(name: &str) -> String {
     format!("/v1/streams/{PUBLISHER}/{}/messages", enc(name))
 }
@@ -285,12 +292,7 @@ async fn edge_restart_and_leader_kill_during_fanout_leave_gap_free_histories() {
     let mut cluster = Cluster::start(3, 4, FAST_RAFT);
     let mut edges = [Edge::start(&cluster, &[]), Edge::start(&cluster, &[])];
     const NAME: &str = "Chat/room/chaos";
-    let shard = {
-        use chorus_types::{PublisherId, StreamKey, StreamName, shard::shard_of};
-        let key =
-            StreamKey::new(PublisherId::new(PUBLISHER).unwrap(), StreamName::new(NAME).unwrap());
-        u32::from(shard_of(&key, 4).0)
-    };
+    let shard = shard_of_name(NAME);
     create(&edge_api(&edges[1]), NAME).await;
 
     // 20 sessions on edge 0 (which will restart: they reconnect to it, or to edge 1), 20 on
@@ -377,12 +379,7 @@ async fn a_leader_stopping_on_sigterm_costs_clients_of_the_edge_no_errors() {
     let mut cluster = Cluster::start(3, 4, FAST_RAFT);
     let edge = Edge::start(&cluster, &[]);
     const NAME: &str = "Chat/room/rolling";
-    let shard = {
-        use chorus_types::{PublisherId, StreamKey, StreamName, shard::shard_of};
-        let key =
-            StreamKey::new(PublisherId::new(PUBLISHER).unwrap(), StreamName::new(NAME).unwrap());
-        u32::from(shard_of(&key, 4).0)
-    };
+    let shard = shard_of_name(NAME);
     let api = edge_api(&edge);
     create(&api, NAME).await;
     let (target_tx, target) = watch::channel(0u64);
@@ -446,12 +443,7 @@ async fn reads_through_an_edge_are_not_held_by_a_paused_leader() {
     let cluster = Cluster::start(3, 4, FAST_RAFT);
     let edge = Edge::start(&cluster, &[]);
     const NAME: &str = "Chat/room/paused";
-    let shard = {
-        use chorus_types::{PublisherId, StreamKey, StreamName, shard::shard_of};
-        let key =
-            StreamKey::new(PublisherId::new(PUBLISHER).unwrap(), StreamName::new(NAME).unwrap());
-        u32::from(shard_of(&key, 4).0)
-    };
+    let shard = shard_of_name(NAME);
     let api = edge_api(&edge);
     create(&api, NAME).await;
     post(&api, NAME, "before").await;

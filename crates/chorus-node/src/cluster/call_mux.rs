@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use super::owner::NOT_RUN_HEADER;
+use super::owner::{NOT_RUN_HEADER, STOPPING};
 use super::router::is_connect_failure;
 
 /// How long a node found without `Calls` is called with unary calls before trying again.
@@ -109,7 +109,7 @@ impl CallMux {
             return Err(SendError::NotRun(why.into()));
         }
         match rx.await {
-            Ok(frame) if frame.refused => Err(SendError::NotRun(STOPPING_NODE.into())),
+            Ok(frame) if frame.refused => Err(SendError::NotRun(STOPPING.into())),
             Ok(frame) => Ok(frame.body),
             Err(_) => Err(SendError::Unknown("the connection to the node broke".into())),
         }
@@ -231,9 +231,6 @@ async fn unary(
         Err(status) => Err(classify(&status)),
     }
 }
-
-/// Why a call was refused by a node that is stopping (it ran nothing).
-const STOPPING_NODE: &str = "the node is stopping";
 
 fn classify(status: &tonic::Status) -> SendError {
     if is_connect_failure(status) || status.metadata().get(NOT_RUN_HEADER).is_some() {

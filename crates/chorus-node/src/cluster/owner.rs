@@ -165,15 +165,9 @@ impl Owner for OwnerService {
         &self,
         request: Request<pb::OwnerRequest>,
     ) -> Result<Response<pb::OwnerResponse>, Status> {
-        if self.node.is_stopping() {
+        let Some(_running) = self.node.admit_peer_call() else {
             return Err(refused_status());
-        }
-        // Counted, then checked again: a call counted before the node began to stop runs, and
-        // the node waits for it; one that is not, is refused.
-        let _running = self.node.inner.peer_calls.start();
-        if self.node.is_stopping() {
-            return Err(refused_status());
-        }
+        };
         let env: CallEnvelope = serde_json::from_slice(&request.into_inner().call)
             .map_err(|e| Status::invalid_argument(format!("bad owner call: {e}")))?;
         let reply = run(&self.node, &self.router, env).await;
@@ -198,13 +192,11 @@ impl Owner for OwnerService {
                 let Ok(permit) = Arc::clone(&running).acquire_owned().await else { break };
                 let (node, router, tx) = (node.clone(), Arc::clone(&router), tx.clone());
                 tokio::spawn(async move {
-                    let running = (!node.is_stopping()).then(|| node.inner.peer_calls.start());
-                    if running.is_none() || node.is_stopping() {
-                        drop(running);
+                    let Some(_running) = node.admit_peer_call() else {
                         let _ = tx.send(Ok(refused_frame(frame.id))).await;
                         drop(permit);
                         return;
-                    }
+                    };
                     let expired = frame.deadline_ms > 0
                         && received.elapsed() >= Duration::from_millis(frame.deadline_ms);
                     let body = if expired {
