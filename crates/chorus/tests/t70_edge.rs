@@ -435,11 +435,12 @@ async fn a_leader_stopping_on_sigterm_costs_clients_of_the_edge_no_errors() {
 }
 
 /// A stream's leader that stops answering without closing its connections (paused here, as a
-/// stalled VM or a one-way partition would leave it) holds no read through an edge for the
-/// whole request timeout: the edge sends a copy through another node, which routes it to the
-/// leader the others elected meanwhile. Posts, which must not run twice, are not copied.
+/// stalled VM or a one-way partition would leave it) holds no read, and no post with a
+/// `clientMsgId`, through an edge for the whole request timeout: the edge sends a copy through
+/// another node, which routes it to the leader the others elected meanwhile. The post is
+/// stored once however many of its copies run (the dedupe table answers the others).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reads_through_an_edge_are_not_held_by_a_paused_leader() {
+async fn reads_and_deduplicated_posts_through_an_edge_are_not_held_by_a_paused_leader() {
     let cluster = Cluster::start(3, 4, FAST_RAFT);
     let edge = Edge::start(&cluster, &[]);
     const NAME: &str = "Chat/room/paused";
@@ -454,12 +455,21 @@ async fn reads_through_an_edge_are_not_held_by_a_paused_leader() {
     cluster.signal(leader, "-STOP");
     let path = format!("/v1/streams/{PUBLISHER}/{}", enc(NAME));
     let started = Instant::now();
-    let fetched = api.try_call("GET", &path, None).await;
-    let fetch_took = started.elapsed();
-    let history = api.try_call("GET", &format!("{}?min=1", messages_path(NAME)), None).await;
-    let took = started.elapsed();
+    let body = json!({"type": "Chat/message", "content": "paused", "clientMsgId": "paused-1"});
+    let paused_post = async {
+        let posted = api.try_call("POST", &messages_path(NAME), Some(body)).await;
+        (posted, started.elapsed())
+    };
+    let reads = async {
+        let fetched = api.try_call("GET", &path, None).await;
+        let fetch_took = started.elapsed();
+        let history = api.try_call("GET", &format!("{}?min=1", messages_path(NAME)), None).await;
+        (fetched, fetch_took, history, started.elapsed())
+    };
+    let ((posted, post_took), (fetched, fetch_took, history, took)) =
+        tokio::join!(paused_post, reads);
     cluster.signal(leader, "-CONT");
-    eprintln!("fetch answered after {fetch_took:?}, history after {took:?}");
+    eprintln!("fetch answered after {fetch_took:?}, history after {took:?}, post {post_took:?}");
     // Held, not failed, is what a paused leader did to reads: without the copy the fetch was
     // answered only when the node's request timeout (10 s) freed it, 9.5 s here. With it, a
     // read waits for the copy (1.5 s) and the new leader; half the timeout leaves room for a
@@ -468,8 +478,24 @@ async fn reads_through_an_edge_are_not_held_by_a_paused_leader() {
     assert!(took < Duration::from_secs(10), "the two reads were held {took:?}");
     let (s, v) = fetched.expect("fetch answered");
     assert_eq!(s, 200, "fetch with the leader paused: {v}");
-    assert_eq!(v["messageCount"], 2, "{v}");
+    // The post runs beside it: before or after.
+    assert!(matches!(v["messageCount"].as_u64(), Some(2 | 3)), "{v}");
     let (s, v) = history.expect("history answered");
     assert_eq!(s, 200, "history with the leader paused: {v}");
     assert_eq!(v["messages"][1]["content"], "before", "{v}");
+    // Held like the reads without the copy: the edge gave up at its timeout (12 s).
+    assert!(post_took < Duration::from_secs(5), "the post was held {post_took:?}");
+    let (s, v) = posted.expect("post answered");
+    assert_eq!(s, 201, "post with the leader paused: {v}");
+    assert_eq!(v["ordinal"], 3, "{v}");
+
+    // The resumed node still holds the first copy; whatever it does with it, the stream has
+    // the message once. A later post shows the stream's end.
+    assert_eq!(post(&api, NAME, "after").await, 4);
+    let (s, v) = api.call("GET", &format!("{}?min=1", messages_path(NAME)), None).await;
+    assert_eq!(s, 200, "{v}");
+    let contents: Vec<&str> =
+        v["messages"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
+    assert_eq!(contents.iter().filter(|c| **c == "paused").count(), 1, "{v}");
+    assert_eq!(message_count(&api, NAME).await, 4, "{v}");
 }

@@ -201,6 +201,18 @@ impl OwnerCall {
         )
     }
 
+    /// Whether an edge may send a copy through another node while the first is still
+    /// unanswered: reads, and posts with a `clientMsgId`. Both copies may run; the leader's
+    /// replicated dedupe table answers the later one with the first's ordinal, so the stream
+    /// gets the message once. Other writes are not copied: a field change run again after
+    /// another client's change to the same field would undo that change.
+    pub(crate) fn may_be_copied(&self) -> bool {
+        match self {
+            OwnerCall::Post { req, .. } => req.client_msg_id.is_some(),
+            call => call.is_read(),
+        }
+    }
+
     /// Whether running it twice has the effect of running it once, so the router may retry it
     /// when it cannot tell whether the first attempt took effect. A post is safe only with a
     /// `clientMsgId` (the leader's dedupe table answers the retry with the first ordinal).

@@ -45,9 +45,9 @@ use crate::error::{NodeError, err};
 
 /// Longest pause between rounds over every node.
 const MAX_PAUSE: Duration = Duration::from_millis(500);
-/// When a read still unanswered is also sent through the next node: well past the election
-/// timeout (600 ms at most by default) and far past any read's usual latency, so that only a
-/// leader that stopped answering costs a second copy.
+/// When a read (or a post with a `clientMsgId`) still unanswered is also sent through the next
+/// node: well past the election timeout (600 ms at most by default) and far past any call's
+/// usual latency, so that only a leader that stopped answering costs a second copy.
 const HEDGE_AFTER: Duration = Duration::from_millis(1500);
 /// How long a readiness probe waits for a node.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -179,7 +179,7 @@ impl RemoteService {
     async fn call(&self, caller: &Caller, call: OwnerCall) -> OwnerReply {
         let retry_unknown = call.is_idempotent();
         let bulk = call.is_bulk();
-        let read = call.is_read();
+        let copied = call.may_be_copied();
         let start = self.start(call.key());
         let envelope = CallEnvelope { caller: WireCaller::from(caller), call, route: true };
         let body = match serde_json::to_vec(&envelope) {
@@ -187,14 +187,16 @@ impl RemoteService {
             Err(e) => return OwnerReply::from(err(ErrorCode::Internal, &e.to_string())),
         };
         let deadline = Instant::now() + self.timeout;
-        if !read || self.node_count() < 2 {
+        if !copied || self.node_count() < 2 {
             return self.attempts(start, &body, bulk, retry_unknown, deadline).await;
         }
-        // A read still unanswered after `HEDGE_AFTER` is sent again through the next node: a
-        // leader that stopped without closing its connections (paused, cut off from its
-        // peers) would otherwise hold it for the whole timeout, though a new leader is
-        // elected within about a second and the other node routes the copy there. Whichever
-        // answers first is the answer; a read run twice changes nothing.
+        // A read (or a post with a `clientMsgId`) still unanswered after `HEDGE_AFTER` is
+        // sent again through the next node: a leader that stopped without closing its
+        // connections (paused, cut off from its peers) would otherwise hold it for the whole
+        // timeout, though a new leader is elected within about a second and the other node
+        // routes the copy there. Whichever answers first is the answer; a read run twice
+        // changes nothing, and the dedupe table answers a post's second run with the first
+        // run's ordinal.
         let first = self.attempts(start, &body, bulk, retry_unknown, deadline);
         let second = async {
             tokio::time::sleep(HEDGE_AFTER).await;
