@@ -57,6 +57,15 @@ pub static ACCESS_NOTICES_RELAYED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Calls this node forwarded to a shard's leader and, the leader changing while they were
+/// unanswered, ran on the new leader as well (reads and posts with a `clientMsgId` only).
+pub static COPIED_CALLS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "chorus_node_copied_calls_total",
+        "forwarded calls also sent to a newly elected leader while the old one had not answered",
+    )
+});
+
 pub static BATCH_COMMANDS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
         "chorus_node_batch_commands",
@@ -130,6 +139,7 @@ pub fn register() {
     }
     LazyLock::force(&ACCESS_SOURCE_READS);
     LazyLock::force(&ACCESS_NOTICES_RELAYED);
+    LazyLock::force(&COPIED_CALLS);
     chorus_raft::metrics::register();
     for metric in [&BATCH_COMMANDS, &COMMIT_SECONDS, &POST_SECONDS] {
         LazyLock::force(metric);

@@ -499,3 +499,55 @@ async fn reads_and_deduplicated_posts_through_an_edge_are_not_held_by_a_paused_l
     assert_eq!(contents.iter().filter(|c| **c == "paused").count(), 1, "{v}");
     assert_eq!(message_count(&api, NAME).await, 4, "{v}");
 }
+
+/// The same for a client of a node that holds a replica of the stream's shard but does not
+/// lead it: its router forwards the call to the leader it knows and, once its replica sees
+/// another leader elected while the call is unanswered, dispatches it to that one as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_and_deduplicated_posts_through_a_follower_are_not_held_by_a_paused_leader() {
+    let cluster = Cluster::start(3, 4, FAST_RAFT);
+    const NAME: &str = "Chat/room/paused-node";
+    let shard = shard_of_name(NAME);
+    let leader = cluster.index_of(cluster.leader_of(0, shard).await);
+    let api = cluster.api((leader + 1) % 3, None);
+    create(&api, NAME).await;
+    post(&api, NAME, "before").await;
+    let leader = cluster.index_of(cluster.leader_of(0, shard).await);
+    let api = cluster.api((leader + 1) % 3, None);
+    let copies_before = cluster.metric((leader + 1) % 3, "chorus_node_copied_calls_total").await;
+
+    cluster.signal(leader, "-STOP");
+    let started = Instant::now();
+    let body = json!({"type": "Chat/message", "content": "paused", "clientMsgId": "paused-1"});
+    let paused_post = async {
+        let posted = api.try_call("POST", &messages_path(NAME), Some(body)).await;
+        (posted, started.elapsed())
+    };
+    let fetch = async {
+        let path = format!("/v1/streams/{PUBLISHER}/{}", enc(NAME));
+        (api.try_call("GET", &path, None).await, started.elapsed())
+    };
+    let ((posted, post_took), (fetched, fetch_took)) = tokio::join!(paused_post, fetch);
+    cluster.signal(leader, "-CONT");
+    eprintln!("post answered after {post_took:?}, fetch after {fetch_took:?}");
+    // Without the copy both waited for the node's request timeout (10 s).
+    assert!(post_took < Duration::from_secs(5), "the post was held {post_took:?}");
+    assert!(fetch_took < Duration::from_secs(5), "the fetch was held {fetch_took:?}");
+    let (s, v) = posted.expect("post answered");
+    assert_eq!(s, 201, "post with the leader paused: {v}");
+    assert_eq!(v["ordinal"], 3, "{v}");
+    let (s, v) = fetched.expect("fetch answered");
+    assert_eq!(s, 200, "fetch with the leader paused: {v}");
+    assert!(matches!(v["messageCount"].as_u64(), Some(2 | 3)), "{v}");
+    let copies = cluster.metric((leader + 1) % 3, "chorus_node_copied_calls_total").await;
+    assert!(copies >= copies_before + 2.0, "{copies_before} -> {copies} copied calls");
+
+    // The paused leader's copy of the post, whatever becomes of it, adds nothing.
+    assert_eq!(post(&api, NAME, "after").await, 4);
+    let (s, v) = api.call("GET", &format!("{}?min=1", messages_path(NAME)), None).await;
+    assert_eq!(s, 200, "{v}");
+    let contents: Vec<&str> =
+        v["messages"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
+    assert_eq!(contents.iter().filter(|c| **c == "paused").count(), 1, "{v}");
+    assert_eq!(message_count(&api, NAME).await, 4, "{v}");
+}

@@ -8,7 +8,9 @@
 //! be reached, the router retries on the new leader until the request deadline — but only
 //! operations that are safe to repeat ([`OwnerCall::is_idempotent`]: reads, participant and
 //! field changes, posts with a `clientMsgId`). An operation that is not safe to repeat and
-//! whose fate is unknown answers `timeout` (outcome unknown), never a guess.
+//! whose fate is unknown answers `timeout` (outcome unknown), never a guess. A read or a post
+//! with a `clientMsgId` forwarded to a leader that goes silent is also dispatched to the leader
+//! elected in its place ([`Router::forward_or_copy`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -357,6 +359,50 @@ impl Router {
         }
     }
 
+    /// [`Router::forward`] of a call that may run twice (a read, a post with a `clientMsgId`)
+    /// to the leader `id`; if this node's replica sees another leader elected while it is still
+    /// unanswered, the call is also dispatched to that one, and the first answer wins. A leader
+    /// that stopped answering with its connections open (paused, cut off from its peers) would
+    /// otherwise hold it until `deadline`, though the others replace it within about a second.
+    async fn forward_or_copy(
+        &self,
+        id: u64,
+        caller: &Caller,
+        key: &StreamKey,
+        call: &OwnerCall,
+        deadline: Instant,
+    ) -> Result<OwnerReply, Failure> {
+        let first = self.forward(id, caller, call.clone(), false, deadline);
+        tokio::pin!(first);
+        tokio::select! {
+            reply = &mut first => return reply,
+            () = self.leader_moved_from(self.node.shard_of(key), id, deadline) => {}
+        }
+        crate::metrics::COPIED_CALLS.inc();
+        let copy = Box::pin(self.dispatch_until(caller, key, call.clone(), deadline));
+        tokio::select! {
+            reply = first => reply,
+            reply = copy => Ok(reply),
+        }
+    }
+
+    /// Returns once this node's replica of `shard` knows of a leader other than `id` (never,
+    /// if that does not happen before `deadline`).
+    async fn leader_moved_from(&self, shard: ShardId, id: u64, deadline: Instant) {
+        let Some(raft) = self.node.raft(shard) else { return std::future::pending().await };
+        let mut rx = raft.metrics();
+        loop {
+            if rx.borrow_and_update().current_leader.is_some_and(|l| l != id) {
+                return;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // The group stopped, or the time is up: the forward answers for itself.
+                _ => return std::future::pending().await,
+            }
+        }
+    }
+
     /// Runs `call` on the leader of `key`'s shard, following leader changes.
     pub(crate) async fn dispatch(
         &self,
@@ -385,6 +431,9 @@ impl Router {
             };
             let outcome = match target {
                 Target::Local => Ok(execute(&self.node, caller, call.clone()).await),
+                Target::Remote(id) if call.may_be_copied() => {
+                    self.forward_or_copy(id, caller, key, &call, deadline).await
+                }
                 Target::Remote(id) => self.forward(id, caller, call.clone(), false, deadline).await,
                 Target::Holder(id) => self.forward(id, caller, call.clone(), true, deadline).await,
             };
