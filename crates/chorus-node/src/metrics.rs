@@ -58,7 +58,9 @@ pub static ACCESS_NOTICES_RELAYED: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 
 /// Calls this node forwarded to a shard's leader and, the leader changing while they were
-/// unanswered, ran on the new leader as well (reads and posts with a `clientMsgId` only).
+/// unanswered, ran on the new leader as well (reads and posts with a `clientMsgId` only). A
+/// planned leader change (SIGTERM, rebalancing) counts too; each copy also counts as
+/// forwarded when the new leader is another node.
 pub static COPIED_CALLS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "chorus_node_copied_calls_total",

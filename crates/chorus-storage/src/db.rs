@@ -102,9 +102,10 @@ fn write_buffer_size(cf: Cf) -> Option<usize> {
 
 /// Column family options whose memtable remembers, per shard, where its last insert went.
 ///
-/// Keys of one shard sit together (every key starts with its 2-byte shard id), and a shard's
-/// writes go near its last ones: its next Raft log index, its streams' next ordinals, new
-/// versions of the same stream records and applied id. Without a hint every insert walks the
+/// Keys of one shard sit together (every key but `meta`'s starts with its 2-byte shard id),
+/// and a shard's writes go near its last ones: its next Raft log index, its streams' next
+/// ordinals, new versions of the same stream records and applied id. Without a hint every
+/// insert walks the
 /// skiplist down from its top level, a cache miss per hop (`FindSpliceForLevel`, the largest
 /// single symbol in a node's profile); with one it starts from the shard's last splice and
 /// climbs only as far as it must. RocksDB takes this option only from an options string.
@@ -136,8 +137,8 @@ impl Db {
         // with more writer threads than cores, spinning only steals the CPU the leader needs.
         opts.set_enable_write_thread_adaptive_yield(false);
         // Memtable inserts with a hint (below) need the write group's leader to insert every
-        // batch of the group itself; the node has two writer threads (log writer and
-        // applier), so concurrent inserts bought little anyway.
+        // batch of the group itself; the node's writes come from few threads (mostly the log
+        // writer and the applier), so concurrent inserts bought little anyway.
         opts.set_allow_concurrent_memtable_write(false);
         let cfs = Cf::ALL.iter().map(|cf| -> Result<ColumnFamilyDescriptor> {
             let mut o = insert_hinted_options()?;

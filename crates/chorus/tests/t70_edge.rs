@@ -486,7 +486,8 @@ async fn reads_and_deduplicated_posts_through_an_edge_are_not_held_by_a_paused_l
     // Held like the reads without the copy: the edge gave up at its timeout (12 s).
     assert!(post_took < Duration::from_secs(5), "the post was held {post_took:?}");
     let (s, v) = posted.expect("post answered");
-    assert_eq!(s, 201, "post with the leader paused: {v}");
+    // 200 when the copy that answered found the other one's message (the answer to a retry).
+    assert!(s == 201 || s == 200, "post with the leader paused: {s} {v}");
     assert_eq!(v["ordinal"], 3, "{v}");
 
     // The resumed node still holds the first copy; whatever it does with it, the stream has
@@ -508,13 +509,23 @@ async fn reads_and_deduplicated_posts_through_a_follower_are_not_held_by_a_pause
     let cluster = Cluster::start(3, 4, FAST_RAFT);
     const NAME: &str = "Chat/room/paused-node";
     let shard = shard_of_name(NAME);
-    let leader = cluster.index_of(cluster.leader_of(0, shard).await);
-    let api = cluster.api((leader + 1) % 3, None);
+    let api = cluster.api(0, None);
     create(&api, NAME).await;
     post(&api, NAME, "before").await;
-    let leader = cluster.index_of(cluster.leader_of(0, shard).await);
-    let api = cluster.api((leader + 1) % 3, None);
-    let copies_before = cluster.metric((leader + 1) % 3, "chorus_node_copied_calls_total").await;
+    // The leader as the node the client talks to sees it, just before the pause.
+    let (leader, via) = loop {
+        let id = cluster.leader_of(0, shard).await;
+        if id != 0 {
+            let leader = cluster.index_of(id);
+            let via = (leader + 1) % 3;
+            if cluster.leader_of(via, shard).await == id {
+                break (leader, via);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let api = cluster.api(via, None);
+    let copies_before = cluster.metric(via, "chorus_node_copied_calls_total").await;
 
     cluster.signal(leader, "-STOP");
     let started = Instant::now();
@@ -534,12 +545,13 @@ async fn reads_and_deduplicated_posts_through_a_follower_are_not_held_by_a_pause
     assert!(post_took < Duration::from_secs(5), "the post was held {post_took:?}");
     assert!(fetch_took < Duration::from_secs(5), "the fetch was held {fetch_took:?}");
     let (s, v) = posted.expect("post answered");
-    assert_eq!(s, 201, "post with the leader paused: {v}");
+    // 200 when the copy that answered found the other one's message (the answer to a retry).
+    assert!(s == 201 || s == 200, "post with the leader paused: {s} {v}");
     assert_eq!(v["ordinal"], 3, "{v}");
     let (s, v) = fetched.expect("fetch answered");
     assert_eq!(s, 200, "fetch with the leader paused: {v}");
     assert!(matches!(v["messageCount"].as_u64(), Some(2 | 3)), "{v}");
-    let copies = cluster.metric((leader + 1) % 3, "chorus_node_copied_calls_total").await;
+    let copies = cluster.metric(via, "chorus_node_copied_calls_total").await;
     assert!(copies >= copies_before + 2.0, "{copies_before} -> {copies} copied calls");
 
     // The paused leader's copy of the post, whatever becomes of it, adds nothing.

@@ -10,7 +10,8 @@ use chorus_api::{
     ServiceError, StreamService, StreamView, UpdateStream,
 };
 use chorus_types::{
-    AccessRow, ApiError, MessageRecord, ParticipantRecord, StreamKey, StreamRecord, UserId,
+    AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, StreamKey, StreamRecord,
+    UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -285,6 +286,14 @@ impl OwnerReply {
             OwnerReply::Error { error, .. } => Some(error),
             _ => None,
         }
+    }
+
+    /// A failure that says nothing of the operation itself (no leader, no answer in time, the
+    /// leader changed): when another copy of the call is under way, its answer is the better one.
+    pub(crate) fn is_retryable_failure(&self) -> bool {
+        self.error().is_some_and(|e| {
+            matches!(e.code, ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::Timeout)
+        })
     }
 
     fn unexpected() -> ServiceError {

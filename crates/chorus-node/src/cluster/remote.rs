@@ -49,6 +49,8 @@ const MAX_PAUSE: Duration = Duration::from_millis(500);
 /// node: well past the election timeout (600 ms at most by default) and far past any call's
 /// usual latency, so that only a leader that stopped answering costs a second copy.
 const HEDGE_AFTER: Duration = Duration::from_millis(1500);
+/// How often a post waiting for a copy looks at the topology (refreshed every second).
+const TOPOLOGY_LOOK: Duration = Duration::from_millis(250);
 /// How long a readiness probe waits for a node.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -180,6 +182,8 @@ impl RemoteService {
         let retry_unknown = call.is_idempotent();
         let bulk = call.is_bulk();
         let copied = call.may_be_copied();
+        let read = call.is_read();
+        let key = call.key().cloned();
         let start = self.start(call.key());
         let envelope = CallEnvelope { caller: WireCaller::from(caller), call, route: true };
         let body = match serde_json::to_vec(&envelope) {
@@ -197,14 +201,42 @@ impl RemoteService {
         // routes the copy there. Whichever answers first is the answer; a read run twice
         // changes nothing, and the dedupe table answers a post's second run with the first
         // run's ordinal.
+        // A post is copied only once the edge sees another node lead its shard: a post that is
+        // merely slow (an overloaded leader) must not cost the leader a second proposal.
         let first = self.attempts(start, &body, bulk, retry_unknown, deadline);
         let second = async {
             tokio::time::sleep(HEDGE_AFTER).await;
-            self.attempts(start + 1, &body, bulk, retry_unknown, deadline).await
+            let to = match (read, &key) {
+                (false, Some(key)) => self.new_leader(key, start, deadline).await,
+                _ => start + 1,
+            };
+            self.attempts(to, &body, bulk, retry_unknown, deadline).await
         };
+        tokio::pin!(first, second);
+        // A failure of one copy (no leader yet, no answer in time) is not the answer while the
+        // other may still succeed.
         tokio::select! {
-            reply = first => reply,
-            reply = second => reply,
+            reply = &mut first => {
+                if reply.is_retryable_failure() { second.await } else { reply }
+            }
+            reply = &mut second => {
+                if reply.is_retryable_failure() { first.await } else { reply }
+            }
+        }
+    }
+
+    /// The node the topology shows leading `key`'s shard once it is not the node at `was`;
+    /// never returns if that does not happen before `deadline` (the first copy answers then).
+    async fn new_leader(&self, key: &StreamKey, was: usize, deadline: Instant) -> usize {
+        let was = was % self.node_count();
+        loop {
+            if let Some(now) = self.topology.leader_of(key).filter(|now| *now != was) {
+                return now;
+            }
+            if Instant::now() + TOPOLOGY_LOOK >= deadline {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(TOPOLOGY_LOOK).await;
         }
     }
 

@@ -380,9 +380,17 @@ impl Router {
         }
         crate::metrics::COPIED_CALLS.inc();
         let copy = Box::pin(self.dispatch_until(caller, key, call.clone(), deadline));
+        tokio::pin!(copy);
+        // A failure of one copy (the old leader stepping down, its connection breaking) is not
+        // the answer while the other may still succeed.
         tokio::select! {
-            reply = first => reply,
-            reply = copy => Ok(reply),
+            reply = &mut first => match reply {
+                Ok(reply) if !reply.is_retryable_failure() => Ok(reply),
+                _ => Ok(copy.await),
+            },
+            reply = &mut copy => {
+                if reply.is_retryable_failure() { first.await } else { Ok(reply) }
+            }
         }
     }
 
@@ -390,7 +398,8 @@ impl Router {
     /// if that does not happen before `deadline`).
     async fn leader_moved_from(&self, shard: ShardId, id: u64, deadline: Instant) {
         let Some(raft) = self.node.raft(shard) else { return std::future::pending().await };
-        let mut rx = raft.metrics();
+        // The server metrics change with the vote and leader only, not with every append.
+        let mut rx = raft.server_metrics();
         loop {
             if rx.borrow_and_update().current_leader.is_some_and(|l| l != id) {
                 return;
