@@ -204,37 +204,45 @@ impl RemoteService {
         // A post is copied only once the edge sees another node lead its shard: a post that is
         // merely slow (an overloaded leader) must not cost the leader a second proposal.
         let first = self.attempts(start, &body, bulk, retry_unknown, deadline);
+        // `None`: no copy was sent (a post whose shard showed no new leader by the deadline).
         let second = async {
             tokio::time::sleep(HEDGE_AFTER).await;
             let to = match (read, &key) {
-                (false, Some(key)) => self.new_leader(key, start, deadline).await,
+                (false, Some(key)) => self.new_leader(key, start, deadline).await?,
                 _ => start + 1,
             };
-            self.attempts(to, &body, bulk, retry_unknown, deadline).await
+            Some(self.attempts(to, &body, bulk, retry_unknown, deadline).await)
         };
         tokio::pin!(first, second);
         // A failure of one copy (no leader yet, no answer in time) is not the answer while the
-        // other may still succeed.
+        // other may still succeed. Both end by the deadline.
         tokio::select! {
             reply = &mut first => {
-                if reply.is_retryable_failure() { second.await } else { reply }
+                if !reply.is_retryable_failure() {
+                    return reply;
+                }
+                match second.await {
+                    Some(copy) if !copy.is_retryable_failure() => copy,
+                    _ => reply,
+                }
             }
-            reply = &mut second => {
-                if reply.is_retryable_failure() { first.await } else { reply }
-            }
+            copy = &mut second => match copy {
+                Some(copy) if !copy.is_retryable_failure() => copy,
+                _ => first.await,
+            },
         }
     }
 
     /// The node the topology shows leading `key`'s shard once it is not the node at `was`;
-    /// never returns if that does not happen before `deadline` (the first copy answers then).
-    async fn new_leader(&self, key: &StreamKey, was: usize, deadline: Instant) -> usize {
+    /// `None` if that does not happen before `deadline` (the first copy answers then).
+    async fn new_leader(&self, key: &StreamKey, was: usize, deadline: Instant) -> Option<usize> {
         let was = was % self.node_count();
         loop {
             if let Some(now) = self.topology.leader_of(key).filter(|now| *now != was) {
-                return now;
+                return Some(now);
             }
             if Instant::now() + TOPOLOGY_LOOK >= deadline {
-                return std::future::pending().await;
+                return None;
             }
             tokio::time::sleep(TOPOLOGY_LOOK).await;
         }
