@@ -491,14 +491,8 @@ async fn reads_and_deduplicated_posts_through_an_edge_are_not_held_by_a_paused_l
     assert_eq!(v["ordinal"], 3, "{v}");
 
     // The resumed node still holds the first copy; whatever it does with it, the stream has
-    // the message once. A later post shows the stream's end.
-    assert_eq!(post(&api, NAME, "after").await, 4);
-    let (s, v) = api.call("GET", &format!("{}?min=1", messages_path(NAME)), None).await;
-    assert_eq!(s, 200, "{v}");
-    let contents: Vec<&str> =
-        v["messages"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
-    assert_eq!(contents.iter().filter(|c| **c == "paused").count(), 1, "{v}");
-    assert_eq!(message_count(&api, NAME).await, 4, "{v}");
+    // the message once.
+    assert_paused_post_stored_once(&api, NAME).await;
 }
 
 /// The same for a client of a node that holds a replica of the stream's shard but does not
@@ -555,11 +549,17 @@ async fn reads_and_deduplicated_posts_through_a_follower_are_not_held_by_a_pause
     assert!(copies >= copies_before + 2.0, "{copies_before} -> {copies} copied calls");
 
     // The paused leader's copy of the post, whatever becomes of it, adds nothing.
-    assert_eq!(post(&api, NAME, "after").await, 4);
-    let (s, v) = api.call("GET", &format!("{}?min=1", messages_path(NAME)), None).await;
+    assert_paused_post_stored_once(&api, NAME).await;
+}
+
+/// After a paused leader resumed: a later post shows the stream's end (ordinal 4, after the
+/// creation, "before" and "paused"), and "paused" is stored once.
+async fn assert_paused_post_stored_once(api: &Api, name: &str) {
+    assert_eq!(post(api, name, "after").await, 4);
+    let (s, v) = api.call("GET", &format!("{}?min=1", messages_path(name)), None).await;
     assert_eq!(s, 200, "{v}");
     let contents: Vec<&str> =
         v["messages"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
     assert_eq!(contents.iter().filter(|c| **c == "paused").count(), 1, "{v}");
-    assert_eq!(message_count(&api, NAME).await, 4, "{v}");
+    assert_eq!(message_count(api, name).await, 4, "{v}");
 }
