@@ -509,7 +509,15 @@ impl StreamService for RemoteService {
             match self.open(&node, body.clone(), Instant::now() + share.max(PROBE_TIMEOUT)).await {
                 Ok(listening) => {
                     self.preferred.store(i, Ordering::Relaxed);
-                    return Ok(listening);
+                    // The events end when the topology shows another leader: a leader that
+                    // went silent with its connections open would otherwise hold the listen
+                    // until its connection is given up, though posts already go to its
+                    // successor. The caller listens again from its last ordinal.
+                    let moved = Arc::clone(&self.topology)
+                        .leader_moved(key.clone(), self.topology.leader_of(key));
+                    let events =
+                        Box::pin(futures_util::StreamExt::take_until(listening.events, moved));
+                    return Ok(Listening { events, ..listening });
                 }
                 Err(Some(e)) => return Err(e),
                 Err(None) => {}

@@ -9,7 +9,7 @@
 //! node that answered last.
 
 use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock, Weak};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 
 use super::remote::RemoteService;
 use std::time::Duration;
@@ -35,6 +35,8 @@ struct Map {
 #[derive(Default)]
 pub(super) struct Topology {
     map: RwLock<Map>,
+    /// Bumped whenever a shard's leader changes, for listens that follow their leader.
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Topology {
@@ -59,34 +61,69 @@ impl Topology {
             map.shards = count;
             map.leaders = vec![(0, 0); shards];
         }
+        let mut moved = false;
         for g in &status.groups {
             let Some(slot) = map.leaders.get_mut(g.group as usize) else { continue };
             if g.leader != 0 && (g.term > slot.1 || (g.term == slot.1 && slot.0 == 0)) {
+                moved |= slot.0 != g.leader;
                 *slot = (g.leader, g.term);
+            }
+        }
+        drop(map);
+        if moved {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Returns once the topology shows `key`'s shard led by another node than `was` (the
+    /// leader when a listen opened; `None`: the first leader learned counts as the start).
+    /// Never returns while the leader stays.
+    pub(super) async fn leader_moved(self: Arc<Self>, key: StreamKey, mut was: Option<usize>) {
+        let mut rx = self.changed.subscribe();
+        loop {
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let now = self.leader_of(&key);
+            match was {
+                None => was = now,
+                Some(w) if now.is_some_and(|n| n != w) => return,
+                Some(_) => {}
             }
         }
     }
 }
 
 /// Refreshes the service's topology from its nodes, and its node list from the meta record
-/// they report, until the service is gone.
+/// they report, until the service is gone. Each node is asked on its own clock: a node that
+/// does not answer (paused, cut off) must not delay what the others say about the leaders
+/// elected in its place.
 pub(super) async fn refresh(service: Weak<RemoteService>) {
-    let mut clients: Vec<AdminClient<Channel>> = Vec::new();
+    let mut polled = 0;
     loop {
         let Some(known) = service.upgrade().map(|s| s.nodes()) else { return };
-        for node in known.iter().skip(clients.len()) {
-            clients.push(AdminClient::new(node.channel.clone()));
+        for node in known.iter().skip(polled) {
+            tokio::spawn(poll(service.clone(), polled, AdminClient::new(node.channel.clone())));
+            polled += 1;
         }
-        for (index, client) in clients.iter_mut().enumerate() {
-            let Some(service) = service.upgrade() else { return };
-            let mut request = tonic::Request::new(pb::StatusRequest {});
-            request.set_timeout(STATUS_TIMEOUT);
-            if let Ok(reply) = client.status(request).await {
-                let reply = reply.into_inner();
-                service.topology().learn(index, &reply);
-                service.learn_nodes(&reply);
-            }
+        drop(known);
+        tokio::time::sleep(REFRESH).await;
+    }
+}
+
+/// Asks node `index` for its status every [`REFRESH`] until the service is gone.
+async fn poll(service: Weak<RemoteService>, index: usize, mut client: AdminClient<Channel>) {
+    loop {
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(STATUS_TIMEOUT);
+        let reply = client.status(request).await;
+        let Some(service) = service.upgrade() else { return };
+        if let Ok(reply) = reply {
+            let reply = reply.into_inner();
+            service.topology().learn(index, &reply);
+            service.learn_nodes(&reply);
         }
+        drop(service);
         tokio::time::sleep(REFRESH).await;
     }
 }
