@@ -74,6 +74,12 @@ impl ErrorCode {
         }
     }
 
+    /// Failures that say nothing of the operation itself — no leader, the leader changed, no
+    /// answer in time — so another attempt (or another copy of the call) may well succeed.
+    pub fn is_failover(self) -> bool {
+        matches!(self, ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::Timeout)
+    }
+
     /// Codes that invite the caller to try again later; their errors carry `retryAfterMs`.
     pub fn is_retryable(self) -> bool {
         matches!(self, ErrorCode::RateLimited | ErrorCode::NotLeader | ErrorCode::Unavailable)

@@ -27,10 +27,6 @@ const MAX_PAUSE: Duration = Duration::from_secs(2);
 /// An upstream listen that lasted this long resets the backoff.
 const STABLE: Duration = Duration::from_secs(1);
 
-fn retryable(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::Timeout)
-}
-
 pub(crate) async fn run(feed: Arc<Feed>, service: Arc<dyn StreamService>) {
     let app = Caller::app();
     let mut since: Option<u64> = None;
@@ -38,7 +34,7 @@ pub(crate) async fn run(feed: Arc<Feed>, service: Arc<dyn StreamService>) {
     loop {
         let listening = match service.listen(&app, &feed.key, since).await {
             Ok(listening) => listening,
-            Err(e) if retryable(e.error.code) => {
+            Err(e) if e.error.code.is_failover() => {
                 tracing::debug!(stream = %feed.key, error = %e.error, "feed upstream retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_PAUSE);

@@ -10,8 +10,7 @@ use chorus_api::{
     ServiceError, StreamService, StreamView, UpdateStream,
 };
 use chorus_types::{
-    AccessRow, ApiError, ErrorCode, MessageRecord, ParticipantRecord, StreamKey, StreamRecord,
-    UserId,
+    AccessRow, ApiError, MessageRecord, ParticipantRecord, StreamKey, StreamRecord, UserId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -291,9 +290,7 @@ impl OwnerReply {
     /// A failure that says nothing of the operation itself (no leader, no answer in time, the
     /// leader changed): when another copy of the call is under way, its answer is the better one.
     pub(crate) fn is_retryable_failure(&self) -> bool {
-        self.error().is_some_and(|e| {
-            matches!(e.code, ErrorCode::Unavailable | ErrorCode::NotLeader | ErrorCode::Timeout)
-        })
+        self.error().is_some_and(|e| e.code.is_failover())
     }
 
     fn unexpected() -> ServiceError {

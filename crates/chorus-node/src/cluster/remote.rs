@@ -49,8 +49,6 @@ const MAX_PAUSE: Duration = Duration::from_millis(500);
 /// node: well past the election timeout (600 ms at most by default) and far past any call's
 /// usual latency, so that only a leader that stopped answering costs a second copy.
 const HEDGE_AFTER: Duration = Duration::from_millis(1500);
-/// How often a post waiting for a copy looks at the topology (refreshed every second).
-const TOPOLOGY_LOOK: Duration = Duration::from_millis(250);
 /// How long a readiness probe waits for a node.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -194,21 +192,24 @@ impl RemoteService {
         if !copied || self.node_count() < 2 {
             return self.attempts(start, &body, bulk, retry_unknown, deadline).await;
         }
-        // A read (or a post with a `clientMsgId`) still unanswered after `HEDGE_AFTER` is
-        // sent again through the next node: a leader that stopped without closing its
-        // connections (paused, cut off from its peers) would otherwise hold it for the whole
-        // timeout, though a new leader is elected within about a second and the other node
-        // routes the copy there. Whichever answers first is the answer; a read run twice
-        // changes nothing, and the dedupe table answers a post's second run with the first
+        // A read still unanswered after `HEDGE_AFTER` is sent again through the next node: a
+        // leader that stopped without closing its connections (paused, cut off from its peers)
+        // would otherwise hold it for the whole timeout, though a new leader is elected within
+        // about a second and the other node routes the copy there. A post with a
+        // `clientMsgId` is copied only once the edge sees another node lead its shard, so a
+        // post that is merely slow (an overloaded leader) costs no second proposal. A read run
+        // twice changes nothing; the dedupe table answers a post's second run with the first
         // run's ordinal.
-        // A post is copied only once the edge sees another node lead its shard: a post that is
-        // merely slow (an overloaded leader) must not cost the leader a second proposal.
         let first = self.attempts(start, &body, bulk, retry_unknown, deadline);
         // `None`: no copy was sent (a post whose shard showed no new leader by the deadline).
         let second = async {
             tokio::time::sleep(HEDGE_AFTER).await;
             let to = match (read, &key) {
-                (false, Some(key)) => self.new_leader(key, start, deadline).await?,
+                (false, Some(key)) => {
+                    let was = Some(start % self.node_count());
+                    let moved = self.topology.leader_other_than(key, was);
+                    tokio::time::timeout_at(deadline, moved).await.ok()?
+                }
                 _ => start + 1,
             };
             Some(self.attempts(to, &body, bulk, retry_unknown, deadline).await)
@@ -230,21 +231,6 @@ impl RemoteService {
                 Some(copy) if !copy.is_retryable_failure() => copy,
                 _ => first.await,
             },
-        }
-    }
-
-    /// The node the topology shows leading `key`'s shard once it is not the node at `was`;
-    /// `None` if that does not happen before `deadline` (the first copy answers then).
-    async fn new_leader(&self, key: &StreamKey, was: usize, deadline: Instant) -> Option<usize> {
-        let was = was % self.node_count();
-        loop {
-            if let Some(now) = self.topology.leader_of(key).filter(|now| *now != was) {
-                return Some(now);
-            }
-            if Instant::now() + TOPOLOGY_LOOK >= deadline {
-                return None;
-            }
-            tokio::time::sleep(TOPOLOGY_LOOK).await;
         }
     }
 
@@ -513,8 +499,11 @@ impl StreamService for RemoteService {
                     // went silent with its connections open would otherwise hold the listen
                     // until its connection is given up, though posts already go to its
                     // successor. The caller listens again from its last ordinal.
-                    let moved = Arc::clone(&self.topology)
-                        .leader_moved(key.clone(), self.topology.leader_of(key));
+                    let (topology, key, was) =
+                        (Arc::clone(&self.topology), key.clone(), self.topology.leader_of(key));
+                    let moved = async move {
+                        topology.leader_other_than(&key, was).await;
+                    };
                     let events =
                         Box::pin(futures_util::StreamExt::take_until(listening.events, moved));
                     return Ok(Listening { events, ..listening });

@@ -9,7 +9,7 @@
 //! node that answered last.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock, Weak};
+use std::sync::{PoisonError, RwLock, Weak};
 
 use super::remote::RemoteService;
 use std::time::Duration;
@@ -75,20 +75,19 @@ impl Topology {
         }
     }
 
-    /// Returns once the topology shows `key`'s shard led by another node than `was` (the
-    /// leader when a listen opened; `None`: the first leader learned counts as the start).
-    /// Never returns while the leader stays.
-    pub(super) async fn leader_moved(self: Arc<Self>, key: StreamKey, mut was: Option<usize>) {
+    /// The node the topology shows leading `key`'s shard once it is another than `was` (the
+    /// node a call or listen went to; `None`: the first leader learned counts as `was`).
+    /// Wakes only when some shard's leader changes; never returns while the leader stays.
+    pub(super) async fn leader_other_than(&self, key: &StreamKey, mut was: Option<usize>) -> usize {
         let mut rx = self.changed.subscribe();
         loop {
+            match (was, self.leader_of(key)) {
+                (Some(w), Some(now)) if now != w => return now,
+                (None, now) => was = now,
+                _ => {}
+            }
             if rx.changed().await.is_err() {
                 return std::future::pending().await;
-            }
-            let now = self.leader_of(&key);
-            match was {
-                None => was = now,
-                Some(w) if now.is_some_and(|n| n != w) => return,
-                Some(_) => {}
             }
         }
     }
