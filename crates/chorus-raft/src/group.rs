@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use chorus_storage::{Applier, ApplyObserver, Db, LogStore, LogWriter, StateMachine, TypeConfig};
+use chorus_storage::{
+    Applier, ApplyObserver, Db, LogStore, LogWriter, StateMachine, TypeConfig, WriteThread,
+};
 use chorus_types::ShardId;
 use openraft::BasicNode;
 use openraft::error::{InitializeError, RaftError};
@@ -33,7 +35,7 @@ pub struct ShardGroup {
     pub committed: Arc<AtomicU64>,
 }
 
-/// What every group of a node shares: the DB, the group-commit log writer, the applier.
+/// What every group of a node shares: the DB and its write thread (log appends and applies).
 #[derive(Clone)]
 pub struct GroupHost {
     node_id: u64,
@@ -51,11 +53,12 @@ impl GroupHost {
         config: openraft::Config,
         observer: Arc<dyn ApplyObserver>,
     ) -> Result<GroupHost, StartError> {
+        let thread = WriteThread::start(db.clone())?;
         Ok(GroupHost {
             node_id,
             db: db.clone(),
-            writer: LogWriter::start(db.clone())?,
-            applier: Applier::start(db.clone())?,
+            writer: thread.log_writer(),
+            applier: thread.applier(),
             config: Arc::new(config.validate().map_err(Box::new)?),
             observer,
         })

@@ -1,14 +1,12 @@
-//! The group applier: one thread applies the committed entries of every shard and writes the
-//! results of all shards that were waiting in one `WriteBatch`.
+//! Applying committed entries: what the node's [`WriteThread`] runs for every shard's state
+//! machine, so that the results of all shards waiting at once are written in one
+//! `WriteBatch` (together with the Raft log appends that arrived meanwhile).
 //!
-//! Before it, each shard's state machine applied on the blocking pool; under load that meant
+//! Before, each shard's state machine applied on the blocking pool; under load that meant
 //! dozens of threads handing work back and forth and contending for RocksDB's write queue on
 //! two cores. One thread that drains every pending job, computes each shard's writes against
 //! its own state (shards have disjoint keys, so jobs never read each other's writes) and commits
 //! them together does the same work with one write and one wake-up per group.
-
-use std::sync::mpsc;
-use std::thread;
 
 use chorus_streams::{Command, Overlay, Write, apply_entry};
 use chorus_types::{MessageRecord, ShardId, StreamKey, StreamRecord};
@@ -19,15 +17,12 @@ use tokio::sync::oneshot;
 use crate::db::{Cf, Db, to_json};
 use crate::error::{Result, StorageError};
 use crate::keys::{self, RaftMeta};
-use crate::log_writer::Threads;
 use crate::raft_types::{Entry, ShardResponse, StoredMembership};
 use crate::rocks_state::{RocksState, write_batch};
 use crate::snapshot::AppliedState;
 use crate::state_machine::AccessChange;
 use crate::stream_cache::{CachedState, StreamCache};
-
-/// Most jobs folded into one write.
-const MAX_GROUP: usize = 256;
+use crate::write_thread::{Work, WriteThread};
 
 /// What applying one shard's entries produced.
 pub struct Applied {
@@ -43,34 +38,28 @@ pub struct Applied {
     pub access_keys: Vec<StreamKey>,
 }
 
-struct Job {
+pub(crate) struct Job {
     shard: ShardId,
     applied: AppliedState,
     entries: Vec<Entry>,
     reply: oneshot::Sender<Result<Applied>>,
 }
 
-/// What the applier thread is asked to do.
-enum Work {
-    Apply(Job),
-    /// A snapshot replaced the shard's state behind the applier's back.
-    Forget(ShardId, oneshot::Sender<()>),
-}
-
-/// Handle to the applier thread; cheap to clone. The thread stops when every handle is dropped.
+/// A state machine's handle to the write thread's apply side; cheap to clone.
 #[derive(Clone)]
 pub struct Applier {
-    // Declared before `_thread`: the channel must close before the thread is joined.
-    tx: mpsc::Sender<Work>,
-    _thread: std::sync::Arc<Threads>,
+    thread: WriteThread,
 }
 
 impl Applier {
+    /// An applier on its own write thread (tests; a node shares one thread, see
+    /// [`WriteThread::applier`]).
     pub fn start(db: Db) -> Result<Applier> {
-        let (tx, rx) = mpsc::channel::<Work>();
-        let handle =
-            thread::Builder::new().name("chorus-apply".into()).spawn(move || apply_loop(db, rx))?;
-        Ok(Applier { tx, _thread: Threads::new(vec![handle]) })
+        Ok(WriteThread::start(db)?.applier())
+    }
+
+    pub(crate) fn new(thread: WriteThread) -> Applier {
+        Applier { thread }
     }
 
     /// Applies `entries` on top of `applied`; returns once the result is written.
@@ -81,23 +70,29 @@ impl Applier {
         entries: Vec<Entry>,
     ) -> Result<Applied> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Work::Apply(Job { shard, applied, entries, reply }))
-            .map_err(|_| StorageError::WriterStopped)?;
+        self.thread.send(Work::Apply(Job { shard, applied, entries, reply }))?;
         rx.await.map_err(|_| StorageError::WriterStopped)?
     }
 
-    /// Drops what the applier keeps of `shard` (its stream records): call after replacing the
-    /// shard's state from a snapshot, before it applies again.
+    /// Drops what the write thread keeps of `shard` (its stream records): call after replacing
+    /// the shard's state from a snapshot, before it applies again.
     pub async fn forget(&self, shard: ShardId) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Work::Forget(shard, reply)).map_err(|_| StorageError::WriterStopped)?;
+        self.thread.send(Work::Forget(shard, reply))?;
         rx.await.map_err(|_| StorageError::WriterStopped)
     }
 }
 
-/// One job's result before its batch is written: stream records go to the cache only after.
-struct Computed {
+/// One job's result before it is staged in a batch.
+pub(crate) struct Computed {
+    shard: ShardId,
+    applied: Applied,
+    writes: Vec<Write>,
+}
+
+/// One job's result once its writes are in the batch: stream records go to the cache only
+/// after the batch is written.
+pub(crate) struct Staged {
     applied: Applied,
     streams: Vec<StreamRecord>,
 }
@@ -132,13 +127,8 @@ fn read_access_key(command: &Command) -> Option<StreamKey> {
     }
 }
 
-/// Computes one job's outcomes and adds its writes (and applied state) to `batch`.
-fn compute(
-    db: &Db,
-    cache: &StreamCache,
-    job: &mut Job,
-    batch: &mut WriteBatch,
-) -> Result<Computed> {
+/// Computes one job's outcomes and writes against the state (and cache), writing nothing.
+pub(crate) fn compute(db: &Db, cache: &StreamCache, job: &mut Job) -> Result<Computed> {
     let state = CachedState { rocks: RocksState { db, shard: job.shard }, cache };
     let mut overlay = Overlay::new(&state);
     let mut applied = job.applied.clone();
@@ -170,93 +160,44 @@ fn compute(
         }
     }
     let writes = overlay.into_writes();
-    write_batch(db, job.shard, batch, &writes)?;
+    Ok(Computed {
+        shard: job.shard,
+        applied: Applied { responses, applied, messages: Vec::new(), access_change, access_keys },
+        writes,
+    })
+}
+
+/// Adds a computed job's writes and applied state to `batch`.
+pub(crate) fn stage(db: &Db, batch: &mut WriteBatch, c: Computed) -> Result<Staged> {
+    let Computed { shard, mut applied, writes } = c;
+    write_batch(db, shard, batch, &writes)?;
     batch.put_cf(
         db.cf(Cf::RaftMeta)?,
-        keys::raft_meta(job.shard, RaftMeta::Applied),
-        to_json(&applied)?,
+        keys::raft_meta(shard, RaftMeta::Applied),
+        to_json(&applied.applied)?,
     );
-    let mut messages = Vec::new();
     let mut streams = Vec::new();
     for w in writes {
         match w {
-            Write::Message(m) => messages.push(m),
+            Write::Message(m) => applied.messages.push(m),
             Write::Stream(s) => streams.push(s),
             _ => {}
         }
     }
-    Ok(Computed {
-        applied: Applied { responses, applied, messages, access_change, access_keys },
-        streams,
-    })
+    Ok(Staged { applied, streams })
 }
 
-fn apply_loop(db: Db, rx: mpsc::Receiver<Work>) {
-    let cache = StreamCache::default();
-    while let Ok(first) = rx.recv() {
-        let mut jobs = Vec::new();
-        let mut next = Some(first);
-        while let Some(work) = next.take() {
-            match work {
-                Work::Apply(job) => jobs.push(job),
-                // Before any job queued after it: they see the snapshot's state.
-                Work::Forget(shard, done) if jobs.is_empty() => {
-                    cache.forget_shard(shard);
-                    let _ = done.send(());
-                }
-                // A job of another shard is ahead of it: run those first, then forget.
-                Work::Forget(shard, done) => {
-                    run_jobs(&db, &cache, jobs);
-                    jobs = Vec::new();
-                    cache.forget_shard(shard);
-                    let _ = done.send(());
-                }
-            }
-            if jobs.len() < MAX_GROUP {
-                next = rx.try_recv().ok();
-            }
-        }
-        if !jobs.is_empty() {
-            run_jobs(&db, &cache, jobs);
-        }
+/// Answers a job whose batch was written.
+pub(crate) fn answer(cache: &StreamCache, job: Job, staged: Staged) {
+    for record in staged.streams {
+        cache.keep(job.shard, record);
     }
+    let _ = job.reply.send(Ok(staged.applied));
 }
 
-/// Computes `jobs` against the state (and cache), writes them in one batch and answers them.
-fn run_jobs(db: &Db, cache: &StreamCache, mut jobs: Vec<Job>) {
-    let started = std::time::Instant::now();
-    let mut batch = WriteBatch::default();
-    let results: Result<Vec<Computed>> =
-        jobs.iter_mut().map(|job| compute(db, cache, job, &mut batch)).collect();
-    // Not synced: the Raft log is. State and applied ids are written together, so after a
-    // crash each shard re-applies the committed rest of its log.
-    let results = results.and_then(|r| {
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(false);
-        db.raw().write_opt(batch, &wo)?;
-        Ok(r)
-    });
-    crate::metrics::APPLY_SECONDS.observe(started.elapsed().as_secs_f64());
-    match results {
-        Ok(computed) => {
-            for (job, c) in jobs.into_iter().zip(computed) {
-                for record in c.streams {
-                    cache.keep(job.shard, record);
-                }
-                let _ = job.reply.send(Ok(c.applied));
-            }
-        }
-        Err(e) => {
-            // What was read for this batch may be ahead of what got written.
-            cache.clear();
-            // A storage failure is fatal for the shards involved: openraft stops them.
-            tracing::error!(error = %e, jobs = jobs.len(), "applying committed entries failed");
-            let msg = e.to_string();
-            for job in jobs {
-                let _ = job.reply.send(Err(StorageError::Io(std::io::Error::other(msg.clone()))));
-            }
-        }
-    }
+/// Answers a job whose batch failed.
+pub(crate) fn fail(job: Job, msg: &str) {
+    let _ = job.reply.send(Err(StorageError::Io(std::io::Error::other(msg.to_string()))));
 }
 
 #[cfg(test)]

@@ -3,14 +3,16 @@
 //! shard over that one database.
 //!
 //! ```text
-//!  openraft (shard 0..S) ──append──▶ LogStore ──▶ LogWriter thread ──one WriteBatch──▶ RocksDB
-//!                                                       │                   (no sync)
-//!                                                       └──▶ syncer thread: one fsync for all
-//!                                                             pending appends, then each
-//!                                                             shard's LogFlushed callback
-//!  openraft ──apply──▶ StateMachine ──▶ Applier thread: chorus_streams::apply_entry for
-//!                                        every waiting shard, one WriteBatch (state + applied
-//!                                        ids), then ApplyObserver (committed messages)
+//!  openraft (shard 0..S) ──append──▶ LogStore ─────┐
+//!                                                  ├─▶ write thread: chorus_streams::apply_entry
+//!  openraft (shard 0..S) ──apply──▶ StateMachine ──┘   for every waiting shard, then one
+//!                                                      WriteBatch (log entries + state + applied
+//!                                                      ids, no sync); applies are answered
+//!                                                      (ApplyObserver: committed messages)
+//!                                                           │
+//!                                                           └─▶ syncer thread: one fsync for
+//!                                                               all pending appends, then each
+//!                                                               shard's LogFlushed callback
 //! ```
 //!
 //! Group commit is what makes many shards cheap: a disk here does a few thousand fsyncs per
@@ -22,10 +24,11 @@
 //! - [`raft_types`]: the openraft type config and the entry payload.
 //! - [`db`]: opening the database and its column families.
 //! - [`keys`]: the key encodings (every key starts with its shard, so a shard is a key range).
-//! - [`log_writer`]: the group-commit writer and syncer threads.
+//! - [`write_thread`]: the one thread that writes log appends and applied state together.
+//! - [`log_writer`]: the log side of the write thread, and the syncer thread.
 //! - [`log_store`]: `RaftLogStorage` per shard.
 //! - [`state_machine`]: `RaftStateMachine` per shard.
-//! - [`applier`]: the group applier thread shared by every shard's state machine.
+//! - [`applier`]: the apply side of the write thread, shared by every shard's state machine.
 //! - [`rocks_state`]: [`chorus_streams::StateRead`] over RocksDB.
 //! - [`snapshot`]: export and import of a shard's key range.
 //! - [`reads`]: the queries the node serves (history, participants, access rows).
@@ -45,6 +48,7 @@ pub mod rocks_state;
 pub mod snapshot;
 pub mod state_machine;
 pub mod stream_cache;
+pub mod write_thread;
 
 pub use applier::Applier;
 pub use db::Db;
@@ -53,3 +57,4 @@ pub use log_store::LogStore;
 pub use log_writer::LogWriter;
 pub use raft_types::{ShardRequest, ShardResponse, TypeConfig};
 pub use state_machine::{AccessChange, ApplyObserver, StateMachine};
+pub use write_thread::WriteThread;

@@ -1,19 +1,10 @@
-//! The group-commit log writer: one thread writes the Raft log appends of every shard, another
-//! makes them durable with one fsync per group.
+//! The Raft log side of the group commit: the operations every shard's log store queues on
+//! the node's [`WriteThread`], and the syncer thread that makes them durable with one fsync
+//! per group.
 //!
-//! ```text
-//!  LogStore::append (shard 3) ─┐                     ┌─▶ "written" (entries readable)
-//!  LogStore::append (shard 9) ─┼─▶ writer thread ────┤
-//!  LogStore::truncate (s 12)  ─┘  drain queue,       └─▶ syncer thread: drain, one
-//!                                 one WriteBatch,          flush_wal(sync), then every
-//!                                 no sync                  LogFlushed callback
-//! ```
-//!
-//! Ordering: the writer applies operations in arrival order (one FIFO for every shard), so a
-//! shard's truncate or purge never overtakes an earlier append. Appends are readable from the
-//! log store's in-memory tail at once; truncate and purge wait until they are written.
-//! A callback is completed only after an fsync that began after its batch was written, so
-//! openraft never counts an entry that is not on disk.
+//! Appends are readable from the log store's in-memory tail at once; truncate and purge wait
+//! until they are written. A callback is completed only after an fsync that began after its
+//! batch was written, so openraft never counts an entry that is not on disk.
 
 use std::sync::mpsc;
 use std::thread;
@@ -29,11 +20,9 @@ use crate::error::{Result, StorageError};
 use crate::keys;
 use crate::metrics;
 use crate::raft_types::TypeConfig;
+use crate::write_thread::{Work, WriteThread};
 
-/// Most operations folded into one `WriteBatch`, to bound the latency of the first.
-const MAX_GROUP: usize = 4096;
-
-enum LogOp {
+pub(crate) enum LogOp {
     Append {
         shard: ShardId,
         entries: Vec<(u64, Vec<u8>)>,
@@ -54,13 +43,10 @@ enum LogOp {
     },
 }
 
-/// Handle to the writer; cheap to clone. The threads stop when every handle is dropped, and
-/// the last handle waits for them (see [`Threads`]).
+/// A shard's handle to the write thread's log side; cheap to clone.
 #[derive(Clone)]
 pub struct LogWriter {
-    // Declared before `_threads`: the channel must close before the threads are joined.
-    tx: mpsc::Sender<LogOp>,
-    _threads: std::sync::Arc<Threads>,
+    thread: WriteThread,
 }
 
 /// Background threads joined when their last owner goes. They hold the database, so joining
@@ -88,22 +74,18 @@ impl Drop for Threads {
 }
 
 impl LogWriter {
+    /// A log writer on its own write thread (tests; a node shares one thread, see
+    /// [`WriteThread::log_writer`]).
     pub fn start(db: Db) -> Result<LogWriter> {
-        let (tx, rx) = mpsc::channel::<LogOp>();
-        let (sync_tx, sync_rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let sync_db = db.clone();
-        let syncer = thread::Builder::new()
-            .name("chorus-log-sync".into())
-            .spawn(move || sync_loop(sync_db, sync_rx))?;
-        let writer = thread::Builder::new()
-            .name("chorus-log-writer".into())
-            .spawn(move || write_loop(db, rx, sync_tx))?;
-        // Writer first: its exit closes the syncer's channel.
-        Ok(LogWriter { tx, _threads: Threads::new(vec![writer, syncer]) })
+        Ok(WriteThread::start(db)?.log_writer())
+    }
+
+    pub(crate) fn new(thread: WriteThread) -> LogWriter {
+        LogWriter { thread }
     }
 
     async fn submit(&self, op: LogOp, written: oneshot::Receiver<Result<()>>) -> Result<()> {
-        self.tx.send(op).map_err(|_| StorageError::WriterStopped)?;
+        self.thread.send(Work::Log(op))?;
         written.await.map_err(|_| StorageError::WriterStopped)?
     }
 
@@ -116,9 +98,7 @@ impl LogWriter {
         entries: Vec<(u64, Vec<u8>)>,
         flushed: LogFlushed<TypeConfig>,
     ) -> Result<()> {
-        self.tx
-            .send(LogOp::Append { shard, entries, flushed })
-            .map_err(|_| StorageError::WriterStopped)
+        self.thread.send(Work::Log(LogOp::Append { shard, entries, flushed }))
     }
 
     pub async fn truncate(&self, shard: ShardId, from: u64) -> Result<()> {
@@ -132,7 +112,7 @@ impl LogWriter {
     }
 }
 
-fn add_to_batch(db: &Db, batch: &mut WriteBatch, op: &LogOp) -> Result<()> {
+pub(crate) fn add_to_batch(db: &Db, batch: &mut WriteBatch, op: &LogOp) -> Result<()> {
     let log = db.cf(Cf::RaftLog)?;
     match op {
         LogOp::Append { shard, entries, .. } => {
@@ -158,58 +138,43 @@ fn add_to_batch(db: &Db, batch: &mut WriteBatch, op: &LogOp) -> Result<()> {
     Ok(())
 }
 
-fn write_loop(db: Db, rx: mpsc::Receiver<LogOp>, sync_tx: mpsc::Sender<LogFlushed<TypeConfig>>) {
-    while let Ok(first) = rx.recv() {
-        let mut ops = vec![first];
-        while ops.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(op) => ops.push(op),
-                Err(_) => break,
+/// Answers a group's log operations once their batch is written (or failed): truncates and
+/// purges at once, appends through the syncer after its next fsync.
+pub(crate) fn answer(
+    ops: Vec<LogOp>,
+    failure: Option<&str>,
+    sync_tx: &mpsc::Sender<LogFlushed<TypeConfig>>,
+) {
+    for op in ops {
+        let (written, flushed) = match op {
+            LogOp::Append { flushed, .. } => (None, Some(flushed)),
+            LogOp::Truncate { written, .. } | LogOp::Purge { written, .. } => (Some(written), None),
+        };
+        match failure {
+            None => {
+                // The store may have given up waiting (shutdown); nothing to tell then.
+                if let Some(w) = written {
+                    let _ = w.send(Ok(()));
+                }
+                if let Some(cb) = flushed
+                    && let Err(mpsc::SendError(cb)) = sync_tx.send(cb)
+                {
+                    cb.log_io_completed(Err(std::io::Error::other("log syncer stopped")));
+                }
             }
-        }
-        tracing::trace!(ops = ops.len(), "log write group");
-        let mut batch = WriteBatch::default();
-        let built: Result<()> = ops.iter().try_for_each(|op| add_to_batch(&db, &mut batch, op));
-        let result = built.and_then(|()| {
-            let mut wo = rocksdb::WriteOptions::default();
-            wo.set_sync(false);
-            db.raw().write_opt(batch, &wo).map_err(StorageError::from)
-        });
-        let failure = result.as_ref().err().map(|e| e.to_string());
-        for op in ops {
-            let (written, flushed) = match op {
-                LogOp::Append { flushed, .. } => (None, Some(flushed)),
-                LogOp::Truncate { written, .. } | LogOp::Purge { written, .. } => {
-                    (Some(written), None)
+            Some(msg) => {
+                if let Some(w) = written {
+                    let _ = w.send(Err(StorageError::Io(std::io::Error::other(msg.to_string()))));
                 }
-            };
-            match &failure {
-                None => {
-                    // The store may have given up waiting (shutdown); nothing to tell then.
-                    if let Some(w) = written {
-                        let _ = w.send(Ok(()));
-                    }
-                    if let Some(cb) = flushed
-                        && let Err(mpsc::SendError(cb)) = sync_tx.send(cb)
-                    {
-                        cb.log_io_completed(Err(std::io::Error::other("log syncer stopped")));
-                    }
-                }
-                Some(msg) => {
-                    tracing::error!(error = %msg, "raft log write failed");
-                    if let Some(w) = written {
-                        let _ = w.send(Err(StorageError::Io(std::io::Error::other(msg.clone()))));
-                    }
-                    if let Some(cb) = flushed {
-                        cb.log_io_completed(Err(std::io::Error::other(msg.clone())));
-                    }
+                if let Some(cb) = flushed {
+                    cb.log_io_completed(Err(std::io::Error::other(msg.to_string())));
                 }
             }
         }
     }
 }
 
-fn sync_loop(db: Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+pub(crate) fn sync_loop(db: Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         while let Ok(cb) = rx.try_recv() {
