@@ -117,7 +117,7 @@ async fn commit(
     timeout: std::time::Duration,
 ) -> ProposalResult {
     let started = std::time::Instant::now();
-    let rx = raft.client_write_ff(ShardRequest { envelopes }).await.map_err(|fatal| {
+    let rx = raft.client_write_ff(ShardRequest::new(envelopes)).await.map_err(|fatal| {
         tracing::error!(%shard, error = %fatal, "shard group stopped");
         err(ErrorCode::Unavailable, "shard is unavailable")
     })?;

@@ -50,7 +50,7 @@ fn post(i: u64) -> Envelope {
 fn entry(index: u64, envelopes: Vec<Envelope>) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(ShardRequest { envelopes }),
+        payload: EntryPayload::Normal(ShardRequest::new(envelopes)),
     }
 }
 

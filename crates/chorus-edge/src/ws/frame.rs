@@ -287,7 +287,15 @@ pub(crate) fn ok_frame(re: &Value, body: Value) -> String {
 
 /// [`ok_frame`] around a body already rendered as JSON text.
 pub(crate) fn ok_frame_text(re: &Value, body: &str) -> String {
-    format!(r#"{{"re":{re},"ok":{body}}}"#)
+    // Built by hand: this wraps every post's answer, where `format!` cost ~1 % of the CPU.
+    let re = re.to_string();
+    let mut out = String::with_capacity(re.len() + body.len() + 13);
+    out.push_str(r#"{"re":"#);
+    out.push_str(&re);
+    out.push_str(r#","ok":"#);
+    out.push_str(body);
+    out.push('}');
+    out
 }
 
 /// `{"re": id, "error": {…}}`, with `"stream"` beside the error for a failed precondition.

@@ -106,7 +106,7 @@ async fn write(
         },
     };
     let envelope = Envelope { time: Millis::now(), by: String::new(), command };
-    let reply = match raft.client_write(ShardRequest { envelopes: vec![envelope] }).await {
+    let reply = match raft.client_write(ShardRequest::new(vec![envelope])).await {
         Ok(reply) => reply,
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             return Err(MetaError::NotLeader { leader: f.leader_id });
