@@ -52,7 +52,8 @@ impl WriteOp {
     /// What the op costs a stream actor's turn, in units of one ordinary command: a batch
     /// join writes a participant per user, so a turn (one Raft entry) carries at most one
     /// full batch instead of `max_batch` of them (512,000 rows in one apply would stall every
-    /// shard behind the single applier thread).
+    /// shard behind the node's single write thread, which also writes the Raft log; it writes a
+    /// group's log appends first when the group's applies are heavy).
     pub fn weight(&self) -> usize {
         match self {
             WriteOp::JoinBatch { users } => users.len().max(1),

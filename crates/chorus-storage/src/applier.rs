@@ -127,6 +127,24 @@ fn read_access_key(command: &Command) -> Option<StreamKey> {
     }
 }
 
+/// What a job costs to apply, in rows: a batch join writes a participant per user.
+pub(crate) fn weight(job: &Job) -> usize {
+    job.entries
+        .iter()
+        .map(|entry| match &entry.payload {
+            EntryPayload::Normal(req) => req
+                .envelopes
+                .iter()
+                .map(|e| match &e.command {
+                    Command::JoinBatch { users, .. } => users.len().max(1),
+                    _ => 1,
+                })
+                .sum(),
+            _ => 1,
+        })
+        .sum()
+}
+
 /// Computes one job's outcomes and writes against the state (and cache), writing nothing.
 pub(crate) fn compute(db: &Db, cache: &StreamCache, job: &mut Job) -> Result<Computed> {
     let state = CachedState { rocks: RocksState { db, shard: job.shard }, cache };

@@ -137,8 +137,8 @@ impl Db {
         // with more writer threads than cores, spinning only steals the CPU the leader needs.
         opts.set_enable_write_thread_adaptive_yield(false);
         // Memtable inserts with a hint (below) need the write group's leader to insert every
-        // batch of the group itself; the node's writes come from few threads (mostly the log
-        // writer and the applier), so concurrent inserts bought little anyway.
+        // batch of the group itself; nearly all of the node's writes come from its one write
+        // thread, so concurrent inserts bought nothing anyway.
         opts.set_allow_concurrent_memtable_write(false);
         let cfs = Cf::ALL.iter().map(|cf| -> Result<ColumnFamilyDescriptor> {
             let mut o = insert_hinted_options()?;

@@ -27,7 +27,7 @@ pub struct LogStore {
     shard: ShardId,
     writer: LogWriter,
     /// The newest appended entries, shared with the log readers. `append` returns once the
-    /// entries are here, without waiting for the writer thread: they are readable at once,
+    /// entries are here, without waiting for the write thread: they are readable at once,
     /// which is all openraft asks of `append`, and apply and replication read them without a
     /// trip to RocksDB. Entries leave on truncate and purge, and old ones at the next append
     /// (openraft 0.9 waits for each append's flush before the next, so they are on disk).

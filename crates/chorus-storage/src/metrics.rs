@@ -98,7 +98,7 @@ pub static GROUP_COMMIT_APPENDS: LazyLock<Histogram> = LazyLock::new(|| {
 pub static APPLY_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
         "chorus_storage_apply_duration_seconds",
-        "time to apply one batch of committed entries",
+        "time to apply one group of committed entries and write it (with the log appends written in the same batch)",
         LATENCY_BUCKETS.to_vec(),
     )
 });

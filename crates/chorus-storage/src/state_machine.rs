@@ -56,7 +56,7 @@ pub struct StateMachine {
     shard: ShardId,
     /// Cached copy of what is stored under `RaftMeta::Applied`.
     applied: AppliedState,
-    /// The node's group applier, shared by every shard.
+    /// The apply side of the node's write thread, shared by every shard.
     applier: Applier,
     observer: Option<Arc<dyn ApplyObserver>>,
 }

@@ -1,8 +1,8 @@
-//! The applier's copy of the stream records it touched last.
+//! The write thread's copy of the stream records it applied last.
 //!
 //! Every post reads its stream's record (message count, access levels) and writes it back; the
 //! read was a RocksDB point lookup plus a JSON decode per entry per stream, ~6 % of a loaded
-//! node's CPU. The applier thread is the only writer of stream records (through `apply`) apart
+//! node's CPU. The write thread is the only writer of stream records (through `apply`) apart
 //! from snapshot installs, so it can keep them: a record read from RocksDB is kept as read, a
 //! record written is kept once its `WriteBatch` is written, a failed write forgets everything,
 //! and a snapshot install forgets its shard before that shard applies again.
@@ -22,7 +22,7 @@ use crate::rocks_state::RocksState;
 /// working set this large gains little from a cache anyway).
 const CAPACITY: usize = 16_384;
 
-/// Owned by the applier thread (hence `RefCell`: reads go through `&self`).
+/// Owned by the write thread (hence `RefCell`: reads go through `&self`).
 #[derive(Default)]
 pub struct StreamCache {
     /// By shard, then stream: a lookup borrows the key (a post's hot path allocates nothing

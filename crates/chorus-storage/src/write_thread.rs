@@ -135,6 +135,12 @@ fn write_loop(db: Db, rx: mpsc::Receiver<Work>, sync_tx: mpsc::Sender<LogFlushed
     }
 }
 
+/// Apply work (in rows: a batch join weighs one per user) above which a group's log
+/// operations are written, and handed to the syncer, before its applies are computed: a few
+/// big batch joins must not hold every shard's appends (followers' included) for as long as
+/// their hundreds of thousands of participant rows take.
+const HEAVY_APPLY: usize = 4096;
+
 /// Writes a group's log operations and applied state in one batch, then answers them: apply
 /// jobs at once (their state needs no fsync: the Raft log is the source of truth, and state
 /// and applied ids are written together, so after a crash a shard re-applies the rest of its
@@ -145,26 +151,18 @@ fn commit(
     sync_tx: &mpsc::Sender<LogFlushed<TypeConfig>>,
     group: Group,
 ) {
-    let Group { log, mut jobs } = group;
+    let Group { mut log, mut jobs } = group;
+    if !log.is_empty() && jobs.iter().map(applier::weight).sum::<usize>() > HEAVY_APPLY {
+        commit(db, cache, sync_tx, Group { log: std::mem::take(&mut log), jobs: Vec::new() });
+    }
     let started = Instant::now();
     let mut batch = WriteBatch::default();
-    let mut staged: Vec<Staged> = Vec::with_capacity(jobs.len());
-    // A job that cannot be computed fails every job of the group (what was read for them may
-    // be ahead of what gets written) but not the log operations, whose part of the batch is
-    // complete by then.
-    let mut jobs_failed: Option<String> = None;
+    // A job that cannot be computed or staged fails every job of the group (what was read for
+    // them may be ahead of what gets written) but not the log operations: the batch is
+    // emptied of the jobs' writes before the log's are added.
+    let staged = stage_jobs(db, cache, &mut jobs, &mut batch);
     let written =
         log.iter().try_for_each(|op| log_writer::add_to_batch(db, &mut batch, op)).and_then(|()| {
-            let computed: Result<Vec<_>> =
-                jobs.iter_mut().map(|job| applier::compute(db, cache, job)).collect();
-            match computed {
-                Ok(computed) => {
-                    for c in computed {
-                        staged.push(applier::stage(db, &mut batch, c)?);
-                    }
-                }
-                Err(e) => jobs_failed = Some(e.to_string()),
-            }
             if batch.is_empty() {
                 return Ok(());
             }
@@ -180,24 +178,47 @@ fn commit(
         tracing::error!(error = %msg, ops = log.len(), jobs = jobs.len(), "storage write failed");
     }
     log_writer::answer(log, failure.as_deref(), sync_tx);
-    let jobs_failed = failure.or_else(|| {
-        let msg = jobs_failed?;
-        tracing::error!(error = %msg, jobs = jobs.len(), "applying committed entries failed");
-        Some(msg)
-    });
-    match jobs_failed {
-        None => {
+    match (failure, staged) {
+        (None, Ok(staged)) => {
             for (job, s) in jobs.into_iter().zip(staged) {
                 applier::answer(cache, job, s);
             }
         }
-        Some(msg) => {
-            // What was read for these jobs may be ahead of what got written.
-            cache.clear();
-            // A storage failure is fatal for the shards involved: openraft stops them.
-            for job in jobs {
-                applier::fail(job, &msg);
-            }
+        (Some(msg), _) => fail_jobs(cache, jobs, &msg),
+        (None, Err(msg)) => {
+            tracing::error!(error = %msg, jobs = jobs.len(), "applying committed entries failed");
+            fail_jobs(cache, jobs, &msg);
         }
+    }
+}
+
+/// Computes every job and adds its writes to `batch`; on any failure, none of them is left
+/// in `batch`.
+fn stage_jobs(
+    db: &Db,
+    cache: &StreamCache,
+    jobs: &mut [Job],
+    batch: &mut WriteBatch,
+) -> std::result::Result<Vec<Staged>, String> {
+    let staged = jobs
+        .iter_mut()
+        .map(|job| applier::compute(db, cache, job))
+        .collect::<Result<Vec<_>>>()
+        .and_then(|computed| computed.into_iter().map(|c| applier::stage(db, batch, c)).collect());
+    staged.map_err(|e| {
+        batch.clear();
+        e.to_string()
+    })
+}
+
+fn fail_jobs(cache: &StreamCache, jobs: Vec<Job>, msg: &str) {
+    if jobs.is_empty() {
+        return;
+    }
+    // What was read for these jobs may be ahead of what got written.
+    cache.clear();
+    // A storage failure is fatal for the shards involved: openraft stops them.
+    for job in jobs {
+        applier::fail(job, msg);
     }
 }
