@@ -243,11 +243,21 @@ impl Admin for AdminService {
         let shard = self.node.shard_of(&key);
         let db = self.node.db().clone();
         let result = chorus_storage::error::blocking(move || {
-            let Some(stream) = reads::stream(&db, shard, &key)? else {
-                return Ok(None);
-            };
-            let messages = reads::messages(&db, shard, &key, 1, u64::MAX, usize::MAX, false)?;
-            Ok(Some((stream.message_count, messages)))
+            // The record and the messages are two reads while this replica may be applying:
+            // the pair is consistent when the count did not move around the messages' read
+            // (a post writes its message and the count in one batch, and counts only grow).
+            let mut tries = 0;
+            loop {
+                let Some(before) = reads::stream(&db, shard, &key)? else {
+                    return Ok(None);
+                };
+                let messages = reads::messages(&db, shard, &key, 1, u64::MAX, usize::MAX, false)?;
+                let after = reads::stream(&db, shard, &key)?.map_or(0, |s| s.message_count);
+                tries += 1;
+                if after == before.message_count || tries == 100 {
+                    return Ok(Some((before.message_count, messages)));
+                }
+            }
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
