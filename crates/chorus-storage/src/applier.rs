@@ -39,10 +39,10 @@ pub struct Applied {
 }
 
 pub(crate) struct Job {
-    shard: ShardId,
-    applied: AppliedState,
-    entries: Vec<Entry>,
-    reply: oneshot::Sender<Result<Applied>>,
+    pub(crate) shard: ShardId,
+    pub(crate) applied: AppliedState,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) reply: oneshot::Sender<Result<Applied>>,
 }
 
 /// A state machine's handle to the write thread's apply side; cheap to clone.

@@ -222,3 +222,64 @@ fn fail_jobs(cache: &StreamCache, jobs: Vec<Job>, msg: &str) {
         applier::fail(job, msg);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chorus_streams::{Command, Envelope};
+    use chorus_types::{Millis, PublisherId, StreamKey, StreamName, StreamType};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+    use crate::db::Cf;
+    use crate::keys::{self, RaftMeta};
+    use crate::raft_types::{Entry, ShardRequest, StoredMembership};
+
+    fn meta(db: &Db, shard: ShardId, what: RaftMeta) -> Option<Vec<u8>> {
+        db.raw().get_cf(db.cf(Cf::RaftMeta).unwrap(), keys::raft_meta(shard, what)).unwrap()
+    }
+
+    #[test]
+    fn an_apply_that_fails_leaves_the_log_writes_of_its_group_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let (broken, healthy) = (ShardId(3), ShardId(5));
+        let key =
+            StreamKey::new(PublisherId::new("alice").unwrap(), StreamName::new("room").unwrap());
+        // A stream record that cannot be decoded: applying a post to it fails.
+        db.raw()
+            .put_cf(db.cf(Cf::Streams).unwrap(), keys::stream_prefix(broken, &key), b"{not json")
+            .unwrap();
+        let post = Envelope {
+            time: Millis(1),
+            by: "alice".into(),
+            command: Command::Post {
+                key,
+                message_type: StreamType::new("Chat/message").unwrap(),
+                content: "hi".into(),
+                instructions: None,
+                client_msg_id: None,
+            },
+        };
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+            payload: EntryPayload::Normal(ShardRequest::new(vec![post])),
+        };
+        let (reply, mut applied) = oneshot::channel();
+        let job = Job {
+            shard: broken,
+            applied: (None, StoredMembership::default()),
+            entries: vec![entry],
+            reply,
+        };
+        let (written, mut purged) = oneshot::channel();
+        let purge = LogOp::Purge { shard: healthy, upto: 7, purged: b"7".to_vec(), written };
+        let (sync_tx, _sync_rx) = mpsc::channel();
+
+        commit(&db, &StreamCache::default(), &sync_tx, Group { log: vec![purge], jobs: vec![job] });
+
+        assert!(applied.try_recv().unwrap().is_err(), "the apply fails");
+        assert!(purged.try_recv().unwrap().is_ok(), "the log operation does not");
+        assert_eq!(meta(&db, healthy, RaftMeta::LastPurged).as_deref(), Some(&b"7"[..]));
+        assert_eq!(meta(&db, broken, RaftMeta::Applied), None, "nothing of the apply is written");
+    }
+}
