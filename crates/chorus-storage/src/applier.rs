@@ -127,19 +127,12 @@ fn read_access_key(command: &Command) -> Option<StreamKey> {
     }
 }
 
-/// What a job costs to apply, in rows: a batch join writes a participant per user.
+/// What a job costs to apply, in rows ([`Command::weight`]).
 pub(crate) fn weight(job: &Job) -> usize {
     job.entries
         .iter()
         .map(|entry| match &entry.payload {
-            EntryPayload::Normal(req) => req
-                .envelopes
-                .iter()
-                .map(|e| match &e.command {
-                    Command::JoinBatch { users, .. } => users.len().max(1),
-                    _ => 1,
-                })
-                .sum(),
+            EntryPayload::Normal(req) => req.envelopes.iter().map(|e| e.command.weight()).sum(),
             _ => 1,
         })
         .sum()

@@ -105,6 +105,14 @@ pub enum Command {
 pub const MAX_JOIN_BATCH: usize = 1000;
 
 impl Command {
+    /// What the command costs to apply, in rows: a batch join writes a participant per user.
+    pub fn weight(&self) -> usize {
+        match self {
+            Command::JoinBatch { users, .. } => users.len().max(1),
+            _ => 1,
+        }
+    }
+
     pub fn key(&self) -> StreamKey {
         match self {
             Command::Create { stream, .. } => stream.key(),
