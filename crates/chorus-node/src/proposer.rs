@@ -4,8 +4,10 @@
 //! openraft 0.9 appends one entry batch per log flush and waits for the flush before the next,
 //! so a shard commits at most one append per fsync. Merging what every actor of the shard has
 //! ready into that one append is what lets a shard carry many streams: while an entry commits,
-//! the proposals of the next one accumulate here. Submission order is kept (one FIFO), so each
-//! actor's entries commit in the order it proposed them.
+//! the proposals of the next one accumulate here, and before closing an entry the proposer
+//! yields a few times so that proposals already on their way join it ([`GATHER_YIELDS`]).
+//! Submission order is kept (one FIFO), so each actor's entries commit in the order it
+//! proposed them.
 
 use chorus_api::ServiceError;
 use chorus_storage::ShardRequest;
@@ -21,6 +23,19 @@ use crate::metrics;
 
 /// Most commands in one merged entry.
 const MAX_COMMANDS: usize = 2048;
+
+/// Times the proposer steps back for the rest of the runtime's ready work before it closes an
+/// entry. The first proposal wakes it, and the requests that other sessions and actors are
+/// about to hand over are usually already runnable: a yield lets them arrive and travel in
+/// this entry instead of waiting a whole commit for the next. An idle runtime returns from a
+/// yield at once, so a lone post pays microseconds.
+///
+/// Measured (`loadgen`, 256 in flight over 256 streams, alternated runs on one node): 0 yields
+/// 19,907 / 19,436 / 16,964 posts/s, 4 yields 22,860 / 22,563 / 23,420, with 1.8 against 2.7
+/// posts per entry and a lower p99; in the 3-node `replicated` W1 at 256 in flight, 4,546 /
+/// 4,899 against 5,173 / 6,007. 16 yields gained less in the cluster, and 1 or 2 less on one
+/// node.
+const GATHER_YIELDS: u32 = 4;
 
 pub type ProposalResult = Result<Vec<Outcome>, ServiceError>;
 
@@ -77,14 +92,22 @@ async fn run(
     while let Some(first) = rx.recv().await {
         let mut count = first.envelopes.len();
         let mut batch = vec![first];
-        while count < MAX_COMMANDS {
-            match rx.try_recv() {
-                Ok(p) => {
-                    count += p.envelopes.len();
-                    batch.push(p);
+        let mut yields = 0;
+        loop {
+            while count < MAX_COMMANDS {
+                match rx.try_recv() {
+                    Ok(p) => {
+                        count += p.envelopes.len();
+                        batch.push(p);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
+            if yields == GATHER_YIELDS || count >= MAX_COMMANDS {
+                break;
+            }
+            yields += 1;
+            tokio::task::yield_now().await;
         }
         metrics::BATCH_COMMANDS.observe(count as f64);
         let mut envelopes = Vec::with_capacity(count);
