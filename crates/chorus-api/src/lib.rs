@@ -153,10 +153,16 @@ impl UpdateStream {
 pub struct NewPost {
     #[serde(rename = "type")]
     pub message_type: StreamType,
-    #[serde(default)]
+    /// Optional: absent or `null` posts an empty content, as every optional field treats
+    /// `null` as absent.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
     pub instructions: Option<Value>,
     pub client_msg_id: Option<ClientMsgId>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `GET …/messages?min=&max=&limit=&order=`.
@@ -427,4 +433,20 @@ pub trait StreamService: Send + Sync + 'static {
         key: &StreamKey,
         since: Option<u64>,
     ) -> Result<Listening, ServiceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_post_content_sent_as_null_is_left_out() {
+        let parse = |body: &str| serde_json::from_str::<NewPost>(body).map(|p| p.content);
+        assert_eq!(parse(r#"{"type":"Chat/a","content":null}"#).unwrap(), "");
+        assert_eq!(parse(r#"{"type":"Chat/a"}"#).unwrap(), "");
+        assert_eq!(parse(r#"{"type":"Chat/a","content":"hi"}"#).unwrap(), "hi");
+        assert!(parse(r#"{"type":"Chat/a","content":7}"#).is_err(), "still typed");
+    }
 }

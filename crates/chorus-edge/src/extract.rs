@@ -166,7 +166,12 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     {
         return Err(ApiError::invalid("the request body must be a JSON object, not an array"));
     }
-    Json::<T>::from_bytes(bytes).map(|Json(value)| value).map_err(json_rejection)
+    let value = Json::<T>::from_bytes(bytes).map(|Json(value)| value).map_err(json_rejection)?;
+    // Struct fields refuse duplicates themselves; this covers the free-form values inside
+    // (`attributes`, `instructions`, `extra`, `payload`), as a WebSocket frame does.
+    crate::ws::strict_json::check_unique_keys(bytes)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(value)
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

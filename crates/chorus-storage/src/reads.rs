@@ -20,8 +20,17 @@ pub fn access_rows(db: &Db, shard: ShardId, key: &StreamKey) -> Result<Vec<Acces
         .unwrap_or_default())
 }
 
+/// Stored bytes one page of messages or participants may hold before it is cut short (it
+/// always holds at least one). A page of 1,000 messages at the 64 KiB message limit would be a
+/// 65 MB WebSocket frame, past what clients accept by default (1 MiB in python `websockets`,
+/// 16 MiB frames in tokio-tungstenite) and past the gRPC limit of a forwarded read. The wire
+/// form adds some tens of bytes per record, so a full page stays under 1 MiB. Ordinary pages
+/// (1,000 posts of a few hundred bytes) are not cut. Clients page on from the last ordinal (or
+/// `next`), as they do anyway.
+pub const PAGE_BYTES: usize = 768 * 1024;
+
 /// Messages with ordinals in `[min, max]`: the first `limit` ascending, or the last `limit`
-/// descending.
+/// descending, cut short at [`PAGE_BYTES`].
 pub fn messages(
     db: &Db,
     shard: ShardId,
@@ -49,8 +58,13 @@ pub fn messages(
     let mode =
         if descending { IteratorMode::End } else { IteratorMode::From(&lower, Direction::Forward) };
     let mut out = Vec::with_capacity(limit.min(1024));
+    let mut bytes = 0;
     for item in db.raw().iterator_cf_opt(cf, ro, mode) {
         let (_, v) = item?;
+        bytes += v.len();
+        if bytes > PAGE_BYTES && !out.is_empty() {
+            break;
+        }
         out.push(serde_json::from_slice(&v).map_err(StorageError::corrupt("message"))?);
         if out.len() >= limit {
             break;
@@ -59,7 +73,8 @@ pub fn messages(
     Ok(out)
 }
 
-/// Participants in `state`, ordered by user id, after the cursor `after` (a user id).
+/// Participants in `state`, ordered by user id, after the cursor `after` (a user id), at most
+/// `limit` and cut short at [`PAGE_BYTES`] (with `next` set).
 pub fn participants(
     db: &Db,
     shard: ShardId,
@@ -82,9 +97,11 @@ pub fn participants(
     ro.set_iterate_upper_bound(upper);
     let mut out: Vec<ParticipantRecord> = Vec::with_capacity(limit.min(1024));
     let mut more = false;
+    let mut bytes = 0;
     for item in db.raw().iterator_cf_opt(cf, ro, IteratorMode::From(&start, Direction::Forward)) {
         let (_, v) = item?;
-        if out.len() == limit {
+        bytes += v.len();
+        if out.len() == limit || (bytes > PAGE_BYTES && !out.is_empty()) {
             more = true;
             break;
         }

@@ -173,3 +173,61 @@ fn history_and_participant_pages() {
     // Another shard of the same database sees nothing.
     assert!(reads::stream(&db, ShardId(2), &k).unwrap().is_none());
 }
+
+/// A page of big messages stops at `PAGE_BYTES` (a reply frame clients can take), holds at
+/// least one message, and paging on from the last ordinal reads every message once.
+#[test]
+fn history_pages_of_big_messages_are_cut_by_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let db = Db::open(d.path()).unwrap();
+    let shard = ShardId(1);
+    let mut envs = log();
+    for i in 0..40 {
+        envs.push(Envelope {
+            time: Millis(1_000 + i),
+            by: "alice".into(),
+            command: Command::Post {
+                key: key("big"),
+                message_type: StreamType::new("Chat/message").unwrap(),
+                content: "x".repeat(60_000),
+                instructions: None,
+                client_msg_id: None,
+            },
+        });
+    }
+    let (stream, rows) = resolve(
+        PublisherId::new("alice").unwrap(),
+        StreamName::new("big").unwrap(),
+        StreamType::new("Chat/room").unwrap(),
+        FieldChanges::default(),
+        None,
+    );
+    envs.insert(
+        0,
+        Envelope {
+            time: Millis(1),
+            by: "alice".into(),
+            command: Command::Create { stream: Box::new(stream), access_rows: rows },
+        },
+    );
+    apply_rocks(&db, shard, &envs);
+    let k = key("big");
+    let first = reads::messages(&db, shard, &k, 1, u64::MAX, 1000, false).unwrap();
+    let count = reads::stream(&db, shard, &k).unwrap().unwrap().message_count;
+    assert!(count >= 40);
+    assert!(!first.is_empty() && first.len() < 40, "cut short: {}", first.len());
+    let bytes: usize = first.iter().map(|m| serde_json::to_vec(m).unwrap().len()).sum();
+    assert!(bytes <= reads::PAGE_BYTES, "{bytes} bytes in a page");
+    let mut next = 1;
+    let mut seen = Vec::new();
+    loop {
+        let page = reads::messages(&db, shard, &k, next, u64::MAX, 1000, false).unwrap();
+        let Some(last) = page.last() else { break };
+        next = last.ordinal + 1;
+        seen.extend(page.iter().map(|m| m.ordinal));
+    }
+    assert_eq!(seen, (1..=count).collect::<Vec<_>>());
+    let newest = reads::messages(&db, shard, &k, 1, u64::MAX, 1000, true).unwrap();
+    assert_eq!(newest.first().map(|m| m.ordinal), Some(count), "descending starts at the newest");
+    assert!(newest.len() < 40);
+}

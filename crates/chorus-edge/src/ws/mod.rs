@@ -15,7 +15,7 @@ pub(crate) mod listen;
 mod order;
 pub(crate) mod outbound;
 pub(crate) mod session;
-mod strict_json;
+pub(crate) mod strict_json;
 pub(crate) mod wire;
 
 use std::sync::Arc;

@@ -2,7 +2,9 @@
 //!
 //! `serde_json::Value` keeps the last of duplicate keys, so `{"id": 16, "id": 17}` would be
 //! read as id 17 while the HTTP bodies, deserialized into structs, refuse a duplicate field.
-//! Frames are read through this instead, so both transports refuse the same input.
+//! Frames are read through this instead, so both transports refuse the same input; HTTP
+//! bodies, which deserialize straight into structs, run [`check_unique_keys`] for the
+//! free-form values inside them (`attributes`, `instructions`, `extra`, `payload`).
 
 use std::fmt;
 
@@ -16,6 +18,73 @@ pub(crate) fn from_str(text: &str) -> serde_json::Result<Value> {
     let value = Strict.deserialize(&mut de)?;
     de.end()?;
     Ok(value)
+}
+
+/// Fails on a duplicate key anywhere in `bytes` (JSON), building nothing but each object's
+/// key list.
+pub(crate) fn check_unique_keys(bytes: &[u8]) -> serde_json::Result<()> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.deserialize_any(Unique)?;
+    de.end()
+}
+
+struct Unique;
+
+impl<'de> DeserializeSeed<'de> for Unique {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Unique {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Unique)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys: Vec<String> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if keys.contains(&key) {
+                return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+            }
+            map.next_value_seed(Unique)?;
+            keys.push(key);
+        }
+        Ok(())
+    }
 }
 
 struct Strict;
@@ -96,5 +165,13 @@ mod tests {
         let v = from_str(r#"{"a":[1,-2,1.5,"x",null,true,{"b":{}}]}"#).unwrap();
         assert_eq!(v, serde_json::json!({"a":[1,-2,1.5,"x",null,true,{"b":{}}]}));
         assert!(from_str(r#"{"a":1} x"#).is_err());
+    }
+
+    #[test]
+    fn the_key_check_agrees() {
+        let check = |t: &str| check_unique_keys(t.as_bytes());
+        assert!(check(r#"{"attributes":{"a":1,"a":2}}"#).unwrap_err().to_string().contains("`a`"));
+        assert!(check(r#"[{"a":1,"a":2}]"#).is_err());
+        assert!(check(r#"{"a":[1,-2,1.5,"x\"y",null,true,{"b":{},"c":{"b":1}}]}"#).is_ok());
     }
 }
