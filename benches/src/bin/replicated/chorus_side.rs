@@ -168,7 +168,8 @@ async fn w3(mut cluster: NodeCluster, args: &Args) -> anyhow::Result<String> {
                 }
                 min = m["ordinal"].as_u64().unwrap_or(min) + 1;
             }
-            if page.len() < 1000 {
+            // A page may be cut short by size: only an empty page ends the stream.
+            if page.is_empty() {
                 break;
             }
         }
