@@ -40,6 +40,20 @@ pub fn messages(
     limit: usize,
     descending: bool,
 ) -> Result<Vec<MessageRecord>> {
+    messages_within(db, shard, key, (min, max), limit, descending, PAGE_BYTES)
+}
+
+/// [`messages`] with its own byte budget: `usize::MAX` reads the whole range (the admin read
+/// that compares replicas).
+pub fn messages_within(
+    db: &Db,
+    shard: ShardId,
+    key: &StreamKey,
+    (min, max): (u64, u64),
+    limit: usize,
+    descending: bool,
+    max_bytes: usize,
+) -> Result<Vec<MessageRecord>> {
     if min > max || limit == 0 {
         return Ok(Vec::new());
     }
@@ -62,7 +76,7 @@ pub fn messages(
     for item in db.raw().iterator_cf_opt(cf, ro, mode) {
         let (_, v) = item?;
         bytes += v.len();
-        if bytes > PAGE_BYTES && !out.is_empty() {
+        if bytes > max_bytes && !out.is_empty() {
             break;
         }
         out.push(serde_json::from_slice(&v).map_err(StorageError::corrupt("message"))?);

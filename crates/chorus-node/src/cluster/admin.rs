@@ -251,7 +251,15 @@ impl Admin for AdminService {
                 let Some(before) = reads::stream(&db, shard, &key)? else {
                     return Ok(None);
                 };
-                let messages = reads::messages(&db, shard, &key, 1, u64::MAX, usize::MAX, false)?;
+                let messages = reads::messages_within(
+                    &db,
+                    shard,
+                    &key,
+                    (1, u64::MAX),
+                    usize::MAX,
+                    false,
+                    usize::MAX,
+                )?;
                 let after = reads::stream(&db, shard, &key)?.map_or(0, |s| s.message_count);
                 tries += 1;
                 if after == before.message_count || tries == 100 {
