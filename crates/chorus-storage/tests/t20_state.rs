@@ -18,22 +18,24 @@ fn key(name: &str) -> StreamKey {
     StreamKey::new(PublisherId::new("alice").unwrap(), StreamName::new(name).unwrap())
 }
 
-fn log() -> Vec<Envelope> {
-    let mut log = Vec::new();
-    for name in ["a", "b"] {
-        let (stream, rows) = resolve(
-            PublisherId::new("alice").unwrap(),
-            StreamName::new(name).unwrap(),
-            StreamType::new("Chat/room").unwrap(),
-            FieldChanges::default(),
-            None,
-        );
-        log.push(Envelope {
-            time: Millis(1),
-            by: "alice".into(),
-            command: Command::Create { stream: Box::new(stream), access_rows: rows },
-        });
+/// Alice creates her `Chat/room` stream `name`.
+fn create(name: &str) -> Envelope {
+    let (stream, rows) = resolve(
+        PublisherId::new("alice").unwrap(),
+        StreamName::new(name).unwrap(),
+        StreamType::new("Chat/room").unwrap(),
+        FieldChanges::default(),
+        None,
+    );
+    Envelope {
+        time: Millis(1),
+        by: "alice".into(),
+        command: Command::Create { stream: Box::new(stream), access_rows: rows },
     }
+}
+
+fn log() -> Vec<Envelope> {
+    let mut log = vec![create("a"), create("b")];
     for i in 0..200u64 {
         let name = if i % 2 == 0 { "a" } else { "b" };
         let by = format!("u{}", i % 13);
@@ -182,6 +184,7 @@ fn history_pages_of_big_messages_are_cut_by_bytes() {
     let db = Db::open(d.path()).unwrap();
     let shard = ShardId(1);
     let mut envs = log();
+    envs.push(create("big"));
     for i in 0..40 {
         envs.push(Envelope {
             time: Millis(1_000 + i),
@@ -195,21 +198,6 @@ fn history_pages_of_big_messages_are_cut_by_bytes() {
             },
         });
     }
-    let (stream, rows) = resolve(
-        PublisherId::new("alice").unwrap(),
-        StreamName::new("big").unwrap(),
-        StreamType::new("Chat/room").unwrap(),
-        FieldChanges::default(),
-        None,
-    );
-    envs.insert(
-        0,
-        Envelope {
-            time: Millis(1),
-            by: "alice".into(),
-            command: Command::Create { stream: Box::new(stream), access_rows: rows },
-        },
-    );
     apply_rocks(&db, shard, &envs);
     let k = key("big");
     let first = reads::messages(&db, shard, &k, 1, u64::MAX, 1000, false).unwrap();
