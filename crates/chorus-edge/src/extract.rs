@@ -198,13 +198,14 @@ where
     type Rejection = ErrorReply;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        // `?min=&limit=5` (the route templates' own spelling) means min is absent.
+        // `?min=&limit=5` (the route templates' own spelling) means min is absent, and so does
+        // a bare `?min` (an empty value, as URL parsers read it).
         let filtered: Vec<&str> = parts
             .uri
             .query()
             .unwrap_or_default()
             .split('&')
-            .filter(|pair| !pair.is_empty() && !pair.ends_with('='))
+            .filter(|pair| pair.contains('=') && !pair.ends_with('='))
             .collect();
         let uri: axum::http::Uri = format!("/?{}", filtered.join("&"))
             .parse()
@@ -256,6 +257,19 @@ mod tests {
         assert_eq!(query.min, Some(2));
         let bad: axum::http::Uri = "/x?bogus=1".parse().unwrap();
         assert!(Query::<HistoryQuery>::try_from_uri(&bad).is_err());
+    }
+
+    #[tokio::test]
+    async fn empty_and_bare_query_values_are_absent() {
+        let args = |uri: &str| {
+            let (mut parts, ()) =
+                axum::http::Request::builder().uri(uri).body(()).unwrap().into_parts();
+            async move { QueryArgs::<HistoryQuery>::from_request_parts(&mut parts, &()).await }
+        };
+        let QueryArgs(q) = args("/x?min=&limit&max=9").await.unwrap();
+        assert_eq!((q.min, q.limit, q.max), (None, None, Some(9)));
+        assert!(args("/x?limit=abc").await.is_err());
+        assert!(args("/x?bogus=1").await.is_err());
     }
 
     #[test]
