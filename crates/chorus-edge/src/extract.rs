@@ -116,6 +116,14 @@ where
 /// connection for good. hyper closes a connection whose body was not read to the end, so the
 /// 400 is the last thing on it.
 async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, ErrorReply> {
+    // A declared length over the limit is refused before the body is touched: reading it would
+    // make hyper send `100 Continue` to a client that asked (`Expect: 100-continue`), which
+    // then uploads a body only to be told 413 (RFC 9110 §10.1.1).
+    if let Some(BodyLimit(max)) = request.extensions().get::<BodyLimit>()
+        && declared_length(request.headers()).is_some_and(|n| n > *max as u64)
+    {
+        return Err(ApiError::too_large("request body is larger than the limit").into());
+    }
     let deadline = body_deadline(request.headers());
     match tokio::time::timeout(deadline, Bytes::from_request(request, state)).await {
         Ok(read) => read.map_err(body_rejection),
@@ -127,6 +135,14 @@ async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes,
     }
 }
 
+/// The router's body limit in bytes, for refusing a declared length up front.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BodyLimit(pub(crate) usize);
+
+fn declared_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers.get(axum::http::header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
 /// 20 s (the header-read timeout, docs/timeouts.md) plus a second per 16 KiB the body declares,
 /// so a slow but moving client can still send a large body (1 MiB: 84 s). A body without a
 /// length (chunked) is given the time of 1 MiB.
@@ -136,12 +152,7 @@ fn body_deadline(headers: &axum::http::HeaderMap) -> Duration {
     const UNKNOWN_LENGTH: u64 = 1024 * 1024;
     // Bodies beyond the limit are refused on their length before this matters.
     const LONGEST: u64 = 64 * 1024 * 1024;
-    let length = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(UNKNOWN_LENGTH)
-        .min(LONGEST);
+    let length = declared_length(headers).unwrap_or(UNKNOWN_LENGTH).min(LONGEST);
     BASE + Duration::from_secs(length / BYTES_PER_SECOND)
 }
 

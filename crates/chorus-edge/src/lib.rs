@@ -68,6 +68,7 @@ pub fn router(service: Arc<dyn StreamService>, config: EdgeConfig) -> Router {
         .method_not_allowed_fallback(http::method_not_allowed)
         .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(axum::Extension(extract::BodyLimit(config.max_body_bytes)))
         .layer(cors::layer(&config.cors_origins))
         .with_state(state)
 }

@@ -333,6 +333,37 @@ async fn slow_header_clients_are_cut_off() {
     assert!(answers[2].contains("invalid_argument"), "{}", answers[2]);
 }
 
+/// A client that asks before uploading (`Expect: 100-continue`) a body over the limit is told
+/// 413 at once, not `100 Continue` first.
+#[tokio::test]
+async fn an_oversized_body_announced_with_expect_gets_413_without_continue() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut conn = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/streams HTTP/1.1\r\nHost: chorus\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2000000\r\n\
+         Expect: 100-continue\r\n\r\n",
+        server.api_key
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while !String::from_utf8_lossy(&answer).contains("too_large") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 30 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
 /// `inheritAccess` names streams: an access rule, the same parent twice, or the stream itself
 /// is a client's mistake and refused.
 #[tokio::test]
