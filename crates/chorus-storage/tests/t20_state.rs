@@ -3,11 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use chorus_storage::rocks_state::{RocksState, write_batch};
 use chorus_storage::{Db, reads};
-use chorus_streams::FieldChanges;
 use chorus_streams::mem::MemState;
-use chorus_streams::template::resolve;
 use chorus_streams::{Command, Envelope, Outcome, ParticipantAction, apply_batch};
 use chorus_types::{
     ClientMsgId, Millis, ParticipantState, PublisherId, ShardId, StreamKey, StreamName, StreamType,
@@ -18,24 +18,8 @@ fn key(name: &str) -> StreamKey {
     StreamKey::new(PublisherId::new("alice").unwrap(), StreamName::new(name).unwrap())
 }
 
-/// Alice creates her `Chat/room` stream `name`.
-fn create(name: &str) -> Envelope {
-    let (stream, rows) = resolve(
-        PublisherId::new("alice").unwrap(),
-        StreamName::new(name).unwrap(),
-        StreamType::new("Chat/room").unwrap(),
-        FieldChanges::default(),
-        None,
-    );
-    Envelope {
-        time: Millis(1),
-        by: "alice".into(),
-        command: Command::Create { stream: Box::new(stream), access_rows: rows },
-    }
-}
-
 fn log() -> Vec<Envelope> {
-    let mut log = vec![create("a"), create("b")];
+    let mut log = vec![common::create("a"), common::create("b")];
     for i in 0..200u64 {
         let name = if i % 2 == 0 { "a" } else { "b" };
         let by = format!("u{}", i % 13);
@@ -184,7 +168,7 @@ fn history_pages_of_big_messages_are_cut_by_bytes() {
     let db = Db::open(d.path()).unwrap();
     let shard = ShardId(1);
     let mut envs = log();
-    envs.push(create("big"));
+    envs.push(common::create("big"));
     for i in 0..40 {
         envs.push(Envelope {
             time: Millis(1_000 + i),

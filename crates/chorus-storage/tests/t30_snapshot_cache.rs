@@ -4,10 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use chorus_storage::raft_types::{Entry, ShardRequest};
 use chorus_storage::{Applier, Db, StateMachine};
-use chorus_streams::template::resolve;
-use chorus_streams::{Command, Envelope, FieldChanges, Outcome};
+use chorus_streams::{Command, Envelope, Outcome};
 use chorus_types::{Millis, PublisherId, ShardId, StreamKey, StreamName, StreamType};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
@@ -16,21 +17,6 @@ const SHARD: ShardId = ShardId(3);
 
 fn key() -> StreamKey {
     StreamKey::new(PublisherId::new("alice").unwrap(), StreamName::new("room").unwrap())
-}
-
-fn create() -> Envelope {
-    let (stream, rows) = resolve(
-        PublisherId::new("alice").unwrap(),
-        StreamName::new("room").unwrap(),
-        StreamType::new("Chat/room").unwrap(),
-        FieldChanges::default(),
-        None,
-    );
-    Envelope {
-        time: Millis(1),
-        by: "alice".into(),
-        command: Command::Create { stream: Box::new(stream), access_rows: rows },
-    }
 }
 
 fn post(i: u64) -> Envelope {
@@ -73,14 +59,14 @@ async fn installed_snapshot_replaces_cached_stream_records() {
 
     // Replica A: the stream and five posts (messageCount 6), then a snapshot.
     let mut a = machine(da.path()).await;
-    let mut envs = vec![create()];
+    let mut envs = vec![common::create("room")];
     envs.extend((0..5).map(post));
     a.apply(vec![entry(1, envs)]).await.unwrap();
     let snapshot = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
 
     // Replica B: a diverged history of the same stream, so its applier caches messageCount 2.
     let mut b = machine(db.path()).await;
-    let r = b.apply(vec![entry(1, vec![create(), post(100)])]).await.unwrap();
+    let r = b.apply(vec![entry(1, vec![common::create("room"), post(100)])]).await.unwrap();
     assert_eq!(ordinal(&r[0].outcomes[1]), 2);
 
     b.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
