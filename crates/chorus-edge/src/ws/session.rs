@@ -260,15 +260,17 @@ async fn start_request(
         Command::Ping => {}
         Command::Call(request) => {
             let turn = request.order_key(&session.caller).map(|key| session.order.queue(key));
+            // One `call` site: a `call` in each arm of a match made the task hold two of its
+            // futures (2.9 against 2.2 KB, copied into every request's task).
             requests.spawn(async move {
                 let _permit = permit;
-                match turn {
-                    Some(mut turn) => {
-                        StreamOrder::wait(&mut turn).await;
-                        call(&session, id, request).await;
-                        session.order.finish(turn);
-                    }
-                    None => call(&session, id, request).await,
+                let mut turn = turn;
+                if let Some(turn) = &mut turn {
+                    StreamOrder::wait(turn).await;
+                }
+                call(&session, id, request).await;
+                if let Some(turn) = turn {
+                    session.order.finish(turn);
                 }
             });
         }
@@ -308,18 +310,24 @@ async fn start_request(
 }
 
 async fn call(session: &Session, id: Value, request: Request) {
+    // The answer is built in its own future: its locals (the request, the outcome) end there
+    // instead of taking room beside the reply's await.
+    let frame = answer(session, &id, request).await;
+    session.out.reply(frame).await;
+}
+
+async fn answer(session: &Session, id: &Value, request: Request) -> String {
     let (op, started) = (request.op(), std::time::Instant::now());
     let outcome = dispatch(session.service.as_ref(), &session.caller, request).await;
     let failure = outcome.as_ref().err().map(|error| error.error.code);
     record_timed_request(Transport::Ws, op, failure, started);
-    let frame = match outcome {
+    match outcome {
         Ok(reply) => match reply.body {
-            ReplyBody::Value(body) => ok_frame(&id, body),
-            ReplyBody::Text(body) => ok_frame_text(&id, &body),
+            ReplyBody::Value(body) => ok_frame(id, body),
+            ReplyBody::Text(body) => ok_frame_text(id, &body),
         },
-        Err(error) => error_frame(&id, &error),
-    };
-    session.out.reply(frame).await;
+        Err(error) => error_frame(id, &error),
+    }
 }
 
 #[instrument(skip_all, fields(op = "listen", stream = %key))]
