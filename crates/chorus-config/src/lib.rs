@@ -237,6 +237,8 @@ impl Config {
     }
 
     /// Checks every value and the relations between them.
+    ///
+    /// Durations are bounded by [`MAX_DURATION_MS`].
     pub fn validate(self) -> Result<Config, ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.shards == 0 || self.shards > 4096 {
@@ -245,7 +247,22 @@ impl Config {
         if self.node_id == 0 {
             return bad("node_id must be at least 1".into());
         }
-        let r = &self.raft;
+        let (r, a) = (&self.raft, &self.actors);
+        // Durations are added to clock readings (`Instant + timeout` panics on overflow) and
+        // multiplied below: a bound keeps every such sum in range, and no sane value is near it.
+        for (name, ms) in [
+            ("raft.heartbeat_ms", r.heartbeat_ms),
+            ("raft.election_min_ms", r.election_min_ms),
+            ("raft.election_max_ms", r.election_max_ms),
+            ("actors.idle_ms", a.idle_ms),
+            ("actors.request_timeout_ms", a.request_timeout_ms),
+        ] {
+            if ms > MAX_DURATION_MS {
+                return bad(format!(
+                    "{name} must be at most {MAX_DURATION_MS} (one day), got {ms}"
+                ));
+            }
+        }
         if r.heartbeat_ms == 0 {
             return bad("raft.heartbeat_ms must be at least 1".into());
         }
@@ -261,7 +278,6 @@ impl Config {
         if r.snapshot_every_logs < 100 {
             return bad("raft.snapshot_every_logs must be at least 100".into());
         }
-        let a = &self.actors;
         if a.mailbox == 0 || a.max_batch == 0 || a.idle_ms == 0 {
             return bad("actors.mailbox, max_batch and idle_ms must be at least 1".into());
         }
@@ -290,6 +306,9 @@ impl Config {
         Ok(self)
     }
 }
+
+/// The longest duration a setting may give, in milliseconds: one day.
+pub const MAX_DURATION_MS: u64 = 86_400_000;
 
 fn valid_origin(origin: &str) -> bool {
     if origin == "*" {
@@ -327,6 +346,19 @@ mod tests {
         assert!(parse("version = 1\nbogus = 1\n").is_err(), "unknown keys are refused");
         assert!(parse("version = 1\nshards = 0\n").is_err());
         assert!(parse("version = 1\n[raft]\nheartbeat_ms = 200\nelection_min_ms = 300\nelection_max_ms = 900\n").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let huge = "version = 1\n[actors]\nrequest_timeout_ms = 18446744073709551615\n";
+        let e = parse(huge).unwrap_err().to_string();
+        assert!(e.contains("actors.request_timeout_ms") && e.contains("one day"), "{e}");
+        let e = parse("version = 1\n[raft]\nheartbeat_ms = 9223372036854775807\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("raft.heartbeat_ms"), "{e}");
+        let day = "version = 1\n[actors]\nrequest_timeout_ms = 86400000\n";
+        assert!(parse(day).is_ok());
     }
 
     #[test]

@@ -23,7 +23,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tower_http::add_extension::AddExtension;
 
 /// How long [`serve`] waits for WebSocket sessions to close after the HTTP side has stopped.
 const SESSION_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +37,15 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 /// How long [`serve`] waits for in-flight HTTP requests after it stops accepting.
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections (HTTP and WebSocket) an edge holds at once. At the cap it stops accepting
+/// until one closes, so further clients wait in the kernel's accept queue (and time out there)
+/// instead of each taking a task, buffers and a descriptor. Well above the 100,000 sessions an
+/// edge is built to hold; the process's descriptor limit (`ulimit -n`) must allow it too.
+pub const MAX_CONNECTIONS: usize = 262_144;
+
+/// One of the [`MAX_CONNECTIONS`] an edge holds at once (a request extension).
+#[derive(Clone)]
+pub(crate) struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
 /// The stop signal of WebSocket sessions: `true` once the server is shutting down.
 #[derive(Clone)]
@@ -57,7 +67,7 @@ pub async fn serve(
         tracing::info!("edge shutting down");
         signal_sender.send_replace(true);
     };
-    let served = accept_loop(listener, router, signal).await;
+    let served = accept_loop(listener, router, signal, MAX_CONNECTIONS).await;
     // Also when serving failed before the signal: sessions must not outlive `serve`.
     stop_sender.send_replace(true);
     // Every session holds a receiver; all are gone once the last session has closed.
@@ -76,6 +86,7 @@ async fn accept_loop(
     listener: TcpListener,
     router: Router,
     signal: impl Future<Output = ()> + Send + 'static,
+    max_connections: usize,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
@@ -87,7 +98,17 @@ async fn accept_loop(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let mut signal = std::pin::pin!(signal);
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
+        if slots.available_permits() == 0 {
+            tracing::warn!(limit = max_connections, "connection limit reached; accepting waits");
+        }
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            () = &mut signal => break,
+        };
+        // The semaphore is never closed.
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut signal => break,
@@ -111,7 +132,11 @@ async fn accept_loop(
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            let service = TowerToHyperService::new(router);
+            // The slot is held by the connection's service, and by the WebSocket session an
+            // upgrade starts (hyper's connection ends at the upgrade), so it is freed when
+            // the last of them ends.
+            let slot = ConnectionSlot(Arc::new(slot));
+            let service = TowerToHyperService::new(AddExtension::new(router, slot));
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(error = %error, "http connection ended with an error");
@@ -123,4 +148,56 @@ async fn accept_loop(
         tracing::warn!("http requests still in flight after the drain timeout");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn get(conn: &mut TcpStream) -> String {
+        conn.write_all(b"GET /x HTTP/1.1\r\nHost: edge\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = conn.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// At the limit the edge accepts nothing more until a connection closes; the waiting
+    /// client is then served.
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/x", axum::routing::get(|| async { "hello" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(accept_loop(
+            listener,
+            router,
+            async move {
+                let _ = stopped.await;
+            },
+            2,
+        ));
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert!(get(&mut first).await.starts_with("HTTP/1.1 200"));
+        assert!(get(&mut second).await.starts_with("HTTP/1.1 200"));
+
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let waiting = tokio::spawn(async move { get(&mut third).await });
+        // However long it waits, nothing answers it while both slots are held.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "served beyond the limit");
+        drop(first);
+        let answer = tokio::time::timeout(Duration::from_secs(30), waiting).await.unwrap();
+        assert!(answer.unwrap().starts_with("HTTP/1.1 200"));
+        assert!(get(&mut second).await.starts_with("HTTP/1.1 200"), "the others stay served");
+        let _ = stop.send(());
+        drop(second);
+        tokio::time::timeout(Duration::from_secs(30), server).await.unwrap().unwrap().unwrap();
+    }
 }

@@ -135,7 +135,7 @@ impl StreamActor {
         let shard = shard_of(&self.key, node.shard_count);
         node.ensure_linearizable(shard).await.map_err(|e| {
             tracing::debug!(stream = %self.key, error = %e, "actor read barrier failed");
-            err(ErrorCode::NotLeader, "this node does not lead the stream's shard")
+            e.to_service()
         })?;
         self.caught_up = true;
         Ok(())

@@ -20,6 +20,7 @@
 //! - `authorize`: which level each write needs, turning a request into a [`chorus_streams::Command`].
 //! - `actor` / `actors`: the stream actor and its registry.
 //! - `proposer`: one task per shard merging the actors' entries into one Raft entry.
+//! - `quorum`: the bound on administrative waits for a Raft quorum.
 //! - `hub`: committed messages and ephemerals to local listeners.
 //! - `ephemeral_limit`: per-stream token buckets for ephemerals to big rooms.
 //! - `listen`: backlog-then-live delivery without gaps or duplicates.
@@ -44,6 +45,7 @@ pub mod meta;
 pub mod metrics;
 pub mod node;
 mod proposer;
+mod quorum;
 mod service;
 mod source_cache;
 

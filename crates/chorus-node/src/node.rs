@@ -5,18 +5,19 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
+use chorus_api::ServiceError;
 use chorus_raft::grpc::{GroupTable, GrpcNetwork, PeerPool};
 use chorus_raft::{GroupHost, ShardGroup, start_groups};
 use chorus_storage::Db;
 use chorus_storage::metrics::Registered;
 use chorus_streams::validate::{EphemeralLimits, Limits};
-use chorus_types::{ShardId, StreamKey, shard::shard_of};
+use chorus_types::{ErrorCode, ShardId, StreamKey, shard::shard_of};
 use openraft::error::{CheckIsLeaderError, RaftError};
 
 use crate::access_source::SourceReader;
 use crate::actors::ActorRegistry;
 use crate::ephemeral_limit::EphemeralLimiter;
-use crate::error::NodeError;
+use crate::error::{NodeError, err};
 use crate::hub::Hub;
 use crate::proposer::ShardProposer;
 use crate::source_cache::SourceCache;
@@ -158,20 +159,32 @@ impl Inner {
 
     /// See [`Node::ensure_linearizable`]. Marks the shard hot first, so its heartbeats (which
     /// the barrier waits on) leave without lingering for company.
-    pub(crate) async fn ensure_linearizable(&self, shard: ShardId) -> Result<(), String> {
+    pub(crate) async fn ensure_linearizable(&self, shard: ShardId) -> Result<(), BarrierError> {
         if let Some(pool) = &self.pool {
             pool.mark_hot(shard.0);
         }
-        let group = self.groups.get(usize::from(shard.0)).ok_or("no such shard")?;
+        let group = self
+            .groups
+            .get(usize::from(shard.0))
+            .ok_or_else(|| BarrierError::NotLeader("no such shard".into()))?;
         // openraft gives each confirming heartbeat one heartbeat interval (50 ms); under load
         // a round trip can take longer, and failing then turned posts away as `not_leader`
         // from a node that did lead. A quorum that did not answer in time is asked again
         // while this node still believes it leads; a definite "not the leader" is final.
-        let deadline = tokio::time::Instant::now() + BARRIER_PATIENCE;
+        let started = tokio::time::Instant::now();
+        let deadline = started + BARRIER_PATIENCE;
         loop {
-            match group.raft.ensure_linearizable().await {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))
+            // openraft then waits, without a bound of its own, until this replica applied up
+            // to the confirmed index: a stalled apply (a disk that stopped taking writes) must
+            // fail the read or the actor's turn, not hold it and its caller for good.
+            let attempt = tokio::time::timeout_at(
+                started + BARRIER_APPLY_PATIENCE,
+                group.raft.ensure_linearizable(),
+            );
+            match attempt.await {
+                Err(_) => return Err(BarrierError::Slow),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))))
                     if tokio::time::Instant::now() < deadline
                         && group.raft.metrics().borrow().current_leader
                             == Some(self.config.node_id) =>
@@ -179,7 +192,33 @@ impl Inner {
                     tracing::debug!(%shard, error = %e, "read barrier: quorum slow, asking again");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err(e) => return Err(e.to_string()),
+                Ok(Err(e)) => return Err(BarrierError::NotLeader(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Why a read barrier failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BarrierError {
+    /// This node does not (or no longer) lead the shard, or no quorum confirmed it in time.
+    #[error("{0}")]
+    NotLeader(String),
+    /// The leadership was confirmed but this replica did not apply up to it in time.
+    #[error("the shard's replica did not catch up in time")]
+    Slow,
+}
+
+impl BarrierError {
+    /// The error a client gets: `not_leader` sends it to another node, `unavailable` asks it
+    /// to retry here later.
+    pub(crate) fn to_service(&self) -> ServiceError {
+        match self {
+            BarrierError::NotLeader(_) => {
+                err(ErrorCode::NotLeader, "this node does not lead the stream's shard")
+            }
+            BarrierError::Slow => {
+                err(ErrorCode::Unavailable, "the stream's shard is catching up; retry shortly")
             }
         }
     }
@@ -187,6 +226,9 @@ impl Inner {
 
 /// How long a read barrier keeps asking a slow quorum before giving up.
 const BARRIER_PATIENCE: Duration = Duration::from_secs(2);
+/// How long a read barrier waits in all, applying included: longer than any apply takes
+/// (a full batch join is well under a second), short enough that a stuck replica answers.
+const BARRIER_APPLY_PATIENCE: Duration = Duration::from_secs(10);
 
 impl Node {
     /// Opens the data dir, recovers or initialises every shard group, and returns once they
@@ -319,7 +361,7 @@ impl Node {
 
     /// Waits until this node may serve a read of `shard` reflecting every write acknowledged
     /// before the call (openraft's read index: a round of heartbeats to a quorum).
-    pub(crate) async fn ensure_linearizable(&self, shard: ShardId) -> Result<(), String> {
+    pub(crate) async fn ensure_linearizable(&self, shard: ShardId) -> Result<(), BarrierError> {
         self.inner.ensure_linearizable(shard).await
     }
 

@@ -74,7 +74,7 @@ impl Node {
     async fn read_barrier(&self, key: &StreamKey) -> Result<(), ServiceError> {
         self.ensure_linearizable(self.shard_of(key)).await.map_err(|e| {
             tracing::debug!(stream = %key, error = %e, "read barrier failed");
-            err(ErrorCode::NotLeader, "this node does not lead the stream's shard")
+            e.to_service()
         })
     }
 

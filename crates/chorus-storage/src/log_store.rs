@@ -100,8 +100,13 @@ impl LogStore {
         }
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(&self, what: RaftMeta) -> Result<Option<T>> {
-        self.db.get_json(Cf::RaftMeta, &keys::raft_meta(self.shard, what), "raft meta")
+    /// A point read, but off the async workers all the same: a RocksDB read may hit the disk.
+    async fn read_meta<T>(&self, what: RaftMeta) -> Result<Option<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let (db, key) = (self.db.clone(), keys::raft_meta(self.shard, what));
+        blocking(move || db.get_json(Cf::RaftMeta, &key, "raft meta")).await
     }
 
     async fn write_meta_durable<T: serde::Serialize>(&self, what: RaftMeta, v: &T) -> Result<()> {
@@ -159,7 +164,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
-        let last_purged: Option<LogId> = self.read_meta(RaftMeta::LastPurged).map_err(read_err)?;
+        let last_purged: Option<LogId> =
+            self.read_meta(RaftMeta::LastPurged).await.map_err(read_err)?;
         let (db, shard) = (self.db.clone(), self.shard);
         let last = blocking(move || LogStore::last_entry(&db, shard)).await.map_err(read_err)?;
         let last_log_id = last.map(|e| e.log_id).or(last_purged);
@@ -177,7 +183,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
-        self.read_meta(RaftMeta::Vote).map_err(|e| StorageIOError::read_vote(&e).into())
+        self.read_meta(RaftMeta::Vote).await.map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {

@@ -108,34 +108,38 @@ pub fn export(db: &Db, shard: ShardId) -> Result<SnapshotPointer> {
     let path = db.snapshot_dir().join(&file_name);
     std::fs::rename(&tmp, &path)?;
     let pointer = SnapshotPointer { meta, file: file_name };
-    replace_pointer(db, shard, &pointer, None)?;
+    let mut batch = WriteBatch::default();
+    let replaced = replace_pointer(db, shard, &pointer, &mut batch)?;
+    db.raw().write(batch)?;
+    remove_replaced(replaced);
     crate::metrics::SNAPSHOTS_BUILT.inc();
     crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(pointer)
 }
 
-/// Records `pointer` as current (in `batch` when given, else on its own) and deletes the file
-/// of the snapshot it replaces.
+/// Records `pointer` as current, in `batch`, and returns the file of the snapshot it
+/// replaces: the caller deletes it once the batch is written (before, a failed or interrupted
+/// write would leave the recorded pointer naming a deleted file).
 fn replace_pointer(
     db: &Db,
     shard: ShardId,
     pointer: &SnapshotPointer,
-    batch: Option<&mut WriteBatch>,
-) -> Result<()> {
+    batch: &mut WriteBatch,
+) -> Result<Option<PathBuf>> {
     let old = read_pointer(db, shard)?;
-    let key = keys::raft_meta(shard, RaftMeta::Snapshot);
-    let bytes = to_json(pointer)?;
-    match batch {
-        Some(b) => b.put_cf(db.cf(Cf::RaftMeta)?, key, bytes),
-        None => db.raw().put_cf(db.cf(Cf::RaftMeta)?, key, bytes)?,
+    batch.put_cf(
+        db.cf(Cf::RaftMeta)?,
+        keys::raft_meta(shard, RaftMeta::Snapshot),
+        to_json(pointer)?,
+    );
+    Ok(old.filter(|old| old.file != pointer.file).map(|old| pointer_path(db, &old)))
+}
+
+/// Deletes a replaced snapshot's file. A leftover file is harmless; it is only garbage.
+fn remove_replaced(file: Option<PathBuf>) {
+    if let Some(path) = file {
+        let _ = std::fs::remove_file(path);
     }
-    if let Some(old) = old
-        && old.file != pointer.file
-    {
-        // A leftover file is harmless; it is only garbage.
-        let _ = std::fs::remove_file(pointer_path(db, &old));
-    }
-    Ok(())
 }
 
 fn read_u32(r: &mut impl Read) -> Result<usize> {
@@ -201,10 +205,11 @@ pub fn install(db: &Db, shard: ShardId, meta: &SnapshotMeta, bytes: &[u8]) -> Re
     f.write_all(bytes)?;
     f.sync_all()?;
     let pointer = SnapshotPointer { meta: meta.clone(), file: file_name };
-    replace_pointer(db, shard, &pointer, Some(&mut batch))?;
+    let replaced = replace_pointer(db, shard, &pointer, &mut batch)?;
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
     db.raw().write_opt(batch, &wo)?;
+    remove_replaced(replaced);
     crate::metrics::SNAPSHOTS_INSTALLED.inc();
     crate::metrics::SNAPSHOT_INSTALL_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(())

@@ -12,9 +12,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
         return init(peers).await;
     }
     let node = peer_addr(&args.node);
-    let mut client = AdminClient::connect(format!("http://{node}"))
-        .await
-        .with_context(|| format!("connecting to {node}"))?;
+    let mut client = connect(&node).await.with_context(|| format!("connecting to {node}"))?;
     match args.command {
         AdminCommand::Status { shards } => {
             let status = client
@@ -52,6 +50,18 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client whose calls give up: a node that accepts the connection but never answers (or a
+/// cluster without a quorum, whose nodes bound their own waits at 30 s) must not hang the
+/// command.
+async fn connect(addr: &str) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(75))
+        .connect()
+        .await?;
+    Ok(AdminClient::new(channel))
+}
+
 /// Sends `Admin.Init` to each of the three voters, so each initialises the groups it is the
 /// preferred leader of. Every voter must be reachable: a cluster formed from part of them
 /// would start with some shards leaderless.
@@ -62,9 +72,8 @@ async fn init(peers: &[String]) -> anyhow::Result<()> {
     }
     let mut total = 0;
     for (id, addr) in &voters {
-        let mut client = AdminClient::connect(format!("http://{addr}"))
-            .await
-            .with_context(|| format!("connecting to node {id} at {addr}"))?;
+        let mut client =
+            connect(addr).await.with_context(|| format!("connecting to node {id} at {addr}"))?;
         let reply = client
             .init(pb::InitRequest { voters: voters.clone().into_iter().collect() })
             .await
@@ -86,9 +95,7 @@ async fn init(peers: &[String]) -> anyhow::Result<()> {
 /// holds none — shard by shard (learner, catch-up, one joint voter change on the shard's
 /// leader). Waits until `old` holds no replica and has left the meta group.
 async fn replace_node(ask: &str, old: u64, new: u64, new_addr: &str) -> anyhow::Result<()> {
-    let mut client = AdminClient::connect(format!("http://{ask}"))
-        .await
-        .with_context(|| format!("connecting to {ask}"))?;
+    let mut client = connect(ask).await.with_context(|| format!("connecting to {ask}"))?;
     client
         .add_node(pb::AddNodeRequest { id: new, addr: new_addr.to_owned() })
         .await

@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::{AuthError, as_user_header, bearer_token};
 use crate::error::ErrorReply;
-use crate::server::SessionStop;
+use crate::server::{ConnectionSlot, SessionStop};
 use crate::state::EdgeState;
 use crate::ws::session::SessionSetup;
 
@@ -59,6 +59,7 @@ struct TokenQuery {
 pub(crate) async fn upgrade(
     State(edge): State<Arc<EdgeState>>,
     stop: Option<Extension<SessionStop>>,
+    slot: Option<Extension<ConnectionSlot>>,
     mut request: Request,
 ) -> Response {
     let (principal, expires) = match authenticate(&edge, request.headers(), request.uri()) {
@@ -90,6 +91,8 @@ pub(crate) async fn upgrade(
             .max_frame_size(Some(edge.max_body_bytes)),
     };
     tokio::spawn(async move {
+        // The session counts against the edge's connection limit until it ends.
+        let _slot = slot;
         match handshake::socket(accepted.on_upgrade).await {
             Ok((socket, prefix)) => session::run(socket, prefix, setup).await,
             Err(error) => tracing::warn!(%error, "websocket upgrade failed"),

@@ -177,8 +177,9 @@ impl Admin for AdminService {
         // new leader feed it the log as a learner (`AddLearner`, then `RemoveLearner`) to
         // answer what it was committing. (Keeping it as a learner here instead does not work:
         // in 0.9 a learner may stay leader.)
-        raft.change_membership(next.clone(), false)
+        crate::quorum::bounded(raft.change_membership(next.clone(), false))
             .await
+            .map_err(|e| Status::deadline_exceeded(format!("changing voters: {e}")))?
             .map_err(|e| Status::unavailable(format!("changing voters: {e}")))?;
         tracing::info!(group, old = req.old, new = req.new, "voter replaced");
         Ok(Response::new(pb::ReplaceVoterReply { voters: next.into_iter().collect() }))
@@ -222,8 +223,10 @@ impl Admin for AdminService {
         }
         if membership.membership().get_node(&req.node).is_some() {
             let gone = std::collections::BTreeSet::from([req.node]);
-            raft.change_membership(openraft::ChangeMembers::RemoveNodes(gone), false)
+            let change = raft.change_membership(openraft::ChangeMembers::RemoveNodes(gone), false);
+            crate::quorum::bounded(change)
                 .await
+                .map_err(|e| Status::deadline_exceeded(format!("removing learner: {e}")))?
                 .map_err(|e| Status::unavailable(format!("removing learner {}: {e}", req.node)))?;
             tracing::info!(group, node = req.node, "learner removed");
         }

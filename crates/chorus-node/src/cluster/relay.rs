@@ -38,13 +38,16 @@ enum OpenFailure {
     Final(ServiceError),
 }
 
-/// Opens the listen on `target`.
+/// Opens the listen on `target`, giving up at `deadline`: a peer that accepts the call but
+/// never answers (stuck, or partitioned after the connection was made) must not hold the
+/// listen, or a relay reopening it after a failover, for good.
 async fn open(
     router: &Router,
     target: Target,
     caller: &Caller,
     key: &StreamKey,
     since: Option<u64>,
+    deadline: Instant,
 ) -> Result<Listening, OpenFailure> {
     let id = match target {
         Target::Local => {
@@ -68,13 +71,13 @@ async fn open(
         .map_err(|e| OpenFailure::Final(err(ErrorCode::Internal, &e.to_string())))?;
     let unreachable =
         || OpenFailure::Retry(err(ErrorCode::Unavailable, "stream owner unreachable"));
-    let mut stream = client
-        .listen(pb::OwnerRequest { call: body })
-        .await
-        .map_err(|_| unreachable())?
-        .into_inner();
-    let first = match stream.message().await {
-        Ok(Some(ev)) => serde_json::from_slice::<ListenItem>(&ev.event)
+    let opening = client.listen(pb::OwnerRequest { call: body });
+    let mut stream = match tokio::time::timeout_at(deadline, opening).await {
+        Ok(Ok(response)) => response.into_inner(),
+        _ => return Err(unreachable()),
+    };
+    let first = match tokio::time::timeout_at(deadline, stream.message()).await {
+        Ok(Ok(Some(ev))) => serde_json::from_slice::<ListenItem>(&ev.event)
             .map_err(|e| OpenFailure::Final(err(ErrorCode::Internal, &e.to_string())))?,
         _ => return Err(unreachable()),
     };
@@ -129,7 +132,7 @@ async fn open_on_leader(
     let mut pause = Duration::from_millis(20);
     loop {
         let target = router.target(shard, deadline).await?;
-        match open(router, target, caller, key, since).await {
+        match open(router, target, caller, key, since, deadline).await {
             Ok(l) => return Ok((target, l)),
             Err(OpenFailure::Final(e)) => return Err(e),
             Err(OpenFailure::Retry(e)) => {
@@ -211,7 +214,12 @@ impl Relay {
                 }
                 let deadline = Instant::now() + self.router.timeout;
                 let r = &self.router;
-                match open_on_leader(r, &self.caller, &self.key, Some(self.last), deadline).await {
+                let reopened = tokio::select! {
+                    r = open_on_leader(r, &self.caller, &self.key, Some(self.last), deadline) => r,
+                    // The session went away while the leader was being looked for.
+                    () = self.tx.closed() => return,
+                };
+                match reopened {
                     Ok((_, l)) if l.recovered => {
                         // An access change while the listen was down sent no notice here:
                         // the listener checks again before what the new leader sends.

@@ -27,6 +27,7 @@ fn status_of(e: MetaError) -> Status {
             Status::unavailable(e.to_string())
         }
         MetaError::Raft(_) => Status::unavailable(e.to_string()),
+        MetaError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
         MetaError::Storage(_)
         | MetaError::Malformed(_)
         | MetaError::Refused(_)
@@ -52,10 +53,11 @@ pub async fn apply(node: &Node, change: Change) -> Result<pb::MembershipReply, S
             let next = store::update(node.db(), &meta, |s| s.add_node(id, &addr)).await;
             let next = next.map_err(status_of)?;
             // Give it the map now; the rebalancer would also do it on its next round.
-            if let Err(e) =
-                meta.add_learner(id, openraft::BasicNode { addr: addr.clone() }, false).await
-            {
-                tracing::warn!(node = id, error = %e, "adding a meta learner failed");
+            let learner = meta.add_learner(id, openraft::BasicNode { addr: addr.clone() }, false);
+            match crate::quorum::bounded(learner).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(node = id, error = %e, "adding a meta learner failed"),
+                Err(e) => tracing::warn!(node = id, error = %e, "adding a meta learner failed"),
             }
             tracing::info!(node = id, %addr, "node added");
             next
@@ -85,9 +87,19 @@ async fn forward(
         .ok_or_else(|| Status::unavailable(format!("no address for meta leader {leader}")))?;
     let channel = endpoint(&addr).map_err(|e| Status::unavailable(e.to_string()))?.connect_lazy();
     let mut client = AdminClient::new(channel);
+    // The leader bounds its own waits; this covers a leader that stopped answering.
+    let patience = crate::quorum::PATIENCE * 2;
     let reply = match change {
-        Change::Add { id, addr } => client.add_node(pb::AddNodeRequest { id, addr }).await?,
-        Change::Remove { id } => client.remove_node(pb::RemoveNodeRequest { id }).await?,
+        Change::Add { id, addr } => {
+            let mut request = tonic::Request::new(pb::AddNodeRequest { id, addr });
+            request.set_timeout(patience);
+            client.add_node(request).await?
+        }
+        Change::Remove { id } => {
+            let mut request = tonic::Request::new(pb::RemoveNodeRequest { id });
+            request.set_timeout(patience);
+            client.remove_node(request).await?
+        }
     };
     Ok(reply.into_inner())
 }

@@ -50,6 +50,8 @@ pub enum MetaError {
     Change(#[from] MetaChangeError),
     #[error("meta stream key: {0}")]
     Key(#[from] chorus_types::ApiError),
+    #[error("meta group: {0}")]
+    Timeout(#[from] crate::quorum::QuorumTimeout),
 }
 
 fn meta_key() -> Result<StreamKey, MetaError> {
@@ -106,13 +108,14 @@ async fn write(
         },
     };
     let envelope = Envelope { time: Millis::now(), by: String::new(), command };
-    let reply = match raft.client_write(ShardRequest::new(vec![envelope])).await {
-        Ok(reply) => reply,
-        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            return Err(MetaError::NotLeader { leader: f.leader_id });
-        }
-        Err(e) => return Err(MetaError::Raft(Box::new(e))),
-    };
+    let reply =
+        match crate::quorum::bounded(raft.client_write(ShardRequest::new(vec![envelope]))).await? {
+            Ok(reply) => reply,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                return Err(MetaError::NotLeader { leader: f.leader_id });
+            }
+            Err(e) => return Err(MetaError::Raft(Box::new(e))),
+        };
     match reply.data.outcomes.into_iter().next() {
         Some(Outcome::Stream(_)) => Ok(WriteResult::Done),
         Some(Outcome::Rejected {

@@ -57,6 +57,8 @@ pub enum RebalanceError {
     Learner { shard: u16, node: u64, status: tonic::Status },
     #[error("bad node address: {0}")]
     Address(#[from] chorus_raft::grpc::PeerError),
+    #[error("changing the meta group's membership: {0}")]
+    Timeout(#[from] crate::quorum::QuorumTimeout),
 }
 
 /// A shard's voters as its leader reports them.
@@ -156,9 +158,8 @@ impl Rebalancer {
                 continue;
             }
             let addr = openraft::BasicNode { addr: node.addr.clone() };
-            self.meta
-                .add_learner(*id, addr, false)
-                .await
+            crate::quorum::bounded(self.meta.add_learner(*id, addr, false))
+                .await?
                 .map_err(|e| RebalanceError::MetaMembership(Box::new(e)))?;
             tracing::info!(node = id, "meta group learner added");
         }
@@ -323,18 +324,17 @@ impl Rebalancer {
             if let Some(r) = replacement {
                 next.insert(r);
             }
-            self.meta
-                .change_membership(next.clone(), false)
-                .await
+            crate::quorum::bounded(self.meta.change_membership(next.clone(), false))
+                .await?
                 .map_err(|e| RebalanceError::MetaMembership(Box::new(e)))?;
             tracing::info!(node = gone, ?next, "meta voter replaced");
             // This node may have removed itself; the next meta leader continues.
             return Ok(true);
         }
         if membership.membership().get_node(&gone).is_some() {
-            self.meta
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([gone])), false)
-                .await
+            let remove = ChangeMembers::RemoveNodes(BTreeSet::from([gone]));
+            crate::quorum::bounded(self.meta.change_membership(remove, false))
+                .await?
                 .map_err(|e| RebalanceError::MetaMembership(Box::new(e)))?;
         }
         store::update(&self.db, &self.meta, |s| {
