@@ -2,6 +2,23 @@
 
 use super::*;
 
+/// The stream fields a create or an update request sets: the two request types name them
+/// alike.
+macro_rules! field_changes {
+    ($req:ident) => {
+        FieldChanges {
+            title: $req.title,
+            icon: $req.icon,
+            content: $req.content,
+            attributes: $req.attributes,
+            read_level: $req.read_level,
+            write_level: $req.write_level,
+            admin_level: $req.admin_level,
+            inherit_access: $req.inherit_access,
+        }
+    };
+}
+
 impl Node {
     pub(super) async fn create_stream(
         &self,
@@ -50,16 +67,7 @@ impl Node {
                 "a template is named '<type>/' after its own type",
             ));
         }
-        let fields = FieldChanges {
-            title: req.title,
-            icon: req.icon,
-            content: req.content,
-            attributes: req.attributes,
-            read_level: req.read_level,
-            write_level: req.write_level,
-            admin_level: req.admin_level,
-            inherit_access: req.inherit_access,
-        };
+        let fields = field_changes!(req);
         self.inner.config.limits.check_fields(fields.as_fields())?;
         let template = if name.is_template() {
             None
@@ -103,16 +111,7 @@ impl Node {
         key: &StreamKey,
         req: UpdateStream,
     ) -> Result<StreamView, ServiceError> {
-        let changes = FieldChanges {
-            title: req.title,
-            icon: req.icon,
-            content: req.content,
-            attributes: req.attributes,
-            read_level: req.read_level,
-            write_level: req.write_level,
-            admin_level: req.admin_level,
-            inherit_access: req.inherit_access,
-        };
+        let changes = field_changes!(req);
         self.inner.config.limits.check_fields(changes.as_fields())?;
         not_own_parent(key, changes.inherit_access.as_deref())?;
         let op = WriteOp::Update { changes, if_message_count: req.if_message_count };
