@@ -99,10 +99,14 @@ async fn accept_loop(
     let graceful = GracefulShutdown::new();
     let mut signal = std::pin::pin!(signal);
     let slots = Arc::new(Semaphore::new(max_connections));
+    // Logged when the edge reaches the limit, not for every connection accepted while at it.
+    let mut at_limit = false;
     loop {
-        if slots.available_permits() == 0 {
+        let full = slots.available_permits() == 0;
+        if full && !at_limit {
             tracing::warn!(limit = max_connections, "connection limit reached; accepting waits");
         }
+        at_limit = full;
         let slot = tokio::select! {
             slot = Arc::clone(&slots).acquire_owned() => slot,
             () = &mut signal => break,
