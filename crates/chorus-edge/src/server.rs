@@ -45,7 +45,9 @@ pub const MAX_CONNECTIONS: usize = 262_144;
 
 /// One of the [`MAX_CONNECTIONS`] an edge holds at once (a request extension).
 #[derive(Clone)]
-pub(crate) struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+pub(crate) struct ConnectionSlot {
+    _permit: Arc<OwnedSemaphorePermit>,
+}
 
 /// The stop signal of WebSocket sessions: `true` once the server is shutting down.
 #[derive(Clone)]
@@ -139,7 +141,7 @@ async fn accept_loop(
             // The slot is held by the connection's service, and by the WebSocket session an
             // upgrade starts (hyper's connection ends at the upgrade), so it is freed when
             // the last of them ends.
-            let slot = ConnectionSlot(Arc::new(slot));
+            let slot = ConnectionSlot { _permit: Arc::new(slot) };
             let service = TowerToHyperService::new(AddExtension::new(router, slot));
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection).await {

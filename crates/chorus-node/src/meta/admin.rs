@@ -54,10 +54,13 @@ pub async fn apply(node: &Node, change: Change) -> Result<pb::MembershipReply, S
             let next = next.map_err(status_of)?;
             // Give it the map now; the rebalancer would also do it on its next round.
             let learner = meta.add_learner(id, openraft::BasicNode { addr: addr.clone() }, false);
-            match crate::quorum::bounded(learner).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(node = id, error = %e, "adding a meta learner failed"),
-                Err(e) => tracing::warn!(node = id, error = %e, "adding a meta learner failed"),
+            let failure = match crate::quorum::bounded(learner).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = failure {
+                tracing::warn!(node = id, %error, "adding a meta learner failed");
             }
             tracing::info!(node = id, %addr, "node added");
             next
