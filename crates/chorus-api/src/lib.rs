@@ -10,6 +10,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub mod order;
 pub mod wire;
 
 use chorus_types::{
@@ -45,13 +46,20 @@ pub struct Caller {
     pub principal: Principal,
     /// The WebSocket session the request came from, so ephemerals skip their sender.
     pub session: Option<u64>,
+    /// Where the edge orders this request behind the session's earlier ones on its stream:
+    /// the owner may let the next one start before this one is done ([`order`]).
+    pub order: order::OrderRelease,
 }
 
 impl Caller {
     /// The app itself, outside any session: what an edge uses for the one listen per stream it
     /// shares among its sessions (each session is authorised on its own first).
     pub fn app() -> Caller {
-        Caller { principal: Principal::App, session: None }
+        Caller::new(Principal::App, None)
+    }
+
+    pub fn new(principal: Principal, session: Option<u64>) -> Caller {
+        Caller { principal, session, order: order::OrderRelease::default() }
     }
 
     pub fn user_id(&self) -> Option<&UserId> {

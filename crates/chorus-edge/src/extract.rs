@@ -34,7 +34,7 @@ impl FromRequestParts<Arc<EdgeState>> for Authenticated {
         let token = bearer_token(&parts.headers).map_err(ApiError::from)?;
         let as_user = as_user_header(&parts.headers).map_err(ApiError::from)?;
         let principal = state.auth.authenticate(token, as_user).map_err(ApiError::from)?;
-        Ok(Authenticated(Caller { principal, session: None }))
+        Ok(Authenticated(Caller::new(principal, None)))
     }
 }
 

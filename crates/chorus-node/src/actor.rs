@@ -1,6 +1,7 @@
 //! The stream actor: on the shard's leader, one task per active stream serialises its writes.
 //!
-//! Each turn takes every queued request (up to `max_batch`; a batch join weighs one per user),
+//! Each turn takes every queued request (up to `max_batch`, where a batch join weighs one per
+//! user, and up to the first that changes access: [`crate::authorize::WriteOp::ends_turn`]),
 //! checks each against the access context (cached until an access-changing command applies
 //! anywhere on the node), and proposes all allowed commands as **one** entry through the
 //! shard's proposer. The actor then waits for that entry to apply before its next turn:
@@ -84,11 +85,13 @@ impl StreamActor {
             };
             // Weighted, so a turn holds `max_batch` ordinary commands or one batch join.
             let mut weight = first.op.weight();
+            let mut open = !first.op.ends_turn();
             let mut batch = vec![first];
-            while weight < max_batch {
+            while open && weight < max_batch {
                 match self.rx.try_recv() {
                     Ok(req) => {
                         weight += req.op.weight();
+                        open = !req.op.ends_turn();
                         batch.push(req);
                     }
                     Err(_) => break,

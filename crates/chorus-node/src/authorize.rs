@@ -54,6 +54,21 @@ impl WriteOp {
     /// full batch instead of `max_batch` of them (512,000 rows in one apply would stall every
     /// shard behind the node's single write thread, which also writes the Raft log; it writes a
     /// group's log appends first when the group's applies are heavy).
+    /// Whether the command changes what later commands are checked against (the stream's
+    /// existence, levels or access rows): the actor ends its turn after it, so that the ones
+    /// queued behind it are checked in the next turn, against what it did. A session may queue
+    /// its next request before this one is done (`chorus_api::order`), and a post sent after a
+    /// create or a grant must see them.
+    pub fn ends_turn(&self) -> bool {
+        matches!(
+            self,
+            WriteOp::Create { .. }
+                | WriteOp::Update { .. }
+                | WriteOp::Close
+                | WriteOp::SetAccess { .. }
+        )
+    }
+
     pub fn weight(&self) -> usize {
         match self {
             WriteOp::JoinBatch { users } => users.len().max(1),

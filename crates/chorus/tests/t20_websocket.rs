@@ -561,3 +561,91 @@ async fn pipelined_requests_on_one_stream_take_effect_in_send_order() {
         assert_eq!(v["participantCount"], expected, "after a pipelined run ending on {last}: {v}");
     }
 }
+
+/// The value of the `chorus_node_batch_commands` histogram's count (Raft entries proposed).
+async fn entries_proposed(server: &Server) -> f64 {
+    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("chorus_node_batch_commands_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("chorus_node_batch_commands_count on /metrics")
+}
+
+/// A session's next request on a stream starts once the stream's actor has queued the one
+/// before it, not once that one committed: posts one session pipelines to one stream travel
+/// many to a Raft entry (one entry each would cap a client at one post per commit), still in
+/// send order.
+#[tokio::test]
+async fn pipelined_posts_on_one_stream_share_raft_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut a = ws_connect(&server, &server.token("alice", &[])).await;
+    let stream = json!({"publisherId": "alice", "name": "Chat/room/burst"});
+    ws_send(
+        &mut a,
+        json!({"id": 0, "op": "create", "type": "Chat/room", "name": "Chat/room/burst"}),
+    )
+    .await;
+    let created = ws_next(&mut a).await;
+    assert!(created.get("ok").is_some(), "{created}");
+    let before = entries_proposed(&server).await;
+    const POSTS: u64 = 200;
+    for i in 1..=POSTS {
+        let post = json!({"id": i, "op": "post", "stream": stream, "type": "Chat/message", "content": i.to_string()});
+        ws_send(&mut a, post).await;
+    }
+    let mut answered = 0;
+    while answered < POSTS {
+        let v = ws_next(&mut a).await;
+        let re = v["re"].as_u64().expect("a reply");
+        assert_eq!(v["ok"]["ordinal"].as_u64(), Some(re + 1), "post {re} out of send order: {v}");
+        answered += 1;
+    }
+    let entries = entries_proposed(&server).await - before;
+    assert!(entries < (POSTS / 4) as f64, "{POSTS} pipelined posts took {entries} Raft entries");
+}
+
+/// A pipelined request is checked against what the session's earlier requests on the stream
+/// did, even when they were queued together: an owner's post sent after she lowered her own
+/// row below the post level is refused, though that change was still committing when the
+/// post reached the stream.
+#[tokio::test]
+async fn a_pipelined_post_sees_the_levels_its_session_changed_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let alice = Api::new(&server, server.token("alice", &[]));
+    let (s, v) = alice
+        .call("POST", "/v1/streams", Some(json!({"type": "Chat/room", "name": "Chat/room/gate", "readLevel": 40, "writeLevel": 0})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let path = format!("/v1/streams/alice/{}/access", enc("Chat/room/gate"));
+    let (s, v) = alice
+        .call(
+            "PUT",
+            &path,
+            Some(json!({"rows": [{"ofUserId": "mia", "writeLevel": 20, "adminLevel": 40}]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut mia = ws_connect(&server, &server.token("mia", &[])).await;
+    let stream = json!({"publisherId": "alice", "name": "Chat/room/gate"});
+    const POSTS: u64 = 30;
+    for i in 1..=POSTS {
+        let post = json!({"id": i, "op": "post", "stream": stream, "type": "Chat/message", "content": i.to_string()});
+        ws_send(&mut mia, post).await;
+    }
+    let lower = json!({"id": 100, "op": "setAccess", "stream": stream, "rows": [{"ofUserId": "mia", "writeLevel": 10, "adminLevel": 40}]});
+    ws_send(&mut mia, lower).await;
+    let late = json!({"id": 101, "op": "post", "stream": stream, "type": "Chat/message", "content": "late"});
+    ws_send(&mut mia, late).await;
+    let mut replies = std::collections::BTreeMap::new();
+    while replies.len() < POSTS as usize + 2 {
+        let v = ws_next(&mut mia).await;
+        replies.insert(v["re"].as_u64().expect("a reply"), v);
+    }
+    for i in 1..=POSTS {
+        assert!(replies[&i].get("ok").is_some(), "post {i}: {}", replies[&i]);
+    }
+    assert!(replies[&100].get("ok").is_some(), "lowering her row: {}", replies[&100]);
+    assert_eq!(replies[&101]["error"]["code"], "forbidden", "the post after it: {}", replies[&101]);
+}

@@ -158,7 +158,7 @@ async fn check_chunk(feed: &Feed, service: &dyn StreamService, chunk: &[Principa
         Err(_) => {}
     }
     let one = |principal: Principal| async move {
-        let caller = Caller { principal, session: None };
+        let caller = Caller::new(principal, None);
         match service.authorize_listen(&caller, &feed.key).await {
             Ok(_) => true,
             Err(e) => !refused(e.error.code),

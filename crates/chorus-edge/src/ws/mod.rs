@@ -78,7 +78,7 @@ pub(crate) async fn upgrade(
     let id = edge.next_session_id();
     let setup = SessionSetup {
         id,
-        caller: Caller { principal, session: Some(id) },
+        caller: Caller::new(principal, Some(id)),
         service: Arc::clone(&edge.service),
         fanout: Arc::clone(&edge.fanout),
         queue_len: edge.session_queue_len,

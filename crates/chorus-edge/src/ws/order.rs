@@ -6,10 +6,15 @@
 //! for the one the session sent before it on that stream to finish; requests on different
 //! streams still run side by side. The queue position is taken when the frame is read, before
 //! any task runs, since tasks start in no particular order.
+//!
+//! "Done" means done holding its place: the owner may release a request's turn as soon as its
+//! stream's actor has queued it (`chorus_api::order`), and at the latest the request's end
+//! releases it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use chorus_api::order::OrderRelease;
 use chorus_types::StreamKey;
 use tokio::sync::oneshot;
 
@@ -25,8 +30,16 @@ pub(crate) struct Turn {
     key: StreamKey,
     ticket: u64,
     previous: Option<oneshot::Receiver<()>>,
-    /// Dropped when the request is done (or its task is dropped), which lets the next go.
-    _done: oneshot::Sender<()>,
+    /// Released when the request holds its place or is done, or dropped with every clone
+    /// (its task dropped), which lets the next go.
+    done: OrderRelease,
+}
+
+impl Turn {
+    /// The hold to hand the owner with the request.
+    pub(crate) fn hold(&self) -> OrderRelease {
+        self.done.clone()
+    }
 }
 
 impl StreamOrder {
@@ -36,7 +49,7 @@ impl StreamOrder {
         let (done, next_waits) = oneshot::channel();
         let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
         let previous = tails.insert(key.clone(), (ticket, next_waits)).map(|(_, rx)| rx);
-        Turn { key, ticket, previous, _done: done }
+        Turn { key, ticket, previous, done: OrderRelease::new(move || drop(done)) }
     }
 
     /// Waits until every request queued before `turn` on its stream is done.
@@ -49,6 +62,7 @@ impl StreamOrder {
 
     /// Ends `turn`: forgets the stream when nothing was queued after it.
     pub(crate) fn finish(&self, turn: Turn) {
+        turn.done.release();
         let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
         if tails.get(&turn.key).is_some_and(|(ticket, _)| *ticket == turn.ticket) {
             tails.remove(&turn.key);
@@ -95,6 +109,25 @@ mod tests {
         }
         assert_eq!(*log.lock().unwrap(), (0..8).collect::<Vec<_>>());
         assert!(order.tails.lock().unwrap().is_empty(), "finished streams are forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_released_request_lets_the_next_one_go_before_it_finishes() {
+        let order = StreamOrder::default();
+        let first = order.queue(key("Chat/a"));
+        let mut second = order.queue(key("Chat/a"));
+        let mut third = order.queue(key("Chat/a"));
+        first.hold().release();
+        StreamOrder::wait(&mut second).await;
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), async {
+            StreamOrder::wait(&mut third).await;
+        });
+        assert!(waiting.await.is_err(), "the third waits for the second, not the first");
+        order.finish(second);
+        StreamOrder::wait(&mut third).await;
+        order.finish(first);
+        order.finish(third);
+        assert!(order.tails.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

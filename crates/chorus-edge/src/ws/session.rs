@@ -265,10 +265,14 @@ async fn start_request(
             requests.spawn(async move {
                 let _permit = permit;
                 let mut turn = turn;
-                if let Some(turn) = &mut turn {
-                    StreamOrder::wait(turn).await;
-                }
-                call(&session, id, request).await;
+                let caller = match &mut turn {
+                    Some(turn) => {
+                        StreamOrder::wait(turn).await;
+                        Some(Caller { order: turn.hold(), ..session.caller.clone() })
+                    }
+                    None => None,
+                };
+                call(&session, caller.as_ref().unwrap_or(&session.caller), id, request).await;
                 if let Some(turn) = turn {
                     session.order.finish(turn);
                 }
@@ -309,16 +313,16 @@ async fn start_request(
     true
 }
 
-async fn call(session: &Session, id: Value, request: Request) {
+async fn call(session: &Session, caller: &Caller, id: Value, request: Request) {
     // The answer is built in its own future: its locals (the request, the outcome) end there
     // instead of taking room beside the reply's await.
-    let frame = answer(session, &id, request).await;
+    let frame = answer(session, caller, &id, request).await;
     session.out.reply(frame).await;
 }
 
-async fn answer(session: &Session, id: &Value, request: Request) -> String {
+async fn answer(session: &Session, caller: &Caller, id: &Value, request: Request) -> String {
     let (op, started) = (request.op(), std::time::Instant::now());
-    let outcome = dispatch(session.service.as_ref(), &session.caller, request).await;
+    let outcome = dispatch(session.service.as_ref(), caller, request).await;
     let failure = outcome.as_ref().err().map(|error| error.error.code);
     record_timed_request(Transport::Ws, op, failure, started);
     match outcome {

@@ -51,7 +51,7 @@ impl From<WireCaller> for Caller {
             None => Principal::App,
             Some(id) => Principal::User { id, roles: w.roles },
         };
-        Caller { principal, session: w.session }
+        Caller::new(principal, w.session)
     }
 }
 

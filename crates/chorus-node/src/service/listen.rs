@@ -17,7 +17,7 @@ impl Node {
         self.inner.hub.note_parents(key, ctx.parents.iter().map(|(parent, _)| parent.key()));
         Ok(principals
             .into_iter()
-            .map(|principal| may_listen(&ctx, &Caller { principal, session: None }).is_ok())
+            .map(|principal| may_listen(&ctx, &Caller::new(principal, None)).is_ok())
             .collect())
     }
 

@@ -103,6 +103,12 @@ impl Node {
         let (reply, rx) = oneshot::channel::<Reply>();
         let req = ActorRequest { caller: caller.clone(), op, reply };
         self.inner.actors.send(&self.inner, key, req)?;
+        // Queued at the only replica there is: nothing can move it behind a later request
+        // now, so the session's next one on this stream may go (`chorus_api::order`). A
+        // cluster member's queue can be overtaken by a retry at the next leader.
+        if self.inner.pool.is_none() {
+            caller.order.release();
+        }
         rx.await.map_err(|_| err(ErrorCode::Unavailable, "stream actor stopped"))?
     }
 
