@@ -3,6 +3,7 @@
 //! client, and a minimal WebSocket client for many receive-only sessions.
 
 pub mod cluster;
+pub mod http_post;
 pub mod procs;
 pub mod stats;
 pub mod ws_lite;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use chorus_bench::http_post;
 use chorus_bench::stats::Window;
 use chorus_bench::ws_post::connection;
 use clap::Parser;
@@ -44,6 +45,10 @@ struct Args {
     /// Message content size in bytes.
     #[arg(long, default_value_t = 256)]
     size: usize,
+    /// Post over HTTP (`POST …/messages`, one request in flight per pooled keep-alive
+    /// connection) instead of WebSocket frames; `--connections` is then ignored.
+    #[arg(long)]
+    http: bool,
     /// Measured seconds (after a 3 s warm-up).
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -152,9 +157,23 @@ async fn main() -> anyhow::Result<()> {
     let body = Arc::new("x".repeat(args.size));
     let streams = Arc::new(streams);
     let window = Arc::new(Window::new(Duration::from_secs(3), Duration::from_secs(args.seconds))?);
-    let connections = args.connections.min(args.in_flight).max(1);
+    let connections = if args.http { args.in_flight } else { args.connections };
+    let connections = connections.min(args.in_flight).max(1);
     let mut tasks = Vec::new();
+    let pool = reqwest::Client::builder().pool_max_idle_per_host(args.in_flight).build()?;
     for c in 0..connections {
+        if args.http {
+            tasks.push(tokio::spawn(http_post::poster(
+                pool.clone(),
+                server.addr.clone(),
+                token.clone(),
+                streams.clone(),
+                c * 7,
+                body.clone(),
+                window.clone(),
+            )));
+            continue;
+        }
         let depth = args.in_flight / connections + usize::from(c < args.in_flight % connections);
         tasks.push(tokio::spawn(connection(
             server.addr.clone(),
@@ -178,7 +197,8 @@ async fn main() -> anyhow::Result<()> {
     let (p50, _) = window.latency_ms(0.50);
     let (p99, _) = window.latency_ms(0.99);
     let (p999, max) = window.latency_ms(0.999);
-    println!("chorus dev (single node, fsync on every group commit)");
+    let transport = if args.http { "HTTP" } else { "WebSocket" };
+    println!("chorus dev (single node, fsync on every group commit), posting over {transport}");
     println!(
         "in_flight={} connections={} streams={} size={}B measured={}s",
         args.in_flight, connections, args.streams, args.size, args.seconds
