@@ -46,8 +46,10 @@
 //! - `store`: redb tables for the queue and the cache of streams and recent messages.
 //!
 //! # Decisions
-//! - Posts are sent one at a time in queue order: the server runs a session's concurrent
-//!   requests in any order, and per-stream order is the promise.
+//! - Posts are sent one at a time in queue order. The server keeps a session's pipelined
+//!   requests on one stream in send order, but a post that fails transiently is sent again as
+//!   a new request, which would land behind the posts sent after it; per-stream order is the
+//!   promise.
 //! - Transient refusals (`rate_limited`, `not_leader`, `unavailable`, `timeout`) and lost
 //!   connections are retried; every other code is final for that request (`internal`
 //!   included: a retry loop against a server bug helps nobody).

@@ -3,8 +3,8 @@
 //!
 //! `post()` writes the message to the store (fsynced) with a fresh `clientMsgId` and returns
 //! a [`PostHandle`] in state [`SyncState::Syncing`]. One sender task sends queued posts one at
-//! a time by ascending seq, which keeps each stream's order (the server orders concurrent
-//! requests of one session arbitrarily). An ack makes it [`SyncState::Synced`]; a transient
+//! a time by ascending seq, which keeps each stream's order across retries (a resent post is a
+//! new request, which would land behind any sent after it). An ack makes it [`SyncState::Synced`]; a transient
 //! failure (disconnect, `unavailable`, `timeout`, …) retries the same frame, same
 //! `clientMsgId`, so the server stores it once; any other refusal is final:
 //! [`SyncState::Error`], kept in the store, never resent.
