@@ -147,6 +147,26 @@ impl Request {
         self.stream().cloned()
     }
 
+    /// Whether the owner runs it through the stream's actor (a write), whose queue keeps the
+    /// order requests reach it in (see `ws::order`).
+    pub(crate) fn queues_at_actor(&self) -> bool {
+        match self {
+            Request::Create(_)
+            | Request::Update(..)
+            | Request::Close(_)
+            | Request::Post(..)
+            | Request::Participate(..)
+            | Request::JoinBatch(..)
+            | Request::SetAccess(..) => true,
+            Request::BatchGet(_)
+            | Request::Fetch(_)
+            | Request::Messages(..)
+            | Request::Participants(..)
+            | Request::Access(_)
+            | Request::Ephemeral(..) => false,
+        }
+    }
+
     fn stream(&self) -> Option<&StreamKey> {
         match self {
             Request::Create(_) | Request::BatchGet(_) => None,

@@ -649,3 +649,35 @@ async fn a_pipelined_post_sees_the_levels_its_session_changed_before_it() {
     assert!(replies[&100].get("ok").is_some(), "lowering her row: {}", replies[&100]);
     assert_eq!(replies[&101]["error"]["code"], "forbidden", "the post after it: {}", replies[&101]);
 }
+
+/// A read pipelined behind a session's posts to the stream sees every one of them: writes go
+/// on as soon as the one before is queued, but a read waits for the one before to be done.
+#[tokio::test]
+async fn a_pipelined_read_sees_the_posts_sent_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path());
+    let mut a = ws_connect(&server, &server.token("alice", &[])).await;
+    let stream = json!({"publisherId": "alice", "name": "Chat/room/ryw"});
+    ws_send(&mut a, json!({"id": 0, "op": "create", "type": "Chat/room", "name": "Chat/room/ryw"}))
+        .await;
+    const POSTS: u64 = 20;
+    for i in 1..=POSTS {
+        let post = json!({"id": i, "op": "post", "stream": stream, "type": "Chat/message", "content": i.to_string()});
+        ws_send(&mut a, post).await;
+    }
+    ws_send(&mut a, json!({"id": 100, "op": "fetch", "stream": stream})).await;
+    ws_send(
+        &mut a,
+        json!({"id": 101, "op": "messages", "stream": stream, "order": "desc", "limit": 1}),
+    )
+    .await;
+    let mut replies = std::collections::BTreeMap::new();
+    while replies.len() < POSTS as usize + 3 {
+        let v = ws_next(&mut a).await;
+        replies.insert(v["re"].as_u64().expect("a reply"), v);
+    }
+    // `Streams/created` is ordinal 1.
+    assert_eq!(replies[&100]["ok"]["messageCount"], POSTS + 1, "fetch: {}", replies[&100]);
+    let newest = &replies[&101]["ok"]["messages"][0];
+    assert_eq!(newest["content"], POSTS.to_string(), "history: {}", replies[&101]);
+}

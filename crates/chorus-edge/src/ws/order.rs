@@ -7,9 +7,11 @@
 //! streams still run side by side. The queue position is taken when the frame is read, before
 //! any task runs, since tasks start in no particular order.
 //!
-//! "Done" means done holding its place: the owner may release a request's turn as soon as its
-//! stream's actor has queued it (`chorus_api::order`), and at the latest the request's end
-//! releases it.
+//! A write need not wait for the one before it to be done, only for it to hold its place at the
+//! stream's actor, whose queue keeps the order requests reach it in: the owner releases a
+//! request's turn once it is queued there (`chorus_api::order`), and at the latest the
+//! request's end does. A read or an ephemeral waits for the request before it to be done, so
+//! that it sees what the session asked for before it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,10 +20,19 @@ use chorus_api::order::OrderRelease;
 use chorus_types::StreamKey;
 use tokio::sync::oneshot;
 
-/// The last request queued per stream: its ticket, and what its successor waits on.
+/// What a request's successor on its stream may wait for.
+struct Tail {
+    ticket: u64,
+    /// Fires when the request holds its place in the stream's actor, or is done.
+    queued: oneshot::Receiver<()>,
+    /// Fires when the request is done.
+    finished: oneshot::Receiver<()>,
+}
+
+/// The last request queued per stream, and what its successor waits on.
 #[derive(Default)]
 pub(crate) struct StreamOrder {
-    tails: Mutex<HashMap<StreamKey, (u64, oneshot::Receiver<()>)>>,
+    tails: Mutex<HashMap<StreamKey, Tail>>,
     next: std::sync::atomic::AtomicU64,
 }
 
@@ -30,29 +41,44 @@ pub(crate) struct Turn {
     key: StreamKey,
     ticket: u64,
     previous: Option<oneshot::Receiver<()>>,
-    /// Released when the request holds its place or is done, or dropped with every clone
-    /// (its task dropped), which lets the next go.
-    done: OrderRelease,
+    /// Released when the owner has queued the request at the stream's actor, or when the
+    /// request is done; dropped with every clone (its task dropped) all the same.
+    queued: OrderRelease,
+    /// Dropped when the request is done (or its task is dropped).
+    _finished: oneshot::Sender<()>,
 }
 
 impl Turn {
     /// The hold to hand the owner with the request.
     pub(crate) fn hold(&self) -> OrderRelease {
-        self.done.clone()
+        self.queued.clone()
     }
 }
 
 impl StreamOrder {
-    /// Takes the next place in `key`'s queue.
-    pub(crate) fn queue(&self, key: StreamKey) -> Turn {
+    /// Takes the next place in `key`'s queue. A request the stream's actor queues
+    /// (`at_actor`: a write) waits until the one before it holds its place there, since the
+    /// actor keeps that order; any other (a read, an ephemeral) until the one before it is
+    /// done, so that it sees what the session asked for before it.
+    pub(crate) fn queue(&self, key: StreamKey, at_actor: bool) -> Turn {
         let ticket = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (done, next_waits) = oneshot::channel();
+        let (queued, queued_rx) = oneshot::channel();
+        let (finished, finished_rx) = oneshot::channel();
+        let tail = Tail { ticket, queued: queued_rx, finished: finished_rx };
         let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = tails.insert(key.clone(), (ticket, next_waits)).map(|(_, rx)| rx);
-        Turn { key, ticket, previous, done: OrderRelease::new(move || drop(done)) }
+        let previous = tails
+            .insert(key.clone(), tail)
+            .map(|before| if at_actor { before.queued } else { before.finished });
+        Turn {
+            key,
+            ticket,
+            previous,
+            queued: OrderRelease::new(move || drop(queued)),
+            _finished: finished,
+        }
     }
 
-    /// Waits until every request queued before `turn` on its stream is done.
+    /// Waits until the request queued before `turn` on its stream lets it go.
     pub(crate) async fn wait(turn: &mut Turn) {
         if let Some(previous) = turn.previous.take() {
             // An error only means the previous request's task is gone: it is done as well.
@@ -62,9 +88,9 @@ impl StreamOrder {
 
     /// Ends `turn`: forgets the stream when nothing was queued after it.
     pub(crate) fn finish(&self, turn: Turn) {
-        turn.done.release();
+        turn.queued.release();
         let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
-        if tails.get(&turn.key).is_some_and(|(ticket, _)| *ticket == turn.ticket) {
+        if tails.get(&turn.key).is_some_and(|tail| tail.ticket == turn.ticket) {
             tails.remove(&turn.key);
         }
     }
@@ -90,7 +116,7 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         // Queued in order 0..8, started in reverse: they must still run 0..8.
-        let turns: Vec<Turn> = (0..8).map(|_| order.queue(key("Chat/a"))).collect();
+        let turns: Vec<Turn> = (0..8).map(|_| order.queue(key("Chat/a"), true)).collect();
         for (i, mut turn) in turns.into_iter().enumerate().rev() {
             let (order, log) = (Arc::clone(&order), Arc::clone(&log));
             tasks.push(tokio::spawn(async move {
@@ -101,7 +127,7 @@ mod tests {
             }));
         }
         // Another stream's request does not wait for them.
-        let mut other = order.queue(key("Chat/b"));
+        let mut other = order.queue(key("Chat/b"), true);
         StreamOrder::wait(&mut other).await;
         order.finish(other);
         for t in tasks {
@@ -114,9 +140,9 @@ mod tests {
     #[tokio::test]
     async fn a_released_request_lets_the_next_one_go_before_it_finishes() {
         let order = StreamOrder::default();
-        let first = order.queue(key("Chat/a"));
-        let mut second = order.queue(key("Chat/a"));
-        let mut third = order.queue(key("Chat/a"));
+        let first = order.queue(key("Chat/a"), true);
+        let mut second = order.queue(key("Chat/a"), true);
+        let mut third = order.queue(key("Chat/a"), true);
         first.hold().release();
         StreamOrder::wait(&mut second).await;
         let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), async {
@@ -131,10 +157,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_waits_for_the_write_before_it_to_finish() {
+        let order = StreamOrder::default();
+        let write = order.queue(key("Chat/a"), true);
+        let mut read = order.queue(key("Chat/a"), false);
+        write.hold().release();
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), async {
+            StreamOrder::wait(&mut read).await;
+        });
+        assert!(waiting.await.is_err(), "queued is not enough for a read");
+        order.finish(write);
+        StreamOrder::wait(&mut read).await;
+        order.finish(read);
+    }
+
+    #[tokio::test]
     async fn a_dropped_request_lets_the_next_one_go() {
         let order = StreamOrder::default();
-        let first = order.queue(key("Chat/a"));
-        let mut second = order.queue(key("Chat/a"));
+        let first = order.queue(key("Chat/a"), true);
+        let mut second = order.queue(key("Chat/a"), true);
         drop(first);
         StreamOrder::wait(&mut second).await;
         order.finish(second);

@@ -259,7 +259,9 @@ async fn start_request(
         // Answered above, without a task.
         Command::Ping => {}
         Command::Call(request) => {
-            let turn = request.order_key(&session.caller).map(|key| session.order.queue(key));
+            let at_actor = request.queues_at_actor();
+            let turn =
+                request.order_key(&session.caller).map(|key| session.order.queue(key, at_actor));
             // One `call` site: a `call` in each arm of a match made the task hold two of its
             // futures (2.9 against 2.2 KB, copied into every request's task).
             requests.spawn(async move {
