@@ -14,7 +14,7 @@
 //! that it sees what the session asked for before it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chorus_api::order::OrderRelease;
 use chorus_types::StreamKey;
@@ -44,8 +44,12 @@ pub(crate) struct Turn {
     /// Released when the owner has queued the request at the stream's actor, or when the
     /// request is done; dropped with every clone (its task dropped) all the same.
     queued: OrderRelease,
-    /// Dropped when the request is done (or its task is dropped).
-    _finished: oneshot::Sender<()>,
+    /// Dropped when the request and every one before it are done (or its task is dropped).
+    finished: oneshot::Sender<()>,
+    /// A write's predecessor's `finished`: a write may be done before the write it followed
+    /// (refused, or failing before the actor, while that one still commits), and a read behind
+    /// it must wait for both.
+    earlier: Option<oneshot::Receiver<()>>,
 }
 
 impl Turn {
@@ -66,15 +70,18 @@ impl StreamOrder {
         let (finished, finished_rx) = oneshot::channel();
         let tail = Tail { ticket, queued: queued_rx, finished: finished_rx };
         let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = tails
-            .insert(key.clone(), tail)
-            .map(|before| if at_actor { before.queued } else { before.finished });
+        let (previous, earlier) = match tails.insert(key.clone(), tail) {
+            Some(before) if at_actor => (Some(before.queued), Some(before.finished)),
+            Some(before) => (Some(before.finished), None),
+            None => (None, None),
+        };
         Turn {
             key,
             ticket,
             previous,
             queued: OrderRelease::new(move || drop(queued)),
-            _finished: finished,
+            finished,
+            earlier,
         }
     }
 
@@ -87,11 +94,32 @@ impl StreamOrder {
     }
 
     /// Ends `turn`: forgets the stream when nothing was queued after it.
-    pub(crate) fn finish(&self, turn: Turn) {
-        turn.queued.release();
+    pub(crate) fn finish(self: &Arc<Self>, turn: Turn) {
+        let Turn { key, ticket, queued, finished, earlier, .. } = turn;
+        queued.release();
+        if let Some(mut earlier) = earlier
+            && matches!(earlier.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        {
+            // Not done with the request before it yet: report done once that one is. The
+            // stream stays in the queue until then, or a request queued meanwhile would find
+            // no one to wait for.
+            let order = Arc::clone(self);
+            tokio::spawn(async move {
+                let _ = earlier.await;
+                drop(finished);
+                order.forget(&key, ticket);
+            });
+            return;
+        }
+        drop(finished);
+        self.forget(&key, ticket);
+    }
+
+    /// Forgets the stream when nothing was queued after `ticket`.
+    fn forget(&self, key: &StreamKey, ticket: u64) {
         let mut tails = self.tails.lock().unwrap_or_else(|p| p.into_inner());
-        if tails.get(&turn.key).is_some_and(|tail| tail.ticket == turn.ticket) {
-            tails.remove(&turn.key);
+        if tails.get(key).is_some_and(|tail| tail.ticket == ticket) {
+            tails.remove(key);
         }
     }
 }
@@ -139,7 +167,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_released_request_lets_the_next_one_go_before_it_finishes() {
-        let order = StreamOrder::default();
+        let order = Arc::new(StreamOrder::default());
         let first = order.queue(key("Chat/a"), true);
         let mut second = order.queue(key("Chat/a"), true);
         let mut third = order.queue(key("Chat/a"), true);
@@ -153,12 +181,19 @@ mod tests {
         StreamOrder::wait(&mut third).await;
         order.finish(first);
         order.finish(third);
-        assert!(order.tails.lock().unwrap().is_empty());
+        // The chain of finishes runs on spawned tasks.
+        for _ in 0..1000 {
+            if order.tails.lock().unwrap().is_empty() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the stream was never forgotten");
     }
 
     #[tokio::test]
     async fn a_read_waits_for_the_write_before_it_to_finish() {
-        let order = StreamOrder::default();
+        let order = Arc::new(StreamOrder::default());
         let write = order.queue(key("Chat/a"), true);
         let mut read = order.queue(key("Chat/a"), false);
         write.hold().release();
@@ -172,8 +207,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_read_waits_for_every_write_before_it_even_one_still_committing() {
+        let order = Arc::new(StreamOrder::default());
+        let slow = order.queue(key("Chat/a"), true);
+        let mut refused = order.queue(key("Chat/a"), true);
+        let mut read = order.queue(key("Chat/a"), false);
+        slow.hold().release();
+        StreamOrder::wait(&mut refused).await;
+        order.finish(refused);
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), async {
+            StreamOrder::wait(&mut read).await;
+        });
+        assert!(waiting.await.is_err(), "the first write is still committing");
+        order.finish(slow);
+        StreamOrder::wait(&mut read).await;
+        order.finish(read);
+    }
+
+    #[tokio::test]
     async fn a_dropped_request_lets_the_next_one_go() {
-        let order = StreamOrder::default();
+        let order = Arc::new(StreamOrder::default());
         let first = order.queue(key("Chat/a"), true);
         let mut second = order.queue(key("Chat/a"), true);
         drop(first);

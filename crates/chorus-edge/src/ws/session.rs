@@ -87,7 +87,7 @@ struct Session {
     out: Outbound,
     listens: Arc<ListenRegistry>,
     /// Requests on one stream take effect in the order sent.
-    order: StreamOrder,
+    order: Arc<StreamOrder>,
 }
 
 /// Why the reader loop ended.
@@ -122,7 +122,7 @@ pub(crate) async fn run(socket: TcpStream, prefix: Bytes, setup: SessionSetup) {
         fanout: setup.fanout,
         out,
         listens: Arc::new(ListenRegistry::default()),
-        order: StreamOrder::default(),
+        order: Arc::default(),
     });
     let mut requests = JoinSet::new();
     let in_flight = Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT));

@@ -106,7 +106,7 @@ impl Node {
         // Queued at the only replica there is: nothing can move it behind a later request
         // now, so the session's next one on this stream may go (`chorus_api::order`). A
         // cluster member's queue can be overtaken by a retry at the next leader.
-        if self.inner.pool.is_none() {
+        if self.inner.config.cluster.is_none() {
             caller.order.release();
         }
         rx.await.map_err(|_| err(ErrorCode::Unavailable, "stream actor stopped"))?
