@@ -564,15 +564,6 @@ async fn pipelined_requests_on_one_stream_take_effect_in_send_order() {
     }
 }
 
-/// The value of the `chorus_node_batch_commands` histogram's count (Raft entries proposed).
-async fn entries_proposed(server: &Server) -> f64 {
-    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("chorus_node_batch_commands_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("chorus_node_batch_commands_count on /metrics")
-}
-
 /// A session's next request on a stream starts once the stream's actor has queued the one
 /// before it, not once that one committed: posts one session pipelines to one stream travel
 /// many to a Raft entry (one entry each would cap a client at one post per commit), still in
@@ -590,7 +581,7 @@ async fn pipelined_posts_on_one_stream_share_raft_entries() {
     .await;
     let created = ws_next(&mut a).await;
     assert!(created.get("ok").is_some(), "{created}");
-    let before = entries_proposed(&server).await;
+    let before = common::metric(&server.addr, "chorus_node_batch_commands_count").await;
     const POSTS: u64 = 200;
     // One burst (one flush), so the server cannot commit each before the next arrives.
     for i in 1..=POSTS {
@@ -605,7 +596,7 @@ async fn pipelined_posts_on_one_stream_share_raft_entries() {
         assert_eq!(v["ok"]["ordinal"].as_u64(), Some(re + 1), "post {re} out of send order: {v}");
         answered += 1;
     }
-    let entries = entries_proposed(&server).await - before;
+    let entries = common::metric(&server.addr, "chorus_node_batch_commands_count").await - before;
     assert!(entries <= (POSTS / 2) as f64, "{POSTS} pipelined posts took {entries} Raft entries");
 }
 

@@ -243,11 +243,7 @@ impl Cluster {
 
     /// The value of an unlabelled counter or gauge on member `i`'s `/metrics`.
     pub async fn metric(&self, i: usize, name: &str) -> f64 {
-        let url = format!("http://{}/metrics", self.members[i].api);
-        let text = reqwest::get(&url).await.expect("metrics").text().await.expect("metrics body");
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from {url}"))
+        super::metric(&self.members[i].api, name).await
     }
 }
 

@@ -146,6 +146,15 @@ impl Drop for Server {
 }
 
 pub mod cluster;
+
+/// The value of an unlabelled counter or gauge on the `/metrics` of the server at `addr`.
+pub async fn metric(addr: &str, name: &str) -> f64 {
+    let url = format!("http://{addr}/metrics");
+    let text = reqwest::get(&url).await.expect("metrics").text().await.expect("metrics body");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from {url}"))
+}
 pub mod edge;
 
 /// Reads `child`'s stdout until a line starts with `prefix` (the process is serving), then
