@@ -34,6 +34,10 @@ pub struct WsConn {
     /// xorshift state for mask keys (the server must not be able to predict them in the
     /// browser threat model; for a bench any changing key does).
     mask_state: u32,
+    /// Frames queued by [`WsConn::queue_text`], written by [`WsConn::flush`].
+    out: Vec<u8>,
+    /// Payload range of the last text message handed out.
+    last: (usize, usize),
 }
 
 /// Where a connection comes from: a source address and, optionally, a port picked by the
@@ -82,6 +86,8 @@ impl WsConn {
             start: 0,
             end: 0,
             mask_state: addr.port() as u32 ^ 0x9E37_79B9,
+            out: Vec::new(),
+            last: (0, 0),
         };
         let head_len = loop {
             if let Some(i) = find(&conn.buf[..conn.end], b"\r\n\r\n") {
@@ -106,34 +112,79 @@ impl WsConn {
 
     /// Sends one text frame (masked, as every client frame must be).
     pub async fn send_text(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.send_frame(OP_TEXT, payload).await
+        self.queue_text(payload);
+        self.flush().await
+    }
+
+    /// Queues one text frame; [`WsConn::flush`] writes every queued frame in one write, as a
+    /// client library buffering its writes does.
+    pub fn queue_text(&mut self, payload: &[u8]) {
+        self.queue_frame(OP_TEXT, payload);
+    }
+
+    /// Writes the queued frames (pongs included).
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let written = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        written
     }
 
     /// The next text (or binary) message's payload; `None` once the server closed the
     /// connection. Pings are answered and pongs skipped on the way.
     pub async fn next_text(&mut self) -> io::Result<Option<&[u8]>> {
         loop {
+            match self.buffered()? {
+                Buffered::Text => break,
+                Buffered::Closed => return Ok(None),
+                Buffered::NeedMore => {
+                    // A pong queued meanwhile goes out before waiting for the server.
+                    self.flush().await?;
+                    if self.fill().await? == 0 {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Ok(Some(self.last_text()))
+    }
+
+    /// The next text message already received, without reading from the socket: `None` when
+    /// no complete one is buffered (or the server closed). Pongs to pings are queued.
+    pub fn buffered_text(&mut self) -> io::Result<Option<&[u8]>> {
+        match self.buffered()? {
+            Buffered::Text => Ok(Some(self.last_text())),
+            Buffered::Closed | Buffered::NeedMore => Ok(None),
+        }
+    }
+
+    fn last_text(&self) -> &[u8] {
+        &self.buf[self.last.0..self.last.1]
+    }
+
+    /// Consumes buffered frames up to the next text message, answering pings on the way.
+    fn buffered(&mut self) -> io::Result<Buffered> {
+        loop {
             match self.parse_frame()? {
                 Some(Frame { opcode: OP_TEXT | OP_BINARY, payload }) => {
-                    return Ok(Some(&self.buf[payload.0..payload.1]));
+                    self.last = payload;
+                    return Ok(Buffered::Text);
                 }
                 Some(Frame { opcode: OP_PING, payload }) => {
                     // Control payloads are at most 125 bytes.
                     let mut copy = [0u8; 125];
                     let len = payload.1 - payload.0;
                     copy[..len].copy_from_slice(&self.buf[payload.0..payload.1]);
-                    self.send_frame(OP_PONG, &copy[..len]).await?;
+                    self.queue_frame(OP_PONG, &copy[..len]);
                 }
                 Some(Frame { opcode: OP_PONG, .. }) => {}
-                Some(Frame { opcode: OP_CLOSE, .. }) => return Ok(None),
+                Some(Frame { opcode: OP_CLOSE, .. }) => return Ok(Buffered::Closed),
                 Some(Frame { opcode, .. }) => {
                     return Err(invalid(&format!("unsupported frame opcode {opcode}")));
                 }
-                None => {
-                    if self.fill().await? == 0 {
-                        return Ok(None);
-                    }
-                }
+                None => return Ok(Buffered::NeedMore),
             }
         }
     }
@@ -206,8 +257,8 @@ impl WsConn {
         fill(&mut self.stream, &mut self.buf, &mut self.start, &mut self.end).await
     }
 
-    async fn send_frame(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
-        let mut frame = Vec::with_capacity(payload.len() + 14);
+    fn queue_frame(&mut self, opcode: u8, payload: &[u8]) {
+        let frame = &mut self.out;
         frame.push(0x80 | opcode);
         match payload.len() {
             n if n < 126 => frame.push(0x80 | n as u8),
@@ -221,9 +272,9 @@ impl WsConn {
             }
         }
         let key = self.next_mask().to_be_bytes();
+        let frame = &mut self.out;
         frame.extend_from_slice(&key);
         frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        self.stream.write_all(&frame).await
     }
 
     fn next_mask(&mut self) -> u32 {
@@ -234,6 +285,14 @@ impl WsConn {
         self.mask_state = x;
         x
     }
+}
+
+/// What the buffer holds next.
+enum Buffered {
+    /// A text message, its payload range kept in `WsConn::last`.
+    Text,
+    Closed,
+    NeedMore,
 }
 
 struct Frame {
