@@ -4,7 +4,8 @@
 //! user, and up to the first that changes access: [`crate::authorize::WriteOp::ends_turn`]),
 //! checks each against the access context (cached until an access-changing command applies
 //! anywhere on the node), and proposes all allowed commands as **one** entry through the
-//! shard's proposer. The actor then waits for that entry to apply before its next turn:
+//! shard's proposer, which answers the callers once the entry applies. The actor waits for
+//! that entry to apply before its next turn:
 //! requests that arrive meanwhile travel together in the next entry (group commit at the
 //! stream; openraft 0.9 appends one batch per fsync per shard, so more entries in flight would
 //! only queue). Waiting also makes every write a barrier: an access or state change is in
@@ -29,8 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::access_ctx::AccessCtx;
 use crate::actors::NodeRef;
 use crate::authorize::{WriteOp, authorize};
-use crate::error::err;
 use crate::metrics;
+use crate::proposer::Waiters;
 
 pub type Reply = Result<(Outcome, Access), ServiceError>;
 
@@ -56,9 +57,6 @@ pub struct StreamActor {
     /// Set when a proposal found this node deposed: the actor retires.
     deposed: bool,
 }
-
-/// Callers of one proposed entry, in envelope order.
-type Waiters = Vec<(oneshot::Sender<Reply>, Access)>;
 
 impl StreamActor {
     pub fn new(node: NodeRef, key: StreamKey, rx: mpsc::Receiver<ActorRequest>) -> Self {
@@ -200,28 +198,12 @@ impl StreamActor {
         }
         tracing::trace!(stream = %self.key, commands = envelopes.len(), "proposing");
         let shard = shard_of(&self.key, node.shard_count);
-        let rx = node.proposers[usize::from(shard.0)].propose(envelopes);
-        let wait = async {
-            let outcomes = match rx.await {
-                Ok(result) => result,
-                Err(_) => Err(err(ErrorCode::Unavailable, "shard proposer stopped")),
-            };
-            match outcomes {
-                Ok(outcomes) => {
-                    for ((reply, access), outcome) in waiters.into_iter().zip(outcomes) {
-                        let _ = reply.send(Ok((outcome, access)));
-                    }
-                }
-                Err(e) => {
-                    for (reply, _) in waiters {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                    return e.error.code == ErrorCode::NotLeader;
-                }
-            }
-            false
-        };
-        if wait.await {
+        // The proposer answers the callers; this waits only for the turn to end. A proposer
+        // that stopped dropped the waiters, whose callers then hear `unavailable`.
+        let done = node.proposers[usize::from(shard.0)].propose(envelopes, waiters).await;
+        if let Ok(Err(e)) = done
+            && e.error.code == ErrorCode::NotLeader
+        {
             self.deposed = true;
         }
     }
