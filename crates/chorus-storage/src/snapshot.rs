@@ -110,7 +110,11 @@ pub fn export(db: &Db, shard: ShardId) -> Result<SnapshotPointer> {
     let pointer = SnapshotPointer { meta, file: file_name };
     let mut batch = WriteBatch::default();
     let replaced = replace_pointer(db, shard, &pointer, &mut batch)?;
-    db.raw().write(batch)?;
+    // Synced before the old file goes: after a power loss the unlink may be on disk while an
+    // unsynced pointer write is not, leaving the shard pointing at a deleted snapshot.
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    db.raw().write_opt(batch, &wo)?;
     remove_replaced(replaced);
     crate::metrics::SNAPSHOTS_BUILT.inc();
     crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(started.elapsed().as_secs_f64());
@@ -206,6 +210,8 @@ pub fn install(db: &Db, shard: ShardId, meta: &SnapshotMeta, bytes: &[u8]) -> Re
     f.sync_all()?;
     let pointer = SnapshotPointer { meta: meta.clone(), file: file_name };
     let replaced = replace_pointer(db, shard, &pointer, &mut batch)?;
+    // Synced before the old file goes: after a power loss the unlink may be on disk while an
+    // unsynced pointer write is not, leaving the shard pointing at a deleted snapshot.
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
     db.raw().write_opt(batch, &wo)?;
