@@ -176,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let depth = args.in_flight / connections + usize::from(c < args.in_flight % connections);
         tasks.push(tokio::spawn(connection(
-            server.addr.parse()?,
+            server.addr.clone(),
             token.clone(),
             streams.clone(),
             c * 7,

@@ -38,6 +38,8 @@ pub struct WsConn {
     out: Vec<u8>,
     /// Payload range of the last text message handed out.
     last: (usize, usize),
+    /// The server's close frame was read: nothing more will be handed out.
+    closed: bool,
 }
 
 /// Where a connection comes from: a source address and, optionally, a port picked by the
@@ -88,6 +90,7 @@ impl WsConn {
             mask_state: addr.port() as u32 ^ 0x9E37_79B9,
             out: Vec::new(),
             last: (0, 0),
+            closed: false,
         };
         let head_len = loop {
             if let Some(i) = find(&conn.buf[..conn.end], b"\r\n\r\n") {
@@ -166,6 +169,9 @@ impl WsConn {
 
     /// Consumes buffered frames up to the next text message, answering pings on the way.
     fn buffered(&mut self) -> io::Result<Buffered> {
+        if self.closed {
+            return Ok(Buffered::Closed);
+        }
         loop {
             match self.parse_frame()? {
                 Some(Frame { opcode: OP_TEXT | OP_BINARY, payload }) => {
@@ -180,7 +186,10 @@ impl WsConn {
                     self.queue_frame(OP_PONG, &copy[..len]);
                 }
                 Some(Frame { opcode: OP_PONG, .. }) => {}
-                Some(Frame { opcode: OP_CLOSE, .. }) => return Ok(Buffered::Closed),
+                Some(Frame { opcode: OP_CLOSE, .. }) => {
+                    self.closed = true;
+                    return Ok(Buffered::Closed);
+                }
                 Some(Frame { opcode, .. }) => {
                     return Err(invalid(&format!("unsupported frame opcode {opcode}")));
                 }

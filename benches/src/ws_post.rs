@@ -14,13 +14,14 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+use tokio::net::lookup_host;
 
 use crate::stats::Window;
 use crate::ws_lite::{WsConn, number_after};
 
 /// One WebSocket keeping `depth` posts in flight until the window ends.
 pub async fn connection(
-    addr: SocketAddr,
+    addr: String,
     token: String,
     streams: Arc<Vec<String>>,
     first: usize,
@@ -28,6 +29,8 @@ pub async fn connection(
     body: Arc<String>,
     window: Arc<Window>,
 ) -> anyhow::Result<()> {
+    let addr: SocketAddr =
+        lookup_host(&addr).await?.next().with_context(|| format!("{addr} resolves to nothing"))?;
     let mut conn = WsConn::connect(None, addr, &format!("/v1/ws?token={token}")).await?;
     let frames = FrameParts::new(&streams, &body)?;
     let mut pending: HashMap<u64, Instant> = HashMap::with_capacity(depth);
@@ -69,8 +72,9 @@ fn on_reply(
 ) -> anyhow::Result<usize> {
     let now = Instant::now();
     // `{"re":N,"ok":…}` is how every success starts; anything else is parsed.
-    if text.starts_with(br#"{"re":"#) {
-        let id = number_after(text, br#"{"re":"#).context("reply without a numeric re")?;
+    if text.starts_with(br#"{"re":"#)
+        && let Some(id) = number_after(text, br#"{"re":"#)
+    {
         let digits = id.checked_ilog10().unwrap_or(0) as usize + 1;
         if text[6 + digits..].starts_with(br#","ok":"#) {
             let Some(sent) = pending.remove(&id) else { return Ok(0) };
@@ -79,10 +83,12 @@ fn on_reply(
         }
     }
     let v: Value = serde_json::from_slice(text)?;
-    if v["re"].as_u64().and_then(|id| pending.remove(&id)).is_none() {
-        return Ok(0);
+    let Some(sent) = v["re"].as_u64().and_then(|id| pending.remove(&id)) else { return Ok(0) };
+    if v.get("ok").is_some() {
+        window.record(sent, now);
+    } else {
+        window.error_code(v["error"]["code"].as_str().unwrap_or("?"));
     }
-    window.error_code(v["error"]["code"].as_str().unwrap_or("?"));
     Ok(1)
 }
 
@@ -148,5 +154,11 @@ mod tests {
         assert!(pending.is_empty());
         assert_eq!(window.errors.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(window.acked(), 1);
+        // Other shapes of an `ok` are still told apart by parsing.
+        pending.insert(3, Instant::now());
+        assert_eq!(on_reply(br#"{"ok":{},"re":3}"#, &mut pending, &window).unwrap(), 1);
+        assert_eq!(window.acked(), 2);
+        pending.insert(4, Instant::now());
+        assert_eq!(on_reply(br#"{"re":"x","ok":{}}"#, &mut pending, &window).unwrap(), 0);
     }
 }

@@ -58,8 +58,12 @@ struct Proposal {
 }
 
 impl Proposal {
-    fn answer(self, outcomes: &mut impl Iterator<Item = Outcome>) {
-        for ((reply, access), outcome) in self.waiters.into_iter().zip(outcomes) {
+    /// Answers the callers from the entry's next `n` outcomes (one per envelope of this
+    /// proposal): exactly `n` are taken, so a proposal never hands an unused outcome to the
+    /// next one's callers.
+    fn answer(self, n: usize, outcomes: &mut impl Iterator<Item = Outcome>) {
+        let mine: Vec<Outcome> = outcomes.take(n).collect();
+        for ((reply, access), outcome) in self.waiters.into_iter().zip(mine) {
             let _ = reply.send(Ok((outcome, access)));
         }
         let _ = self.done.send(Ok(()));
@@ -156,7 +160,7 @@ async fn run(
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
                 for (n, p) in proposals {
-                    p.answer(&mut outcomes.by_ref().take(n));
+                    p.answer(n, &mut outcomes);
                 }
             }
             Err(e) => {

@@ -107,11 +107,12 @@ pub fn export(db: &Db, shard: ShardId) -> Result<SnapshotPointer> {
     file.sync_all()?;
     let path = db.snapshot_dir().join(&file_name);
     std::fs::rename(&tmp, &path)?;
+    sync_dir(&db.snapshot_dir())?;
     let pointer = SnapshotPointer { meta, file: file_name };
     let mut batch = WriteBatch::default();
     let replaced = replace_pointer(db, shard, &pointer, &mut batch)?;
-    // Synced before the old file goes: after a power loss the unlink may be on disk while an
-    // unsynced pointer write is not, leaving the shard pointing at a deleted snapshot.
+    // Synced before the old file goes (and after the new file's directory entry): after a
+    // power loss the shard must never point at a snapshot file that is not on disk.
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
     db.raw().write_opt(batch, &wo)?;
@@ -119,6 +120,12 @@ pub fn export(db: &Db, shard: ShardId) -> Result<SnapshotPointer> {
     crate::metrics::SNAPSHOTS_BUILT.inc();
     crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(pointer)
+}
+
+/// Makes a directory's entries (a file created or renamed into it) durable.
+fn sync_dir(dir: &std::path::Path) -> Result<()> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 /// Records `pointer` as current, in `batch`, and returns the file of the snapshot it
@@ -208,10 +215,11 @@ pub fn install(db: &Db, shard: ShardId, meta: &SnapshotMeta, bytes: &[u8]) -> Re
     let mut f = File::create(&path)?;
     f.write_all(bytes)?;
     f.sync_all()?;
+    sync_dir(&db.snapshot_dir())?;
     let pointer = SnapshotPointer { meta: meta.clone(), file: file_name };
     let replaced = replace_pointer(db, shard, &pointer, &mut batch)?;
-    // Synced before the old file goes: after a power loss the unlink may be on disk while an
-    // unsynced pointer write is not, leaving the shard pointing at a deleted snapshot.
+    // Synced before the old file goes (and after the new file's directory entry): after a
+    // power loss the shard must never point at a snapshot file that is not on disk.
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
     db.raw().write_opt(batch, &wo)?;

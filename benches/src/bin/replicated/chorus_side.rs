@@ -52,7 +52,7 @@ async fn w1(cluster: &NodeCluster, args: &Args, in_flight: usize) -> anyhow::Res
         let depth = in_flight / connections + usize::from(c < in_flight % connections);
         let addr = cluster.api[c % cluster.api.len()].clone();
         tasks.push(tokio::spawn(chorus_bench::ws_post::connection(
-            addr.parse()?,
+            addr,
             API_KEY.to_owned(),
             streams.clone(),
             c * 7,
