@@ -62,10 +62,11 @@ impl Proposal {
     /// proposal): exactly `n` are taken, so a proposal never hands an unused outcome to the
     /// next one's callers.
     fn answer(self, n: usize, outcomes: &mut impl Iterator<Item = Outcome>) {
-        let mine: Vec<Outcome> = outcomes.take(n).collect();
-        for ((reply, access), outcome) in self.waiters.into_iter().zip(mine) {
+        let mut mine = outcomes.take(n);
+        for ((reply, access), outcome) in self.waiters.into_iter().zip(mine.by_ref()) {
             let _ = reply.send(Ok((outcome, access)));
         }
+        mine.for_each(drop);
         let _ = self.done.send(Ok(()));
     }
 

@@ -163,6 +163,15 @@ impl Db {
         Ok(Db { inner: Arc::new(db), dir: dir.to_path_buf() })
     }
 
+    /// Writes `batch` and syncs the WAL before returning: for the rare writes that must be on
+    /// disk before anything else happens (a vote, the shard count, a snapshot pointer).
+    pub fn write_synced(&self, batch: rocksdb::WriteBatch) -> Result<()> {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.inner.write_opt(batch, &wo)?;
+        Ok(())
+    }
+
     pub fn raw(&self) -> &DB {
         &self.inner
     }
@@ -194,11 +203,9 @@ impl Db {
             }
             return Ok(stored);
         }
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(meta, SHARD_COUNT_KEY, wanted.to_be_bytes());
-        self.inner.write_opt(batch, &wo)?;
+        self.write_synced(batch)?;
         Ok(wanted)
     }
 

@@ -114,11 +114,9 @@ impl LogStore {
         let key = keys::raft_meta(self.shard, what);
         let bytes = to_json(v)?;
         blocking(move || {
-            let mut wo = rocksdb::WriteOptions::default();
-            wo.set_sync(true);
             let mut batch = rocksdb::WriteBatch::default();
             batch.put_cf(db.cf(Cf::RaftMeta)?, key, bytes);
-            db.raw().write_opt(batch, &wo)?;
+            db.write_synced(batch)?;
             Ok(())
         })
         .await

@@ -111,12 +111,7 @@ pub fn export(db: &Db, shard: ShardId) -> Result<SnapshotPointer> {
     let pointer = SnapshotPointer { meta, file: file_name };
     let mut batch = WriteBatch::default();
     let replaced = replace_pointer(db, shard, &pointer, &mut batch)?;
-    // Synced before the old file goes (and after the new file's directory entry): after a
-    // power loss the shard must never point at a snapshot file that is not on disk.
-    let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(true);
-    db.raw().write_opt(batch, &wo)?;
-    remove_replaced(replaced);
+    record_pointer(db, batch, replaced)?;
     crate::metrics::SNAPSHOTS_BUILT.inc();
     crate::metrics::SNAPSHOT_BUILD_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(pointer)
@@ -125,6 +120,16 @@ pub fn export(db: &Db, shard: ShardId) -> Result<SnapshotPointer> {
 /// Makes a directory's entries (a file created or renamed into it) durable.
 fn sync_dir(dir: &std::path::Path) -> Result<()> {
     File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Writes the batch naming the new snapshot, synced, then removes the file it replaced.
+/// Synced before the old file goes (and after the new file's directory entry, see
+/// [`sync_dir`]): after a power loss the shard must never point at a snapshot file that is not
+/// on disk.
+fn record_pointer(db: &Db, batch: WriteBatch, replaced: Option<PathBuf>) -> Result<()> {
+    db.write_synced(batch)?;
+    remove_replaced(replaced);
     Ok(())
 }
 
@@ -218,12 +223,7 @@ pub fn install(db: &Db, shard: ShardId, meta: &SnapshotMeta, bytes: &[u8]) -> Re
     sync_dir(&db.snapshot_dir())?;
     let pointer = SnapshotPointer { meta: meta.clone(), file: file_name };
     let replaced = replace_pointer(db, shard, &pointer, &mut batch)?;
-    // Synced before the old file goes (and after the new file's directory entry): after a
-    // power loss the shard must never point at a snapshot file that is not on disk.
-    let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(true);
-    db.raw().write_opt(batch, &wo)?;
-    remove_replaced(replaced);
+    record_pointer(db, batch, replaced)?;
     crate::metrics::SNAPSHOTS_INSTALLED.inc();
     crate::metrics::SNAPSHOT_INSTALL_SECONDS.observe(started.elapsed().as_secs_f64());
     Ok(())

@@ -138,6 +138,12 @@ mod tests {
         StreamKey::new(PublisherId::new("alice").unwrap(), StreamName::new(name).unwrap())
     }
 
+    /// `true` when the turn is still not allowed to go after a short while.
+    async fn still_waiting(turn: &mut Turn) -> bool {
+        let wait = StreamOrder::wait(turn);
+        tokio::time::timeout(std::time::Duration::from_millis(20), wait).await.is_err()
+    }
+
     #[tokio::test]
     async fn requests_on_one_stream_run_in_queue_order_and_others_do_not_wait() {
         let order = Arc::new(StreamOrder::default());
@@ -173,10 +179,7 @@ mod tests {
         let mut third = order.queue(key("Chat/a"), true);
         first.hold().release();
         StreamOrder::wait(&mut second).await;
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), async {
-            StreamOrder::wait(&mut third).await;
-        });
-        assert!(waiting.await.is_err(), "the third waits for the second, not the first");
+        assert!(still_waiting(&mut third).await, "the third waits for the second, not the first");
         order.finish(second);
         StreamOrder::wait(&mut third).await;
         order.finish(first);
@@ -197,10 +200,7 @@ mod tests {
         let write = order.queue(key("Chat/a"), true);
         let mut read = order.queue(key("Chat/a"), false);
         write.hold().release();
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), async {
-            StreamOrder::wait(&mut read).await;
-        });
-        assert!(waiting.await.is_err(), "queued is not enough for a read");
+        assert!(still_waiting(&mut read).await, "queued is not enough for a read");
         order.finish(write);
         StreamOrder::wait(&mut read).await;
         order.finish(read);
@@ -215,10 +215,7 @@ mod tests {
         slow.hold().release();
         StreamOrder::wait(&mut refused).await;
         order.finish(refused);
-        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), async {
-            StreamOrder::wait(&mut read).await;
-        });
-        assert!(waiting.await.is_err(), "the first write is still committing");
+        assert!(still_waiting(&mut read).await, "the first write is still committing");
         order.finish(slow);
         StreamOrder::wait(&mut read).await;
         order.finish(read);
