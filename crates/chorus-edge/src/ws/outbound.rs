@@ -16,6 +16,10 @@
 //! - **Replies and backlogs go through the session's writer task**, which writes whatever
 //!   queued up meanwhile in one `writev`: a client with 16 posts in flight gets its replies in
 //!   a few writes rather than 16 (A/B on `loadgen`: 139–151 → 116–133 µs of server CPU per post).
+//!   Woken, it first yields once: a Raft entry's callers are answered together, and the woken
+//!   task runs next (tokio's LIFO slot), before the other request tasks have queued their
+//!   replies. Yielding first cut the socket writes per post by a third (8 alternated pairs on
+//!   `loadgen`: 27,911 → 30,350 posts/s).
 //!
 //! The writer task also takes over when a socket's buffer is full (it waits for the socket to
 //! drain; producers keep queueing meanwhile, up to the bound), and at the end writes a close
@@ -504,17 +508,22 @@ impl Outbound {
 /// went out) and shuts the socket. Returns when the socket is closed or broke.
 pub(crate) async fn write_loop(receivers: OutboundReceivers) {
     let shared = &receivers.shared;
+    let mut yielded = false;
     loop {
         let wake = shared.wake_writer.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let stalled = {
+        let next = {
             let mut q = shared.lock();
             match &q.socket {
                 None => return,
-                Some(socket) if q.stalled => Some(Arc::clone(socket)),
+                Some(socket) if q.stalled => Next::Drain(Arc::clone(socket)),
+                // The replies of one Raft entry are answered together: the request tasks woken
+                // with this one queue theirs first, and they go out in one write.
+                Some(_) if q.flush_wanted && !yielded => Next::Gather,
                 Some(_) if q.flush_wanted => {
                     q.flush_wanted = false;
+                    yielded = false;
                     shared.pump(q);
                     continue;
                 }
@@ -523,11 +532,15 @@ pub(crate) async fn write_loop(receivers: OutboundReceivers) {
                     shared.pump(q);
                     continue;
                 }
-                Some(_) => None,
+                Some(_) => Next::Sleep,
             }
         };
-        match stalled {
-            Some(socket) => {
+        match next {
+            Next::Gather => {
+                yielded = true;
+                tokio::task::yield_now().await;
+            }
+            Next::Drain(socket) => {
                 let ready = socket.writable().await;
                 drop(socket);
                 {
@@ -543,9 +556,19 @@ pub(crate) async fn write_loop(receivers: OutboundReceivers) {
                 // A fast client may take budget after budget: let other tasks run between.
                 tokio::task::yield_now().await;
             }
-            None => wake.await,
+            Next::Sleep => wake.await,
         }
     }
+}
+
+/// What the writer task does next.
+enum Next {
+    /// Wait for the full socket to drain.
+    Drain(Arc<OwnedWriteHalf>),
+    /// Let the other ready tasks queue their replies before writing.
+    Gather,
+    /// Wait to be woken.
+    Sleep,
 }
 
 #[cfg(test)]
