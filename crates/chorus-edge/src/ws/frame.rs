@@ -84,6 +84,14 @@ struct ListenArgs {
 }
 
 pub(crate) fn parse_frame(text: &str) -> Result<Frame, FrameError> {
+    if let Some(post) = super::fast_post::parse(text) {
+        return Ok(post);
+    }
+    general(text)
+}
+
+/// Any frame, and every error's wording.
+pub(crate) fn general(text: &str) -> Result<Frame, FrameError> {
     let value: Value = super::strict_json::from_str(text).map_err(|error| {
         let message = format!("frame is not valid JSON: {error}");
         match super::frame_id::readable_id(text) {

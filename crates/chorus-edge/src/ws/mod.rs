@@ -8,6 +8,7 @@
 //! read by tungstenite through `client_io`.
 
 mod client_io;
+mod fast_post;
 pub(crate) mod frame;
 mod frame_id;
 mod handshake;

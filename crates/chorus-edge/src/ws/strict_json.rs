@@ -87,7 +87,8 @@ impl<'de> Visitor<'de> for Unique {
     }
 }
 
-struct Strict;
+/// A [`Value`] refusing a repeated key at any depth, for a field read on its own.
+pub(crate) struct Strict;
 
 impl<'de> DeserializeSeed<'de> for Strict {
     type Value = Value;
