@@ -37,7 +37,8 @@ async fn wait_for_actors(server: &Server, want: f64) {
 async fn an_idle_actor_stops_and_the_next_request_starts_a_fresh_one() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("chorus.toml");
-    std::fs::write(&cfg, "version = 1\n[actors]\nidle_ms = 300\n").unwrap();
+    // Long enough that the gauge is read before a loaded machine retires the actor.
+    std::fs::write(&cfg, "version = 1\n[actors]\nidle_ms = 2000\n").unwrap();
     let server = Server::start_with(&dir.path().join("data"), &["--config", cfg.to_str().unwrap()]);
     let alice = Api::new(&server, server.token("alice", &[]));
     let name = "Chat/room/idle";
