@@ -6,7 +6,8 @@
 //! declines anything else (another op, a bad or unusual frame), which then goes the general way
 //! and gets its worded error there. It therefore accepts exactly what the general parser
 //! accepts for a post, with the same result; the tests hold the two side by side. A 256-byte
-//! post frame: 488 ns here against 1,427 ns the general way.
+//! post frame: ~2.6 times faster than the general way (790 against 2,100 ns in a slow phase of
+//! the 2-core VM, 488 against 1,427 ns in a fast one).
 
 use chorus_api::NewPost;
 use chorus_types::object_only::object_only;
