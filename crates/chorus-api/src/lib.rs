@@ -169,7 +169,9 @@ pub struct NewPost {
     pub client_msg_id: Option<ClientMsgId>,
 }
 
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+/// `null` as absent: an empty string. [`NewPost::content`] is read through it, on both
+/// transports and by the edge's one-pass post parser.
+pub fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 

@@ -34,7 +34,7 @@ struct PostFrame {
     stream: StreamKey,
     #[serde(rename = "type")]
     message_type: StreamType,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "chorus_api::null_as_empty")]
     content: String,
     #[serde(default, deserialize_with = "strict_object")]
     instructions: Option<Value>,
@@ -74,11 +74,6 @@ fn frame_id<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
         id @ (Value::Number(_) | Value::String(_)) => Ok(id),
         _ => Err(D::Error::custom("id must be a number or a string")),
     }
-}
-
-/// `null` as absent, as [`NewPost`] reads `content`.
-fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Any JSON value without a repeated key at any depth (`null` is absent), as the general parser
